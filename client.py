@@ -1,0 +1,169 @@
+"""Client for the speech-to-image Flow: a command line tool and a small library.
+
+    python client.py examples/fox_in_snow_en.wav --num-images 2 --out outputs
+    python client.py --text "a lighthouse in a storm" --seed 7 --json
+
+As a library::
+
+    from client import generate
+    docs = generate(['speech.mp3'], prompts=['a red fox'], parameters={'steps': 20})
+    docs[0].matches[0].png  # PNG bytes, with the generation parameters inside
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+from docarray import DocList
+
+from s2i.docs import PromptDoc
+from s2i.encoding import from_data_uri, to_data_uri
+
+DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "54321")}'
+
+
+def build_docs(audio_files: Iterable[Union[str, Path]] = (), prompts: Iterable[str] = ()) -> DocList[PromptDoc]:
+    """Audio files are sent as bytes, so the server never needs to see this machine's paths."""
+    docs = [PromptDoc(blob=Path(path).read_bytes()) for path in audio_files]
+    docs += [PromptDoc(text=prompt) for prompt in prompts]
+    return DocList[PromptDoc](docs)
+
+
+def generate(
+    audio_files: Iterable[Union[str, Path]] = (),
+    prompts: Iterable[str] = (),
+    parameters: Optional[Dict[str, Any]] = None,
+    host: str = DEFAULT_HOST,
+    request_size: int = 1,
+    docs: Optional[DocList[PromptDoc]] = None,
+) -> DocList[PromptDoc]:
+    """Send audio files and/or text prompts to the Flow; returns the result documents in input order.
+
+    Each document carries either its images in ``matches`` (PNG bytes in ``.png``) or an
+    ``error``. Requests made only of text prompts go to ``/text2image``, which skips Whisper.
+    Works over gRPC (default) and HTTP; over HTTP, bytes travel as data URIs both ways.
+    """
+    from jina import Client
+
+    docs = docs if docs is not None else build_docs(audio_files, prompts)
+    parameters = dict(parameters or {})
+    over_http = host.startswith(('http://', 'https://'))
+    if over_http:
+        docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
+        parameters['return_data_uri'] = True
+    endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
+    results = Client(host=host).post(
+        endpoint,
+        inputs=docs,
+        parameters=parameters,
+        request_size=request_size,
+        results_in_order=True,
+        return_type=DocList[PromptDoc],
+    )
+    if over_http:
+        for image in (image for doc in results for image in doc.matches):
+            image.png, image.uri = from_data_uri(image.uri), None
+    return results
+
+
+def _blob_to_data_uri(doc: PromptDoc) -> PromptDoc:
+    if doc.blob is None:
+        return doc
+    return doc.model_copy(update={'blob': None, 'uri': to_data_uri(doc.blob, 'application/octet-stream')})
+
+
+def save_images(doc: PromptDoc, out_dir: Path, stem: str) -> List[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(doc.matches):
+        path = out_dir / f'{stem}-{i}.png'
+        path.write_bytes(image.png)
+        paths.append(str(path))
+    return paths
+
+
+def input_stem(label: str, is_file: bool) -> str:
+    if is_file:
+        return Path(label).stem
+    return re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')[:40] or 'prompt'
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Turn speech (any language) or text prompts into images.')
+    parser.add_argument('audio', nargs='*', metavar='AUDIO', help='audio files: wav, mp3, flac, ogg, m4a, ...')
+    parser.add_argument('--host', default=DEFAULT_HOST, help=f'the Flow gateway (default {DEFAULT_HOST}; http://... works too)')
+    parser.add_argument('--text', action='append', default=[], metavar='PROMPT', help='a text prompt (repeatable); skips Whisper')
+    parser.add_argument('--num-images', type=int, help='images per input')
+    parser.add_argument('--steps', type=int, help='denoising steps')
+    parser.add_argument('--guidance-scale', type=float)
+    parser.add_argument('--seed', type=int, help='image i of an input gets seed+i')
+    parser.add_argument('--width', type=int, help='a multiple of 8')
+    parser.add_argument('--height', type=int, help='a multiple of 8')
+    parser.add_argument('--negative-prompt')
+    parser.add_argument('--scheduler', help='default, euler, euler_a, ddim or dpm++')
+    parser.add_argument('--language', help='spoken language (ISO 639-1) of all AUDIO; default: detect')
+    parser.add_argument('--out', default='outputs', type=Path, help='folder for the PNG files (default: outputs)')
+    parser.add_argument('--json', action='store_true', help='print one JSON object per input')
+    args = parser.parse_args(argv)
+    if not args.audio and not args.text:
+        parser.error('give at least one AUDIO file or --text PROMPT')
+    return args
+
+
+def request_parameters(args: argparse.Namespace) -> Dict[str, Any]:
+    names = ('num_images', 'steps', 'guidance_scale', 'seed', 'width', 'height', 'negative_prompt', 'scheduler', 'language')
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    inputs = [(path, True) for path in args.audio] + [(prompt, False) for prompt in args.text]
+    parameters = request_parameters(args)
+    failed = 0
+    # One request per input: progress shows as each finishes, and one input's failure
+    # (even an unreadable local file) never costs the others their results.
+    for number, (label, is_file) in enumerate(inputs, start=1):
+        result = run_one(label, is_file, parameters, args)
+        failed += bool(result['error'])
+        report(result, number, len(inputs), args.json)
+    return 1 if failed else 0
+
+
+def run_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    result = {'input': label, 'language': None, 'transcript': '', 'text': '', 'images': [], 'error': ''}
+    try:
+        docs = build_docs([label]) if is_file else build_docs(prompts=[label])
+    except OSError as e:
+        result['error'] = f'cannot read {label}: {e.strerror}'
+        return result
+    try:
+        (doc,) = generate(docs=docs, parameters=parameters, host=args.host)
+    except ConnectionError as e:
+        raise SystemExit(f'cannot reach the Flow at {args.host} ({e}); start it with `python -m s2i.serve`')
+    result.update(language=doc.language, transcript=doc.transcript, text=doc.text, error=doc.error)
+    result['images'] = save_images(doc, args.out, input_stem(label, is_file))
+    return result
+
+
+def report(result: Dict[str, Any], number: int, total: int, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+        return
+    head = f'[{number}/{total}] {result["input"]}'
+    if result['error']:
+        print(f'{head}: ERROR {result["error"]}', file=sys.stderr, flush=True)
+        return
+    if result['language']:
+        print(f'{head}: ({result["language"]}) {result["transcript"]}')
+        if result['text'] != result['transcript']:
+            print(f'    English: {result["text"]}')
+    for path in result['images']:
+        print(f'    -> {path}', flush=True)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""StableDiffusionExecutor: English prompts in, PNG images (with their parameters) out."""
+
+import secrets
+import time
+from typing import Any, Dict, List, Tuple
+
+import torch
+from docarray import DocList
+from jina import Executor, requests
+
+from s2i.runtime import resolve_device
+from s2i.docs import GeneratedImage, PromptDoc, mark_failed
+from s2i.params import MAX_SEED, GenerationParams, ParameterError
+from s2i.encoding import encode_png, png_data_uri
+from s2i.tiny_sd import TINY_MODEL_NAME, TINY_WARNING, is_tiny_model, tiny_pipeline_dir
+
+DEFAULT_MODEL = 'stable-diffusion-v1-5/stable-diffusion-v1-5'
+
+# Request name -> diffusers scheduler class name, with config overrides.
+SCHEDULER_CLASSES = {
+    'euler': ('EulerDiscreteScheduler', {}),
+    'euler_a': ('EulerAncestralDiscreteScheduler', {}),
+    'ddim': ('DDIMScheduler', {}),
+    'dpm++': ('DPMSolverMultistepScheduler', {'algorithm_type': 'dpmsolver++', 'use_karras_sigmas': True}),
+}
+
+Job = Tuple[PromptDoc, int]  # one image to make: the document it is for and its seed
+
+
+class StableDiffusionExecutor(Executor):
+    """Text-to-image with any diffusers text-to-image model (SD 1.x/2.x, SDXL, ...).
+
+    Documents that already carry an ``error`` pass through untouched. Each image of a document
+    gets seed ``seed + i``, so any single image can be regenerated on its own.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str = 'auto',
+        enable_safety_checker: bool = False,
+        max_num_images: int = 4,
+        max_batch_size: int = 4,
+        num_images: int = 1,
+        steps: int = 25,
+        guidance_scale: float = 7.5,
+        width: int = 512,
+        height: int = 512,
+        scheduler: str = 'dpm++',
+        negative_prompt: str = '',
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.device = torch.device(resolve_device(device))
+        self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
+        self.max_num_images = max_num_images
+        self.max_batch_size = max_batch_size
+        self.defaults = GenerationParams(
+            num_images=num_images, steps=steps, guidance_scale=guidance_scale, width=width, height=height,
+            scheduler=scheduler, negative_prompt=negative_prompt,
+        )
+        self.defaults.validate(max_num_images)
+        self.model_id = model
+        self.pipe, self.is_tiny = self._load_pipeline(model, enable_safety_checker)
+        self.schedulers = self._build_schedulers()
+
+    def _load_pipeline(self, model: str, enable_safety_checker: bool):
+        from diffusers import AutoPipelineForText2Image
+
+        path = tiny_pipeline_dir() if model == TINY_MODEL_NAME else model
+        options: Dict[str, Any] = {'dtype': self.dtype}
+        if not enable_safety_checker:
+            options.update(safety_checker=None, requires_safety_checker=False)
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(path, **options)
+        except Exception as e:
+            raise RuntimeError(
+                f'Could not load the Stable Diffusion model {model!r}: {e}\n'
+                'Set S2I_SD_MODEL to a local diffusers folder, or to a Hugging Face model id that this '
+                'machine can download (or has in its cache; pre-download with '
+                '`huggingface-cli download <id>`). S2I_SD_MODEL=tiny runs a tiny random-weight model '
+                'that checks the wiring and makes noise images.'
+            ) from e
+        pipe = pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        is_tiny = is_tiny_model(path)
+        if is_tiny:
+            self.logger.warning(f'\n{"!" * 78}\n!!  {model}: {TINY_WARNING.upper()}\n{"!" * 78}')
+        self.logger.info(f'loaded {model} as {type(pipe).__name__} on {self.device} ({self.dtype})')
+        return pipe, is_tiny
+
+    def _build_schedulers(self) -> Dict[str, Any]:
+        import diffusers
+
+        schedulers = {'default': self.pipe.scheduler}
+        for name, (class_name, overrides) in SCHEDULER_CLASSES.items():
+            scheduler_class = getattr(diffusers, class_name)
+            schedulers[name] = scheduler_class.from_config(self.pipe.scheduler.config, **overrides)
+        return schedulers
+
+    @requests(on=['/generate', '/text2image'])
+    def generate(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        try:
+            params = GenerationParams.from_request(self.defaults, parameters, self.max_num_images)
+        except ParameterError as e:
+            mark_failed(docs, f'invalid parameters: {e}')
+            return docs
+        for doc in docs:
+            if not doc.error and not doc.text.strip():
+                doc.error = 'nothing to draw: the document has no text prompt'
+        jobs = self._plan_jobs([d for d in docs if not d.error], params)
+        for start in range(0, len(jobs), self.max_batch_size):
+            self._run_batch(jobs[start : start + self.max_batch_size], params)
+        return docs
+
+    @staticmethod
+    def _plan_jobs(docs: List[PromptDoc], params: GenerationParams) -> List[Job]:
+        jobs = []
+        for doc in docs:
+            first_seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED - params.num_images)
+            jobs.extend((doc, first_seed + i) for i in range(params.num_images))
+        return jobs
+
+    def _run_batch(self, jobs: List[Job], params: GenerationParams) -> None:
+        started = time.perf_counter()
+        self.pipe.scheduler = self.schedulers[params.scheduler]
+        try:
+            with torch.inference_mode():
+                output = self.pipe(
+                    prompt=[doc.text for doc, _ in jobs],
+                    negative_prompt=[params.negative_prompt] * len(jobs) if params.negative_prompt else None,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance_scale,
+                    width=params.width,
+                    height=params.height,
+                    # CPU generators: the same seed gives the same starting noise on any device.
+                    generator=[torch.Generator('cpu').manual_seed(seed) for _, seed in jobs],
+                )
+        except Exception as e:
+            self.logger.error('generation failed', exc_info=True)
+            mark_failed([doc for doc, _ in jobs], f'image generation failed: {type(e).__name__}: {e}')
+            return
+        flagged = getattr(output, 'nsfw_content_detected', None) or [False] * len(jobs)
+        for (doc, seed), image, nsfw in zip(jobs, output.images, flagged):
+            doc.matches.append(self._to_generated_image(doc, image, seed, params, nsfw))
+        self.logger.info(
+            f'{len(jobs)} image(s) {params.width}x{params.height}, {params.steps} steps, '
+            f'{params.scheduler} in {time.perf_counter() - started:.2f}s'
+        )
+
+    def _to_generated_image(self, doc: PromptDoc, image, seed: int, params: GenerationParams, nsfw: bool):
+        recorded = self._image_parameters(doc.text, seed, params)
+        if nsfw:
+            recorded['nsfw_filtered'] = True  # the safety checker blacked the image out
+        png = encode_png(image, recorded)
+        return GeneratedImage(
+            png=None if params.return_data_uri else png,
+            uri=png_data_uri(png) if params.return_data_uri else None,
+            width=image.width,
+            height=image.height,
+            seed=seed,
+            parameters=recorded,
+        )
+
+    def _image_parameters(self, prompt: str, seed: int, params: GenerationParams) -> Dict[str, Any]:
+        recorded = {
+            'prompt': prompt,
+            'negative_prompt': params.negative_prompt,
+            'steps': params.steps,
+            'guidance_scale': params.guidance_scale,
+            'seed': seed,
+            'width': params.width,
+            'height': params.height,
+            'scheduler': params.scheduler,
+            'model': self.model_id,
+            'pipeline': type(self.pipe).__name__,
+            'device': self.device.type,
+            'dtype': str(self.dtype).removeprefix('torch.'),
+        }
+        if self.is_tiny:
+            recorded['warning'] = TINY_WARNING
+        return recorded

