@@ -4,7 +4,10 @@ flow.yml reads its settings from S2I_* environment variables; Jina has no syntax
 so this module fills in the ones that are not set before loading it.
 """
 
+import logging
+import multiprocessing
 import os
+import sys
 from pathlib import Path
 
 FLOW_YML = Path(__file__).resolve().parent.parent / 'flow.yml'
@@ -27,6 +30,19 @@ def apply_defaults() -> None:
             os.environ[name] = value
 
 
+class _ExitWhenFlowAborts(logging.Handler):
+    """jina 3.34: when an executor fails to start, ``Flow.close()`` joins a gateway process that
+    keeps retrying that executor forever, so a failed start never returns. The server exits
+    instead, once the executors' own errors are on the screen."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith('Flow is aborted'):
+            for child in multiprocessing.active_children():
+                child.kill()
+            print('speech-to-image Flow failed to start: see the executor errors above', file=sys.stderr, flush=True)
+            os._exit(1)
+
+
 def load_flow(path=FLOW_YML):
     """The Flow of ``flow.yml`` with the S2I_* settings now in the environment (defaults for the rest)."""
     from jina import Flow
@@ -38,6 +54,7 @@ def load_flow(path=FLOW_YML):
 
 def main() -> None:
     flow = load_flow()
+    flow.logger.logger.addHandler(_ExitWhenFlowAborts())  # after loading: JinaLogger resets handlers
     with flow:
         print(
             f'speech-to-image Flow ready: grpc://{os.environ["S2I_HOST"]}:{os.environ["S2I_PORT"]} '

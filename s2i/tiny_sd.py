@@ -59,7 +59,7 @@ def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
         )
     )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', num_train_timesteps=1000
+        beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', num_train_timesteps=1000, steps_offset=1
     )
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_byte_level_clip_tokenizer(),

@@ -1,0 +1,120 @@
+"""The real Flow (flow.yml) on 127.0.0.1 and free ports, driven by the real client, library and CLI."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from docarray import DocList
+from PIL import Image
+
+import client
+from s2i.docs import PromptDoc
+from s2i.encoding import read_png_parameters
+from s2i.serve import load_flow
+
+from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, ROOT, free_port
+
+pytestmark = pytest.mark.slow
+SMALL = {'width': 64, 'height': 64, 'steps': 2}
+
+
+@pytest.fixture(scope='module')
+def flow(tiny_sd_dir):
+    grpc_port, http_port = free_port(), free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            'S2I_SD_MODEL': tiny_sd_dir, 'S2I_DEVICE': 'cpu', 'S2I_HOST': '127.0.0.1',
+            'S2I_PORT': str(grpc_port), 'S2I_HTTP_PORT': str(http_port),
+        }.items():
+            patch.setenv(name, value)
+        with load_flow():
+            yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+
+
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+def test_audio_in_images_out(flow, protocol):
+    (doc,) = client.generate([ENGLISH_CLIP], parameters={**SMALL, 'num_images': 2, 'seed': 3}, host=flow[protocol])
+    assert doc.error == ''
+    assert doc.language == 'en' and 'fox' in doc.text.lower()
+    assert [image.seed for image in doc.matches] == [3, 4]
+    for image in doc.matches:
+        assert Image.open(io.BytesIO(image.png)).size == (64, 64)
+        assert read_png_parameters(image.png)['prompt'] == doc.text
+
+
+def test_text_prompts_skip_whisper(flow):
+    # Audio sent to /text2image is ignored: proof that Whisper never saw the document.
+    docs = DocList[PromptDoc]([PromptDoc(text='a lighthouse', blob=ENGLISH_CLIP.read_bytes())])
+    from jina import Client
+
+    (doc,) = Client(host=flow['grpc']).post('/text2image', inputs=docs, parameters=SMALL, return_type=DocList[PromptDoc])
+    assert doc.transcript == '' and doc.language is None
+    assert doc.text == 'a lighthouse' and len(doc.matches) == 1
+
+
+def test_text_only_requests_through_the_client(flow):
+    (doc,) = client.generate(prompts=['a lighthouse in a storm'], parameters=SMALL, host=flow['http'])
+    assert doc.error == '' and doc.transcript == ''
+    assert read_png_parameters(doc.matches[0].png)['prompt'] == 'a lighthouse in a storm'
+
+
+def test_one_bad_document_in_a_request_leaves_the_others_answered(flow):
+    docs = client.build_docs([ENGLISH_CLIP, DATA / 'empty.wav', DATA / 'silence_3s.wav'], prompts=['a red barn'])
+    results = client.generate(docs=docs, parameters=SMALL, host=flow['grpc'], request_size=len(docs))
+    english, empty, silence, prompt = results
+    assert english.error == '' and len(english.matches) == 1
+    assert empty.error == 'empty audio: the file has 0 bytes' and len(empty.matches) == 0
+    assert silence.error == 'no speech detected' and len(silence.matches) == 0
+    assert prompt.error == '' and len(prompt.matches) == 1
+    assert [r.id for r in results] == [d.id for d in docs]
+
+
+def test_bad_parameters_get_an_error_and_the_flow_keeps_serving(flow):
+    (doc,) = client.generate(prompts=['a fox'], parameters={**SMALL, 'width': 65}, host=flow['grpc'])
+    assert doc.error == 'invalid parameters: width must be a multiple of 8, got 65'
+    (doc,) = client.generate(prompts=['a fox'], parameters=SMALL, host=flow['grpc'])
+    assert doc.error == '' and len(doc.matches) == 1
+
+
+def test_cli_writes_images_and_prints_one_json_object_per_input(flow, tmp_path):
+    command = [
+        sys.executable, str(ROOT / 'client.py'), '--host', flow['grpc'], '--json', '--out', str(tmp_path),
+        '--num-images', '2', '--width', '64', '--height', '64', '--steps', '2', '--seed', '7',
+        str(ENGLISH_CLIP), str(GERMAN_CLIP), str(DATA / 'empty.wav'), '--text', 'a red barn',
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 1, run.stderr  # the empty file failed
+    english, german, empty, prompt = [json.loads(line) for line in run.stdout.splitlines()]
+
+    assert english['input'] == str(ENGLISH_CLIP) and english['language'] == 'en' and english['error'] == ''
+    assert 'fox' in english['text'].lower()
+    assert english['images'] == [str(tmp_path / 'fox_in_snow_en-0.png'), str(tmp_path / 'fox_in_snow_en-1.png')]
+    for path in english['images']:
+        assert read_png_parameters(open(path, 'rb').read())['prompt'] == english['text']
+
+    assert german['language'] == 'de' and 'Schnee' in german['transcript'] and 'snow' in german['text'].lower()
+    assert len(german['images']) == 2
+
+    assert empty['error'] == 'empty audio: the file has 0 bytes' and empty['images'] == []
+    assert prompt['text'] == 'a red barn' and prompt['images'][0].endswith('a-red-barn-0.png')
+
+
+def test_cli_reports_an_unreachable_flow_and_exits_non_zero(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / 'client.py'), '--host', f'grpc://127.0.0.1:{free_port()}', '--text', 'a fox'],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert run.returncode != 0
+    assert 'cannot reach the Flow at grpc://127.0.0.1:' in run.stderr
+
+
+def test_a_flow_whose_sd_model_cannot_load_fails_at_start_naming_it(tmp_path):
+    env = {**os.environ, 'S2I_SD_MODEL': str(tmp_path / 'no-such-model'), 'S2I_DEVICE': 'cpu',
+           'S2I_PORT': str(free_port()), 'S2I_HTTP_PORT': str(free_port())}
+    run = subprocess.run([sys.executable, '-m', 's2i.serve'], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert f"Could not load the Stable Diffusion model '{tmp_path / 'no-such-model'}'" in output

@@ -1,0 +1,197 @@
+"""StableDiffusionExecutor on a tiny random-weight pipeline: wiring, parameters, determinism, errors."""
+
+import io
+
+import numpy as np
+import pytest
+from docarray import DocList
+from PIL import Image
+
+from executors.stable_diffusion.executor import StableDiffusionExecutor
+from s2i.docs import PromptDoc
+from s2i.encoding import from_data_uri, read_png_parameters
+from s2i.tiny_sd import TINY_WARNING
+
+SMALL = {'width': 64, 'height': 64, 'steps': 2}
+
+
+@pytest.fixture(scope='module')
+def sd(tiny_sd_dir):
+    return StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=2, max_num_images=4)
+
+
+def generate(sd, parameters=None, prompts=('a red fox in the snow',)) -> DocList[PromptDoc]:
+    docs = DocList[PromptDoc]([PromptDoc(text=prompt) for prompt in prompts])
+    return sd.generate(docs, parameters or {})
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image.png)).convert('RGB'), dtype=np.int16)
+
+
+def only_image(sd, **parameters):
+    (doc,) = generate(sd, parameters)
+    assert doc.error == ''
+    (image,) = doc.matches
+    return image
+
+
+class UNetCalls:
+    """Counts UNet forward passes and the batch size each one saw."""
+
+    def __init__(self, unet):
+        self.batch_sizes = []
+        self.handle = unet.register_forward_hook(lambda module, args, output: self.batch_sizes.append(args[0].shape[0]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_each_document_gets_the_requested_number_of_images_of_the_requested_size(sd):
+    docs = generate(sd, {'num_images': 3, 'width': 64, 'height': 96}, prompts=('a fox', 'a lighthouse'))
+    for doc in docs:
+        assert doc.error == ''
+        assert len(doc.matches) == 3
+        for image in doc.matches:
+            assert Image.open(io.BytesIO(image.png)).size == (64, 96)
+            assert (image.width, image.height) == (64, 96)
+
+
+def test_same_seed_and_parameters_give_identical_pixels(sd):
+    first, second = only_image(sd, seed=1234), only_image(sd, seed=1234)
+    assert np.array_equal(pixels(first), pixels(second))
+
+
+def test_different_seeds_give_different_pixels(sd):
+    assert not np.array_equal(pixels(only_image(sd, seed=1)), pixels(only_image(sd, seed=2)))
+
+
+def test_image_i_of_a_document_uses_seed_plus_i_and_can_be_regenerated_alone(sd):
+    (doc,) = generate(sd, {'seed': 10, 'num_images': 2})
+    assert [image.seed for image in doc.matches] == [10, 11]
+    alone = only_image(sd, seed=11)
+    # Batched and single convolutions round differently on the CPU: at most one level of 255.
+    assert np.abs(pixels(doc.matches[1]) - pixels(alone)).max() <= 1
+
+
+def test_without_a_seed_each_image_reports_the_random_seed_it_used(sd):
+    image = only_image(sd)
+    assert np.array_equal(pixels(image), pixels(only_image(sd, seed=image.seed)))
+
+
+def test_png_carries_every_generation_parameter_and_the_model(sd, tiny_sd_dir):
+    image = only_image(sd, seed=5, steps=3, guidance_scale=4.0, negative_prompt='blurry', scheduler='ddim')
+    embedded = read_png_parameters(image.png)
+    assert embedded == image.parameters
+    assert embedded['prompt'] == 'a red fox in the snow'
+    assert {k: embedded[k] for k in ('seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'width', 'height')} == {
+        'seed': 5, 'steps': 3, 'guidance_scale': 4.0, 'negative_prompt': 'blurry', 'scheduler': 'ddim', 'width': 64, 'height': 64,
+    }
+    assert embedded['model'] == tiny_sd_dir
+    assert embedded['device'] == 'cpu' and embedded['dtype'] == 'float32'
+
+
+def test_images_of_the_tiny_model_say_they_are_noise(sd):
+    assert only_image(sd).parameters['warning'] == TINY_WARNING
+
+
+def test_steps_sets_the_number_of_denoising_passes(sd):
+    with UNetCalls(sd.pipe.unet) as calls:
+        only_image(sd, steps=3)
+    assert len(calls.batch_sizes) == 3
+
+
+def test_guidance_scale_above_one_runs_classifier_free_guidance(sd):
+    with UNetCalls(sd.pipe.unet) as guided:
+        only_image(sd, seed=3, guidance_scale=7.5)
+    with UNetCalls(sd.pipe.unet) as unguided:
+        only_image(sd, seed=3, guidance_scale=1.0)
+    assert guided.batch_sizes == [2, 2] and unguided.batch_sizes == [1, 1]
+
+
+def test_negative_prompt_changes_the_image(sd):
+    plain, negative = only_image(sd, seed=3), only_image(sd, seed=3, negative_prompt='blurry, dark')
+    assert not np.array_equal(pixels(plain), pixels(negative))
+
+
+@pytest.mark.parametrize(
+    'name, class_name',
+    [
+        ('euler', 'EulerDiscreteScheduler'),
+        ('euler_a', 'EulerAncestralDiscreteScheduler'),
+        ('ddim', 'DDIMScheduler'),
+        ('dpm++', 'DPMSolverMultistepScheduler'),
+        ('default', 'EulerDiscreteScheduler'),  # the tiny model's own
+    ],
+)
+def test_scheduler_is_chosen_by_name(sd, name, class_name):
+    only_image(sd, scheduler=name)
+    assert type(sd.pipe.scheduler).__name__ == class_name
+
+
+def test_data_uri_replaces_png_bytes_on_request(sd):
+    image = only_image(sd, seed=9, return_data_uri=True)
+    assert image.png is None
+    assert image.uri.startswith('data:image/png;base64,')
+    assert read_png_parameters(from_data_uri(image.uri))['seed'] == 9
+
+
+@pytest.mark.parametrize(
+    'parameters, key',
+    [({'num_images': 5}, 'num_images'), ({'width': 60}, 'width'), ({'steps': 0}, 'steps'), ({'sampler': 'x'}, 'sampler')],
+)
+def test_invalid_parameters_give_every_document_an_error_naming_the_key(sd, parameters, key):
+    docs = generate(sd, parameters, prompts=('a', 'b'))
+    for doc in docs:
+        assert doc.error.startswith('invalid parameters: ') and key in doc.error
+        assert len(doc.matches) == 0
+
+
+def test_documents_with_an_error_pass_through_untouched_while_the_others_are_drawn(sd):
+    docs = DocList[PromptDoc]([
+        PromptDoc(text='a fox', error='no speech detected'),
+        PromptDoc(text='a fox'),
+        PromptDoc(text='   '),
+    ])
+    sd.generate(docs, {})
+    assert docs[0].error == 'no speech detected' and len(docs[0].matches) == 0
+    assert docs[1].error == '' and len(docs[1].matches) == 1
+    assert docs[2].error == 'nothing to draw: the document has no text prompt' and len(docs[2].matches) == 0
+
+
+def test_a_failing_generation_fails_its_documents_and_the_executor_keeps_serving(sd, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError('CUDA out of memory (injected)')
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(sd.pipe), '__call__', out_of_memory)
+        (failed,) = generate(sd)
+    assert failed.error == 'image generation failed: RuntimeError: CUDA out of memory (injected)'
+    assert len(only_image(sd).png) > 0
+
+
+def test_batches_larger_than_max_batch_size_are_split_and_all_images_come_back(tiny_sd_dir):
+    sd = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=1, max_batch_size=2)
+    with UNetCalls(sd.pipe.unet) as calls:
+        docs = generate(sd, {'num_images': 3, 'guidance_scale': 1.0}, prompts=('a', 'b'))
+    assert [len(doc.matches) for doc in docs] == [3, 3]
+    assert calls.batch_sizes == [2, 2, 2]
+
+
+def test_an_unloadable_model_fails_at_start_naming_the_model_and_the_fix():
+    with pytest.raises(RuntimeError) as error:
+        StableDiffusionExecutor(model='/nonexistent/sd-model', device='cpu')
+    message = str(error.value)
+    assert "Could not load the Stable Diffusion model '/nonexistent/sd-model'" in message
+    assert 'S2I_SD_MODEL' in message
+
+
+def test_model_name_tiny_builds_the_tiny_pipeline_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('S2I_CACHE', str(tmp_path))
+    sd = StableDiffusionExecutor(model='tiny', device='cpu', width=64, height=64, steps=1)
+    assert (tmp_path / 'tiny-sd' / 'model_index.json').is_file()
+    image = only_image(sd)
+    assert image.parameters['model'] == 'tiny' and image.parameters['warning'] == TINY_WARNING
