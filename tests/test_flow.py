@@ -112,7 +112,7 @@ def test_cli_reports_an_unreachable_flow_and_exits_non_zero(tmp_path):
 
 
 def test_a_flow_whose_sd_model_cannot_load_fails_at_start_naming_it(tmp_path):
-    env = {**os.environ, 'S2I_SD_MODEL': str(tmp_path / 'no-such-model'), 'S2I_DEVICE': 'cpu',
+    env = {**os.environ, 'COLUMNS': '1000', 'S2I_SD_MODEL': str(tmp_path / 'no-such-model'), 'S2I_DEVICE': 'cpu',
            'S2I_PORT': str(free_port()), 'S2I_HTTP_PORT': str(free_port())}
     run = subprocess.run([sys.executable, '-m', 's2i.serve'], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode != 0
