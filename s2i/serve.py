@@ -7,10 +7,13 @@ so this module fills in the ones that are not set before loading it.
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 FLOW_YML = Path(__file__).resolve().parent.parent / 'flow.yml'
+READY_LINE = 'speech-to-image Flow ready'
 
 DEFAULTS = {
     'S2I_WHISPER_BACKEND': 'faster-whisper',  # or openai-whisper
@@ -55,13 +58,17 @@ def load_flow(path=FLOW_YML):
 def main() -> None:
     flow = load_flow()
     flow.logger.logger.addHandler(_ExitWhenFlowAborts())  # after loading: JinaLogger resets handlers
+    # SIGTERM (docker stop, kill, a supervisor) must close the Flow like Ctrl+C does; by default
+    # it would end only this process and orphan the executors, still holding their ports.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with flow:
         print(
-            f'speech-to-image Flow ready: grpc://{os.environ["S2I_HOST"]}:{os.environ["S2I_PORT"]} '
+            f'{READY_LINE}: grpc://{os.environ["S2I_HOST"]}:{os.environ["S2I_PORT"]} '
             f'http://{os.environ["S2I_HOST"]}:{os.environ["S2I_HTTP_PORT"]}',
             flush=True,
         )
-        flow.block()
+        flow.block(stop_event=stop)
 
 
 if __name__ == '__main__':

@@ -57,7 +57,7 @@ class StableDiffusionExecutor(Executor):
         self.max_batch_size = max_batch_size
         self.defaults = GenerationParams(
             num_images=num_images, steps=steps, guidance_scale=guidance_scale, width=width, height=height,
-            scheduler=scheduler, negative_prompt=negative_prompt,
+            scheduler=scheduler, negative_prompt=negative_prompt or '',  # YAML reads '' as null
         )
         self.defaults.validate(max_num_images)
         self.model_id = model

@@ -1,0 +1,20 @@
+# make demo   set up .venv, start the Flow, turn the example audio into images in outputs/
+# make test   set up .venv, run the test suite
+# make serve  set up .venv, start the Flow (S2I_* variables configure it; see README)
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test serve
+setup: $(STAMP)
+
+$(STAMP): scripts/setup.sh constraints.txt requirements.txt requirements-dev.txt executors/whisper/requirements.txt executors/stable_diffusion/requirements.txt pyproject.toml
+	scripts/setup.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/python scripts/demo.py
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+serve: $(STAMP)
+	$(VENV)/bin/python -m s2i.serve

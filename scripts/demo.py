@@ -1,0 +1,97 @@
+"""The quick start: start the Flow, send the example audio, print what was heard, write the images.
+
+    make demo                                 # or: .venv/bin/python scripts/demo.py
+    S2I_SD_MODEL=/models/sd15 make demo       # real weights: a local folder or a hub id
+
+Without Stable Diffusion weights on this machine it runs the tiny random-weight model, and says so.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import client  # noqa: E402
+from s2i.encoding import read_png_parameters  # noqa: E402
+from s2i.serve import DEFAULTS, READY_LINE, apply_defaults  # noqa: E402
+
+OUT = ROOT / 'outputs'
+EXAMPLES = sorted((ROOT / 'examples').glob('*.wav'))
+READY_TIMEOUT_S = 1800  # a first run with real weights downloads several GB
+
+
+def choose_sd_model() -> str:
+    if os.environ.get('S2I_SD_MODEL'):
+        return os.environ['S2I_SD_MODEL']
+    default = DEFAULTS['S2I_SD_MODEL']
+    if sd_weights_cached(default):
+        return default
+    bar = '!' * 78
+    print(
+        f'{bar}\n!! No Stable Diffusion weights on this machine ({default} is not in the Hugging Face cache).\n'
+        '!! Running with the TINY RANDOM-WEIGHT model: the pipeline is real, THE IMAGES ARE NOISE.\n'
+        '!! For real images: S2I_SD_MODEL=<hub id or local folder> make demo  (a GPU is advised)\n'
+        f'{bar}',
+        flush=True,
+    )
+    return 'tiny'
+
+
+def sd_weights_cached(model_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model_id, 'model_index.json'), str)
+
+
+def start_flow(log_path: Path) -> subprocess.Popen:
+    print(f'starting the Flow (log: {log_path.relative_to(ROOT)}) ...', flush=True)
+    log = open(log_path, 'w')
+    return subprocess.Popen([sys.executable, '-m', 's2i.serve'], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_until_ready(server: subprocess.Popen, log_path: Path) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < READY_TIMEOUT_S:
+        if server.poll() is not None:
+            tail = ''.join(log_path.read_text().splitlines(True)[-30:])
+            sys.exit(f'the Flow failed to start; the end of {log_path}:\n{tail}')
+        if READY_LINE in log_path.read_text():
+            print(f'Flow ready in {time.monotonic() - started:.0f}s', flush=True)
+            return
+        time.sleep(1)
+    sys.exit(f'the Flow was not ready after {READY_TIMEOUT_S}s; see {log_path}')
+
+
+def stop_flow(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def main() -> int:
+    os.environ['S2I_SD_MODEL'] = choose_sd_model()
+    apply_defaults()
+    OUT.mkdir(exist_ok=True)
+    host = f'grpc://127.0.0.1:{os.environ["S2I_PORT"]}'
+    server = start_flow(OUT / 'flow.log')
+    try:
+        wait_until_ready(server, OUT / 'flow.log')
+        status = client.main(['--host', host, '--out', str(OUT), *map(str, EXAMPLES)])
+    finally:
+        stop_flow(server)
+    first_image = max(OUT.glob('*.png'), key=lambda p: p.stat().st_mtime, default=None)
+    if first_image:
+        print(f'\n{first_image.relative_to(ROOT)} carries its parameters:')
+        print(json.dumps(read_png_parameters(first_image.read_bytes()), indent=2))
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
