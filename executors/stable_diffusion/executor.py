@@ -82,7 +82,7 @@ class StableDiffusionExecutor(Executor):
                 'that checks the wiring and makes noise images.'
             ) from e
         pipe = pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe.set_progress_bar_config(disable=True)  # one log line per quarter instead (see _progress_logger)
         is_tiny = is_tiny_model(path)
         if is_tiny:
             self.logger.warning(f'\n{"!" * 78}\n!!  {model}: {TINY_WARNING.upper()}\n{"!" * 78}')
@@ -135,6 +135,7 @@ class StableDiffusionExecutor(Executor):
                     height=params.height,
                     # CPU generators: the same seed gives the same starting noise on any device.
                     generator=[torch.Generator('cpu').manual_seed(seed) for _, seed in jobs],
+                    callback_on_step_end=self._progress_logger(params.steps, len(jobs)),
                 )
         except Exception as e:
             self.logger.error('generation failed', exc_info=True)
@@ -147,6 +148,18 @@ class StableDiffusionExecutor(Executor):
             f'{len(jobs)} image(s) {params.width}x{params.height}, {params.steps} steps, '
             f'{params.scheduler} in {time.perf_counter() - started:.2f}s'
         )
+
+    def _progress_logger(self, steps: int, batch_size: int):
+        started = time.perf_counter()
+        quarter = max(1, steps // 4)
+
+        def log_progress(pipe, step: int, timestep, callback_kwargs):
+            done = step + 1
+            if done % quarter == 0 and done < steps:
+                self.logger.info(f'{batch_size} image(s): step {done}/{steps}, {time.perf_counter() - started:.1f}s')
+            return callback_kwargs
+
+        return log_progress
 
     def _to_generated_image(self, doc: PromptDoc, image, seed: int, params: GenerationParams, nsfw: bool):
         recorded = self._image_parameters(doc.text, seed, params)
