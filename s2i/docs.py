@@ -32,6 +32,7 @@ class GeneratedImage(BaseDoc):
     height: int = 0
     seed: int = 0
     parameters: Dict[str, Any] = {}  # prompt, every generation parameter and the model id
+    batch_size: int = 1  # images made in the same pipeline call (dynamic batching merges requests)
 
 
 class PromptDoc(BaseDoc):

@@ -17,6 +17,7 @@ from s2i.runtime import cache_dir
 TINY_MODEL_NAME = 'tiny'  # S2I_SD_MODEL value that selects this pipeline
 TINY_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
 TINY_WARNING = 'tiny random-weight test model: this image is noise, not a generation'
+TINY_VERSION = 2  # bump when the architecture changes, so cached copies are rebuilt
 
 
 def is_tiny_model(path: str) -> bool:
@@ -51,6 +52,7 @@ def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
+        sample_size=512,  # as SD 1.5's VAE: tiled decoding (low-memory mode) starts above 512 px
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -72,7 +74,7 @@ def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
 
 def tiny_pipeline_dir() -> str:
     """The tiny pipeline in the cache folder, written on first use (same weights every time)."""
-    out_dir = cache_dir() / 'tiny-sd'
+    out_dir = cache_dir() / f'tiny-sd-v{TINY_VERSION}'
     if not is_tiny_model(str(out_dir)):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = tempfile.mkdtemp(dir=out_dir.parent, prefix='.tiny-sd-')

@@ -3,9 +3,11 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from docarray import DocList
 from PIL import Image
@@ -118,3 +120,20 @@ def test_a_flow_whose_sd_model_cannot_load_fails_at_start_naming_it(tmp_path):
     assert run.returncode != 0
     output = run.stdout + run.stderr
     assert f"Could not load the Stable Diffusion model '{tmp_path / 'no-such-model'}'" in output
+
+
+def test_concurrent_requests_are_batched_and_give_the_same_images_as_a_lone_one(flow):
+    # Jina merges only requests whose parameters are equal, so all ask for the same seed.
+    parameters = {**SMALL, 'seed': 11}
+    (alone,) = client.generate(prompts=['a red fox'], parameters=parameters, host=flow['grpc'])
+    # request_size=1: four requests in flight at once, as from four clients.
+    together = client.generate(prompts=['a red fox'] * 4, parameters=parameters, host=flow['grpc'], request_size=1)
+    assert max(doc.matches[0].batch_size for doc in together) >= 2, 'dynamic batching merged no requests'
+    for doc in together:
+        assert doc.error == '' and doc.matches[0].seed == 11
+        # Batched convolutions round differently on the CPU: at most one level of 255.
+        assert np.abs(pixels(doc.matches[0]) - pixels(alone.matches[0])).max() <= 1
+
+
+def pixels(image):
+    return np.asarray(Image.open(io.BytesIO(image.png)).convert('RGB'), dtype=np.int16)

@@ -10,7 +10,7 @@ from PIL import Image
 from executors.stable_diffusion.executor import StableDiffusionExecutor
 from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri, read_png_parameters
-from s2i.tiny_sd import TINY_WARNING
+from s2i.tiny_sd import TINY_VERSION, TINY_WARNING
 
 SMALL = {'width': 64, 'height': 64, 'steps': 2}
 
@@ -192,6 +192,30 @@ def test_an_unloadable_model_fails_at_start_naming_the_model_and_the_fix():
 def test_model_name_tiny_builds_the_tiny_pipeline_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('S2I_CACHE', str(tmp_path))
     sd = StableDiffusionExecutor(model='tiny', device='cpu', width=64, height=64, steps=1)
-    assert (tmp_path / 'tiny-sd' / 'model_index.json').is_file()
+    assert (tmp_path / f'tiny-sd-v{TINY_VERSION}' / 'model_index.json').is_file()
     image = only_image(sd)
     assert image.parameters['model'] == 'tiny' and image.parameters['warning'] == TINY_WARNING
+
+
+@pytest.fixture(scope='module')
+def reference_pixels(sd):
+    return pixels(only_image(sd, seed=21, width=128, height=128))
+
+
+@pytest.mark.parametrize('setting', ['channels_last', 'fuse_qkv', 'low_memory'])
+def test_speed_settings_keep_the_pixels(tiny_sd_dir, reference_pixels, setting):
+    fast = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=2, **{setting: True})
+    assert np.abs(pixels(only_image(fast, seed=21, width=128, height=128)) - reference_pixels).max() <= 1
+
+
+@pytest.mark.slow
+def test_compiled_unet_keeps_the_pixels(tiny_sd_dir, reference_pixels):
+    compiled = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=128, height=128, steps=2, compile_unet=True)
+    assert np.abs(pixels(only_image(compiled, seed=21)) - reference_pixels).max() <= 1
+
+
+def test_warm_up_runs_the_pipeline_once_at_start(tiny_sd_dir):
+    warm = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=5, warmup=True)
+    cold = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=5, warmup=False)
+    assert warm.pipe.scheduler.num_inference_steps == 2  # the warm-up's two steps
+    assert cold.pipe.scheduler.num_inference_steps is None
