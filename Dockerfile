@@ -1,30 +1,74 @@
-# A first image: the whole Flow in one container (gateway + both executors).
-#   docker build -t s2i .
-#   docker run --gpus all -p 54321:54321 -p 54322:54322 -v s2i-models:/models s2i
-# Weights are not baked in: they download into the /models volume on first start.
+# syntax=docker/dockerfile:1
+# One image for every part of the service: the whole Flow in one container (the default command),
+# or one part per container, as deploy/docker-compose.yml and deploy/kubernetes/ run it:
+#   jina gateway ...                                  the gateway
+#   jina executor --uses executors/whisper/config.yml ...           (or --uses config.yml with
+#   jina executor --uses executors/stable_diffusion/config.yml ...   the executor's folder as workdir)
+#
+#   docker build -t s2i:latest .
+#   docker run --gpus all -p 54321:54321 -p 54322:54322 -v s2i-models:/models s2i:latest
+#
+# Model weights are not in the image: they download into the /models volume on first start.
+# --build-arg PRELOAD_MODELS=1 bakes the weights of S2I_SD_MODEL and S2I_WHISPER_MODEL (build args
+# too, defaulting to the service's defaults) into /models instead; see README, "Deploy".
+# PyPI's torch wheel for Linux bundles its CUDA libraries, so a slim Python base runs on the GPU
+# wherever the container is given one (--gpus, or nvidia.com/gpu in Kubernetes).
 FROM python:3.11-slim
 
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# ffmpeg: openai-whisper decodes audio through it. A fixed uid, so volumes and securityContext agree.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ffmpeg \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 1000 s2i \
+ && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin s2i \
+ && mkdir -p /models \
+ && chown s2i:s2i /models
 
 WORKDIR /app
 
-# Dependencies first, so code changes do not reinstall them. The same files and order as scripts/setup.sh.
+# Dependencies before the code, so a code change reinstalls nothing. The same steps, files and
+# order as scripts/setup.sh (tests/test_deploy.py checks it), less its test tools.
 COPY constraints.txt requirements.txt ./
 COPY executors/whisper/requirements.txt executors/whisper/requirements.txt
 COPY executors/stable_diffusion/requirements.txt executors/stable_diffusion/requirements.txt
+# DL3013: setup.sh upgrades pip unpinned too. DL3059: one layer per step, so a requirements change
+# keeps the torch layer (several GB) cached.
+# hadolint ignore=DL3013
+RUN pip install --upgrade pip
 ARG TORCH_VERSION=2.13.0
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" -c constraints.txt \
- && pip install --no-cache-dir -r requirements.txt -c constraints.txt
+# hadolint ignore=DL3059
+RUN pip install "torch==${TORCH_VERSION}" -c constraints.txt
+# hadolint ignore=DL3059
+RUN pip install -r requirements.txt -c constraints.txt
+COPY pyproject.toml ./
+COPY s2i/ s2i/
+RUN pip install --no-deps -e .
 
-COPY . .
-RUN pip install --no-cache-dir --no-deps -e .
-
-ENV S2I_HOST=0.0.0.0 \
-    HF_HOME=/models/huggingface \
+ENV HF_HOME=/models/huggingface \
     XDG_CACHE_HOME=/models/cache \
-    S2I_CACHE=/models/s2i
+    S2I_CACHE=/models/s2i \
+    S2I_HOST=0.0.0.0
+
+# Off by default: weights belong in the volume. PRELOAD_MODELS=1 bakes them in (an offline cluster).
+ARG PRELOAD_MODELS=""
+ARG S2I_SD_MODEL=""
+ARG S2I_WHISPER_MODEL=""
+ARG S2I_WHISPER_BACKEND=""
+COPY deploy/preload.py deploy/preload.py
+USER 1000:1000
+RUN if [ -n "${PRELOAD_MODELS}" ]; then python deploy/preload.py; fi
+
+COPY flow.yml client.py ./
+COPY executors/ executors/
+
 VOLUME /models
 EXPOSE 54321 54322
+# The default command's Flow; a gateway started on that port answers it too.
+HEALTHCHECK --interval=30s --timeout=20s --start-period=10m --retries=3 \
+    CMD ["sh", "-c", "jina ping flow grpc://127.0.0.1:${S2I_PORT:-54321} --timeout 10000"]
 CMD ["python", "-m", "s2i.serve"]
