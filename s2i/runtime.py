@@ -17,3 +17,13 @@ def resolve_device(device: Optional[str]) -> str:
 def cache_dir() -> Path:
     """Models this service assembles or writes itself: $S2I_CACHE, default ~/.cache/s2i."""
     return Path(os.environ.get('S2I_CACHE') or Path.home() / '.cache' / 's2i')
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for tests and benchmarks)."""
+    import socket
+    from contextlib import closing
+
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]

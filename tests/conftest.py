@@ -1,12 +1,12 @@
 """Fixtures: tiny random-weight models built in code, the bundled real Whisper weights, free ports, a running Flow."""
 
 import os
-import socket
 import sys
-from contextlib import closing
 from pathlib import Path
 
 import pytest
+
+from s2i.runtime import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / 'tests' / 'data'
@@ -26,12 +26,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'gpu' in item.keywords:
             item.add_marker(skip_gpu)
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope='session')
