@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -356,6 +357,8 @@ def main() -> None:
 
     from s2i.tiny_sd import write_tiny_pipeline
 
+    # A killed bench must still close its Flows: orphaned executors keep Jina's per-class start lock.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit('bench: terminated'))
     started = time.perf_counter()
     info = machine()
     print(f'machine: {info["platform"]}, {info["cpus"]} CPUs, GPU: {info["gpu"] or "none"}; ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
