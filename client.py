@@ -24,6 +24,7 @@ from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri, to_data_uri
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "54321")}'
+TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'  # the gateway's token, when it asks for one (s2i/gateway.py)
 
 
 def build_docs(audio_files: Iterable[Union[str, Path]] = (), prompts: Iterable[str] = ()) -> DocList[PromptDoc]:
@@ -40,12 +41,14 @@ def generate(
     host: str = DEFAULT_HOST,
     request_size: int = 1,
     docs: Optional[DocList[PromptDoc]] = None,
+    token: Optional[str] = None,
 ) -> DocList[PromptDoc]:
     """Send audio files and/or text prompts to the Flow; returns the result documents in input order.
 
     Each document carries either its images in ``matches`` (PNG bytes in ``.png``) or an
     ``error``. Requests made only of text prompts go to ``/text2image``, which skips Whisper.
     Works over gRPC (default) and HTTP; over HTTP, bytes travel as data URIs both ways.
+    ``token`` (default: $S2I_AUTH_TOKEN) is sent as ``authorization: Bearer <token>``.
     """
     from jina import Client
 
@@ -63,11 +66,21 @@ def generate(
         request_size=request_size,
         results_in_order=True,
         return_type=DocList[PromptDoc],
+        **auth_options(token if token is not None else os.environ.get(TOKEN_VARIABLE), over_http),
     )
     if over_http:
         for image in (image for doc in results for image in doc.matches):
             image.png, image.uri = from_data_uri(image.uri), None
     return results
+
+
+def auth_options(token: Optional[str], over_http: bool) -> Dict[str, Any]:
+    """The keyword arguments of ``Client.post`` that carry the token: HTTP headers or gRPC metadata."""
+    if not token:
+        return {}
+    if over_http:
+        return {'headers': {'Authorization': f'Bearer {token}'}}
+    return {'metadata': (('authorization', f'Bearer {token}'),)}
 
 
 def _blob_to_data_uri(doc: PromptDoc) -> PromptDoc:
@@ -108,6 +121,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--language', help='spoken language (ISO 639-1) of all AUDIO; default: detect')
     parser.add_argument('--out', default='outputs', type=Path, help='folder for the PNG files (default: outputs)')
     parser.add_argument('--json', action='store_true', help='print one JSON object per input')
+    parser.add_argument('--token', default=os.environ.get(TOKEN_VARIABLE), help=f'the gateway\'s auth token (default: ${TOKEN_VARIABLE})')
     args = parser.parse_args(argv)
     if not args.audio and not args.text:
         parser.error('give at least one AUDIO file or --text PROMPT')
@@ -141,9 +155,15 @@ def run_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argpars
         result['error'] = f'cannot read {label}: {e.strerror}'
         return result
     try:
-        (doc,) = generate(docs=docs, parameters=parameters, host=args.host)
+        (doc,) = generate(docs=docs, parameters=parameters, host=args.host, token=args.token or '')
     except ConnectionError as e:
         raise SystemExit(f'cannot reach the Flow at {args.host} ({e}); start it with `python -m s2i.serve`')
+    except Exception as e:
+        from s2i.gateway import UNAUTHENTICATED
+
+        if UNAUTHENTICATED in str(e):  # the same words over gRPC (UNAUTHENTICATED) and HTTP (401)
+            raise SystemExit(f'the Flow at {args.host} refused the request: {UNAUTHENTICATED}')
+        raise
     result.update(language=doc.language, transcript=doc.transcript, text=doc.text, error=doc.error)
     result['images'] = save_images(doc, args.out, input_stem(label, is_file))
     return result

@@ -5,12 +5,15 @@ A single type end to end keeps Jina's chaining check happy (every executor takes
 schema adapters.
 """
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Annotated, Any, Dict, Iterable, Optional
 
+import numpy as np
 from docarray import BaseDoc, DocList
 from docarray.typing import NdArray
+from pydantic import Field, field_validator
 
 SAMPLE_RATE = 16000  # Hz; Whisper's input rate, and the rate a waveform ``tensor`` must have
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # docarray's protobuf carries ints as int32
 
 
 class Segment(BaseDoc):
@@ -28,19 +31,20 @@ class GeneratedImage(BaseDoc):
 
     png: Optional[bytes] = None
     uri: Optional[str] = None  # data:image/png;base64,...
-    width: int = 0
-    height: int = 0
-    seed: int = 0
+    width: Int32 = 0
+    height: Int32 = 0
+    seed: Int32 = 0
     parameters: Dict[str, Any] = {}  # prompt, every generation parameter and the model id
-    batch_size: int = 1  # images made in the same pipeline call (dynamic batching merges requests)
+    batch_size: Int32 = 1  # images made in the same pipeline call (dynamic batching merges requests)
 
 
 class PromptDoc(BaseDoc):
     """One input (audio or a text prompt) and everything produced from it.
 
     Audio is given as exactly one of ``blob`` (file bytes: wav, mp3, flac, ogg, m4a, ...),
-    ``uri`` (a ``data:`` URI holding such a file, which is how HTTP clients send audio, or a path
-    or URL the *server* can read) or ``tensor`` (a mono float waveform at ``sample_rate``).
+    ``uri`` (a ``data:`` URI holding such a file, which is how HTTP clients send audio; a server
+    path or http(s) URL only where the Whisper executor's ``input_dir`` / ``allowed_url_hosts``
+    allow it) or ``tensor`` (a mono float waveform at ``sample_rate``).
     A document without audio is a text prompt: ``text`` is used as is.
     """
 
@@ -48,7 +52,7 @@ class PromptDoc(BaseDoc):
     blob: Optional[bytes] = None
     uri: Optional[str] = None
     tensor: Optional[NdArray] = None
-    sample_rate: int = SAMPLE_RATE
+    sample_rate: Int32 = SAMPLE_RATE
     language: Optional[str] = None  # spoken language if known (ISO 639-1); else detected and set here
 
     # --- set by the Whisper executor ---
@@ -64,6 +68,26 @@ class PromptDoc(BaseDoc):
 
     # --- set by the Stable Diffusion executor ---
     matches: DocList[GeneratedImage] = DocList[GeneratedImage]()
+
+    @field_validator('tensor', mode='before')
+    @classmethod
+    def _tensor_is_an_array_or_a_list(cls, value):
+        # docarray reads a number or bytes as a *shape*: tensor=10**10 (from JSON, over HTTP) would
+        # allocate 80 GB, and b'abcd' a 97x98x99x100 array. Only arrays and lists are samples.
+        if value is not None and not isinstance(value, (list, tuple, np.ndarray)):
+            raise ValueError(f'tensor must be an array or a list of numbers, got {type(value).__name__}; audio file bytes go in blob')
+        return value
+
+    @field_validator('tensor')
+    @classmethod
+    def _tensor_holds_numbers(cls, value):
+        if value is None:
+            return value
+        if value.ndim == 0:  # a lone number: no waveform, and no JSON round trip
+            raise ValueError('tensor must have at least one dimension')
+        if value.dtype.kind not in 'biuf':  # e.g. [[None]]: an object array, which protobuf cannot carry
+            raise ValueError(f'tensor must hold numbers, got dtype {value.dtype}')
+        return value
 
     @property
     def has_audio(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Tuple
 SCHEDULERS = ('default', 'euler', 'euler_a', 'ddim', 'dpm++')  # 'default': the model's own
 MAX_SEED = 2**31 - 1  # docarray sends ints as protobuf int32
 MIN_SIZE, MAX_SIZE = 64, 2048  # pixels, per side
+MAX_PIXELS = MAX_SIZE * MAX_SIZE  # width * height; executors configure a lower max_pixels
 MAX_STEPS = 200
 MAX_GUIDANCE_SCALE = 50.0
 
@@ -37,15 +38,15 @@ class GenerationParams:
 
     @classmethod
     def from_request(
-        cls, defaults: 'GenerationParams', parameters: Mapping[str, Any], max_num_images: int
+        cls, defaults: 'GenerationParams', parameters: Mapping[str, Any], max_num_images: int, max_pixels: int = MAX_PIXELS
     ) -> 'GenerationParams':
         check_known_keys(parameters)
         given = {k: v for k, v in parameters.items() if k in _GENERATION_KEYS}
         params = dataclasses.replace(defaults, **{k: _coerce(cls, k, v) for k, v in given.items()})
-        params.validate(max_num_images)
+        params.validate(max_num_images, max_pixels)
         return params
 
-    def validate(self, max_num_images: int) -> None:
+    def validate(self, max_num_images: int, max_pixels: int = MAX_PIXELS) -> None:
         _check_range('num_images', self.num_images, 1, max_num_images)
         _check_range('steps', self.steps, 1, MAX_STEPS)
         _check_range('guidance_scale', self.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
@@ -56,6 +57,10 @@ class GenerationParams:
             _check_range(key, value, MIN_SIZE, MAX_SIZE)
             if value % 8:
                 raise ParameterError(f'{key} must be a multiple of 8, got {value}')
+        if self.width * self.height > max_pixels:
+            raise ParameterError(
+                f'width x height must be at most {max_pixels} pixels (max_pixels), got {self.width}x{self.height}'
+            )
         if self.scheduler not in SCHEDULERS:
             raise ParameterError(f'scheduler must be one of {", ".join(SCHEDULERS)}; got {self.scheduler!r}')
 

@@ -25,6 +25,8 @@ DEFAULTS = {
     'S2I_HTTP_PORT': '54322',
     'S2I_SD_REPLICAS': '1',
 }
+# Not defaulted: when set, the gateway refuses requests without "authorization: Bearer <token>".
+AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 
 
 def apply_defaults() -> None:
@@ -52,7 +54,14 @@ def load_flow(path=FLOW_YML):
 
     apply_defaults()
     # Executors' `uses:` paths are relative to the repository root.
-    return Flow.load_config(str(path), extra_search_paths=[str(Path(path).resolve().parent)])
+    flow = Flow.load_config(str(path), extra_search_paths=[str(Path(path).resolve().parent)])
+    if os.environ.get(AUTH_TOKEN_VARIABLE):
+        from s2i.gateway import TokenAuthGateway
+
+        # Here rather than in flow.yml: `jina export` (deploy/) could not name this class's image,
+        # and without a token the stock gateway is the same minus the check.
+        flow = flow.config_gateway(uses=TokenAuthGateway)  # returns a configured copy
+    return flow
 
 
 def main() -> None:

@@ -104,3 +104,86 @@ def test_any_request_either_parses_to_transcription_params_or_raises_parameter_e
         return
     assert params.language is None or isinstance(params.language, str)
     assert isinstance(params.beam_size, int) and 1 <= params.beam_size <= 20
+
+
+@pytest.mark.parametrize(
+    'parameters, message',
+    [
+        ({'guidance_scale': math.inf}, 'guidance_scale must be a finite number, got inf'),
+        ({'steps': math.inf}, 'steps must be an integer, got inf'),
+        ({'seed': math.nan}, 'seed must be an integer, got nan'),
+        ({'steps': 10**30}, 'steps must be between 1 and 200, got 1000000000000000000000000000000'),
+        ({'num_images': 1e9}, 'num_images must be between 1 and 4, got 1000000000'),
+        ({'width': -512}, 'width must be between 64 and 2048, got -512'),
+        ({'width': 2048, 'height': 2048}, 'width x height must be at most 1048576 pixels (max_pixels), got 2048x2048'),
+        ({'steps': [5]}, 'steps must be an integer, got [5]'),
+        ({'scheduler': {'name': 'ddim'}}, "scheduler must be a string, got {'name': 'ddim'}"),
+    ],
+)
+def test_non_finite_huge_negative_and_oversized_values_are_rejected(parameters, message):
+    with pytest.raises(ParameterError) as error:
+        GenerationParams.from_request(DEFAULTS, parameters, max_num_images=4, max_pixels=1024 * 1024)
+    assert str(error.value) == message
+
+
+# --- the schemas: whatever a client sends either becomes a document or raises pydantic's ValidationError
+
+from docarray import DocList  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from s2i.docs import GeneratedImage, PromptDoc  # noqa: E402
+
+PROMPT_FIELDS = sorted(PromptDoc.model_fields)
+tensor_like = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=8) | st.lists(
+    st.lists(st.floats(width=32), min_size=1, max_size=3), max_size=3
+)
+field_values = json_values | st.binary(max_size=16) | tensor_like
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(PROMPT_FIELDS + ['extra', 'matches']), field_values, max_size=6))
+def test_any_prompt_doc_input_either_validates_or_raises_validation_error(fields):
+    try:
+        doc = PromptDoc(**fields)
+    except ValidationError:
+        return
+    # What validates travels the Flow: through protobuf (gRPC) and JSON (HTTP) and back.
+    assert PromptDoc.from_protobuf(doc.to_protobuf()).text == doc.text
+    if doc.blob is None:  # JSON cannot carry raw bytes: HTTP clients send data URIs (client.py does)
+        assert PromptDoc.model_validate_json(doc.model_dump_json()).error == doc.error
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(GeneratedImage.model_fields)), field_values, max_size=5))
+def test_any_generated_image_input_either_validates_or_raises_validation_error(fields):
+    try:
+        image = GeneratedImage(**fields)
+    except ValidationError:
+        return
+    assert GeneratedImage.from_protobuf(image.to_protobuf()).seed == image.seed
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(['text', 'blob', 'language', 'sample_rate']), field_values, max_size=3), max_size=4))
+def test_any_list_of_prompt_docs_either_validates_or_raises_validation_error(items):
+    try:
+        docs = DocList[PromptDoc]([PromptDoc(**item) for item in items])
+    except ValidationError:
+        return
+    assert len(DocList[PromptDoc].from_protobuf(docs.to_protobuf())) == len(items)
+
+
+@pytest.mark.parametrize('value', [b'abcd', 10**10, 5.0, '5'], ids=['bytes', 'int', 'float', 'string'])
+def test_bytes_or_a_number_given_as_a_tensor_are_refused_instead_of_read_as_a_shape(value):
+    # docarray alone reads them as a shape: 10**10 (which JSON over HTTP can carry) would allocate 80 GB
+    with pytest.raises(ValidationError, match='tensor must be an array or a list of numbers'):
+        PromptDoc(tensor=value)
+
+
+def test_a_tensor_over_http_is_a_json_list_of_samples():
+    assert PromptDoc.model_validate_json('{"tensor": [0.0, 0.5, -0.5]}').tensor.shape == (3,)
+
+
+def test_a_zero_dimensional_tensor_is_refused():
+    with pytest.raises(ValidationError, match='tensor must have at least one dimension'):
+        PromptDoc(tensor=__import__('numpy').array(1.0, dtype='float32'))

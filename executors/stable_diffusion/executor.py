@@ -10,7 +10,7 @@ from jina import Executor, requests
 
 from s2i.runtime import resolve_device
 from s2i.docs import GeneratedImage, PromptDoc, mark_failed
-from s2i.params import MAX_SEED, GenerationParams, ParameterError
+from s2i.params import MAX_PIXELS, MAX_SEED, GenerationParams, ParameterError
 from s2i.encoding import encode_png, png_data_uri
 from s2i.tiny_sd import TINY_MODEL_NAME, TINY_WARNING, is_tiny_model, tiny_pipeline_dir
 
@@ -25,6 +25,7 @@ SCHEDULER_CLASSES = {
 }
 
 Job = Tuple[PromptDoc, int]  # one image to make: the document it is for and its seed
+OUT_OF_MEMORY = 'out of GPU memory'
 
 
 class StableDiffusionExecutor(Executor):
@@ -41,6 +42,8 @@ class StableDiffusionExecutor(Executor):
         enable_safety_checker: bool = False,
         max_num_images: int = 4,
         max_batch_size: int = 4,
+        max_pixels: int = 1024 * 1024,
+        max_prompt_chars: int = 20000,
         num_images: int = 1,
         steps: int = 25,
         guidance_scale: float = 7.5,
@@ -60,11 +63,13 @@ class StableDiffusionExecutor(Executor):
         self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
         self.max_num_images = max_num_images
         self.max_batch_size = max_batch_size
+        self.max_pixels = min(max_pixels, MAX_PIXELS)
+        self.max_prompt_chars = max_prompt_chars
         self.defaults = GenerationParams(
             num_images=num_images, steps=steps, guidance_scale=guidance_scale, width=width, height=height,
             scheduler=scheduler, negative_prompt=negative_prompt or '',  # YAML reads '' as null
         )
-        self.defaults.validate(max_num_images)
+        self.defaults.validate(max_num_images, self.max_pixels)
         self.model_id = model
         self.pipe, self.is_tiny = self._load_pipeline(model, enable_safety_checker)
         self._place_pipeline(low_memory)
@@ -153,17 +158,24 @@ class StableDiffusionExecutor(Executor):
     @requests(on=['/generate', '/text2image'])
     def generate(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         try:
-            params = GenerationParams.from_request(self.defaults, parameters, self.max_num_images)
+            params = GenerationParams.from_request(self.defaults, parameters, self.max_num_images, self.max_pixels)
         except ParameterError as e:
             mark_failed(docs, f'invalid parameters: {e}')
             return docs
         for doc in docs:
-            if not doc.error and not doc.text.strip():
-                doc.error = 'nothing to draw: the document has no text prompt'
+            if not doc.error:
+                doc.error = self._prompt_error(doc.text)
         jobs = self._plan_jobs([d for d in docs if not d.error], params)
         for start in range(0, len(jobs), self.max_batch_size):
             self._run_batch(jobs[start : start + self.max_batch_size], params)
         return docs
+
+    def _prompt_error(self, prompt: str) -> str:
+        if not prompt.strip():
+            return 'nothing to draw: the document has no text prompt'
+        if len(prompt) > self.max_prompt_chars:
+            return f'prompt too long: {len(prompt)} characters, the limit is {self.max_prompt_chars} (max_prompt_chars)'
+        return ''
 
     @staticmethod
     def _plan_jobs(docs: List[PromptDoc], params: GenerationParams) -> List[Job]:
@@ -174,25 +186,46 @@ class StableDiffusionExecutor(Executor):
         return jobs
 
     def _run_batch(self, jobs: List[Job], params: GenerationParams) -> None:
-        started = time.perf_counter()
-        self.pipe.scheduler = self.schedulers[params.scheduler]
+        """Generate ``jobs`` in one pipeline call; on CUDA out-of-memory, retry in halves down to one image."""
         try:
-            with torch.inference_mode():
-                output = self.pipe(
-                    prompt=[doc.text for doc, _ in jobs],
-                    negative_prompt=[params.negative_prompt] * len(jobs) if params.negative_prompt else None,
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance_scale,
-                    width=params.width,
-                    height=params.height,
-                    # CPU generators: the same seed gives the same starting noise on any device.
-                    generator=[torch.Generator('cpu').manual_seed(seed) for _, seed in jobs],
-                    callback_on_step_end=self._progress_logger(params.steps, len(jobs)),
-                )
+            self._generate_batch(jobs, params)
+        except torch.cuda.OutOfMemoryError as e:
+            self._release_memory()
+            if len(jobs) == 1:
+                self.logger.error(f'out of GPU memory for one {params.width}x{params.height} image')
+                mark_failed([doc for doc, _ in jobs], f'{OUT_OF_MEMORY} for a {params.width}x{params.height} image: '
+                            f'ask for a smaller width and height ({e})')
+                return
+            self.logger.warning(f'out of GPU memory for {len(jobs)} images; retrying in two halves')
+            half = len(jobs) // 2
+            self._run_batch(jobs[:half], params)
+            self._run_batch(jobs[half:], params)
         except Exception as e:
             self.logger.error('generation failed', exc_info=True)
             mark_failed([doc for doc, _ in jobs], f'image generation failed: {type(e).__name__}: {e}')
-            return
+
+    def _release_memory(self) -> None:
+        import gc
+
+        gc.collect()  # the failed call's tensors, so the retry finds the memory free
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    def _generate_batch(self, jobs: List[Job], params: GenerationParams) -> None:
+        started = time.perf_counter()
+        self.pipe.scheduler = self.schedulers[params.scheduler]
+        with torch.inference_mode():
+            output = self.pipe(
+                prompt=[doc.text for doc, _ in jobs],
+                negative_prompt=[params.negative_prompt] * len(jobs) if params.negative_prompt else None,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                width=params.width,
+                height=params.height,
+                # CPU generators: the same seed gives the same starting noise on any device.
+                generator=[torch.Generator('cpu').manual_seed(seed) for _, seed in jobs],
+                callback_on_step_end=self._progress_logger(params.steps, len(jobs)),
+            )
         flagged = getattr(output, 'nsfw_content_detected', None) or [False] * len(jobs)
         for (doc, seed), image, nsfw in zip(jobs, output.images, flagged):
             doc.matches.append(self._to_generated_image(doc, image, seed, params, nsfw, len(jobs)))
@@ -217,6 +250,9 @@ class StableDiffusionExecutor(Executor):
         recorded = self._image_parameters(doc.text, seed, params)
         if nsfw:
             recorded['nsfw_filtered'] = True  # the safety checker blacked the image out
+        truncation = self._truncation(doc.text, params.negative_prompt)
+        if truncation:
+            recorded['truncated'] = truncation  # the text encoder saw only the start: say so, not silently
         png = encode_png(image, recorded)
         return GeneratedImage(
             png=None if params.return_data_uri else png,
@@ -227,6 +263,20 @@ class StableDiffusionExecutor(Executor):
             parameters=recorded,
             batch_size=batch_size,
         )
+
+    def _truncation(self, prompt: str, negative_prompt: str) -> Dict[str, Any]:
+        """For each text longer than the text encoder's window: its token count, the limit and the part used."""
+        tokenizer = self.pipe.tokenizer or getattr(self.pipe, 'tokenizer_2', None)
+        if tokenizer is None:
+            return {}
+        limit = tokenizer.model_max_length  # 77 for CLIP, including the start and end tokens
+        truncated = {}
+        for key, text in (('prompt', prompt), ('negative_prompt', negative_prompt)):
+            ids = tokenizer(text, truncation=False, verbose=False).input_ids if text else []
+            if len(ids) > limit:
+                used = tokenizer.decode(ids[: limit - 1], skip_special_tokens=True)
+                truncated[key] = {'tokens': len(ids), 'limit': limit, 'used': used}
+        return truncated
 
     def _image_parameters(self, prompt: str, seed: int, params: GenerationParams) -> Dict[str, Any]:
         recorded = {

@@ -1,23 +1,22 @@
 """WhisperExecutor: speech in any language -> transcript, detected language and English text."""
 
-import io
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from docarray import DocList
 from jina import Executor, requests
 
+from s2i.audio_input import AudioError, AudioPolicy, audio_bytes, check_duration, decode_bounded, header_duration
 from s2i.docs import SAMPLE_RATE, PromptDoc, Segment, mark_failed
-from s2i.encoding import from_data_uri
 from s2i.params import ParameterError, TranscriptionParams
 from s2i.runtime import resolve_device
 from s2i.whisper_weights import bundled_ct2_model, bundled_openai_checkpoint
 
-AudioSource = Union[str, bytes]  # a path/URL the server can open, or the bytes of an audio file
-NO_SPEECH = 'no speech detected'
+NO_SPEECH = 'no speech detected'  # VAD found none, or the decoder produced no text
+UNUSABLE_SPEECH = 'no usable speech'  # the decoder's own signals say its text is not what was said
 # Both backends decode the same way. Temperature 0 only: the same audio always gives the same
 # prompt (and so, with a seed, the same image); the sampling fallback at higher temperatures
 # turned weak translations into gibberish rather than better text.
@@ -26,14 +25,54 @@ DECODING = {'temperature': 0.0, 'condition_on_previous_text': False}
 
 
 @dataclass
+class DecodedSegment:
+    start: float  # seconds into the audio given
+    end: float
+    text: str
+    no_speech_prob: float  # the decoder's probability that the window holds no speech
+    avg_logprob: float  # mean log-probability of the tokens: low when the decoder is guessing
+    compression_ratio: float  # gzip ratio of the text: high for repetition loops
+
+
+@dataclass
 class Transcription:
     language: str
     language_probability: float
-    segments: List[Tuple[float, float, str]]  # (start, end, text), seconds into the audio given
+    segments: List[DecodedSegment]
 
     @property
     def text(self) -> str:
-        return ' '.join(text.strip() for _, _, text in self.segments).strip()
+        return ' '.join(s.text.strip() for s in self.segments).strip()
+
+
+@dataclass(frozen=True)
+class SpeechThresholds:
+    """Whisper's own hallucination signals (its defaults); None switches a check off."""
+
+    max_no_speech_prob: Optional[float] = 0.6
+    min_avg_logprob: Optional[float] = -1.0
+    max_compression_ratio: Optional[float] = 2.4
+
+    def why_unusable(self, segment: DecodedSegment) -> Optional[str]:
+        if self.max_compression_ratio is not None and segment.compression_ratio > self.max_compression_ratio:
+            return f'the text repeats itself (compression ratio {segment.compression_ratio:.2f} > {self.max_compression_ratio:g})'
+        if self.max_no_speech_prob is not None and segment.no_speech_prob > self.max_no_speech_prob:
+            return f'the model hears no speech (no_speech_prob {segment.no_speech_prob:.2f} > {self.max_no_speech_prob:g})'
+        if self.min_avg_logprob is not None and segment.avg_logprob < self.min_avg_logprob:
+            return f'the model is guessing (avg_logprob {segment.avg_logprob:.2f} < {self.min_avg_logprob:g})'
+        return None
+
+
+def usable_segments(segments: Sequence[DecodedSegment], thresholds: SpeechThresholds) -> Tuple[List[DecodedSegment], Optional[str]]:
+    """The segments the thresholds accept, and why the first rejected one was rejected (None if none was)."""
+    kept, reasons = [], []
+    for segment in segments:
+        reason = thresholds.why_unusable(segment)
+        if reason:
+            reasons.append(reason)
+        else:
+            kept.append(segment)
+    return kept, (reasons[0] if reasons else None)
 
 
 class WhisperExecutor(Executor):
@@ -52,6 +91,13 @@ class WhisperExecutor(Executor):
         beam_size: int = 5,
         vad_filter: bool = True,
         cpu_threads: int = 0,
+        max_audio_bytes: int = AudioPolicy.max_bytes,
+        max_audio_seconds: float = AudioPolicy.max_seconds,
+        input_dir: Optional[str] = None,
+        allowed_url_hosts: Optional[List[str]] = None,
+        max_no_speech_prob: Optional[float] = SpeechThresholds.max_no_speech_prob,
+        min_avg_logprob: Optional[float] = SpeechThresholds.min_avg_logprob,
+        max_compression_ratio: Optional[float] = SpeechThresholds.max_compression_ratio,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,6 +108,11 @@ class WhisperExecutor(Executor):
         self.backend = BACKENDS[backend](model, device, compute_type, cpu_threads)
         self.defaults = TranscriptionParams(beam_size=beam_size)
         self.vad_filter = vad_filter
+        self.policy = AudioPolicy(
+            max_bytes=max_audio_bytes, max_seconds=max_audio_seconds, input_dir=input_dir or None,
+            allowed_url_hosts=tuple(allowed_url_hosts or ()),
+        )
+        self.thresholds = SpeechThresholds(max_no_speech_prob, min_avg_logprob, max_compression_ratio)
         self.logger.info(
             f'{backend} {model} ({self.backend.model_path}) on {device} '
             f'loaded in {time.perf_counter() - started:.1f}s'
@@ -113,11 +164,17 @@ class WhisperExecutor(Executor):
         if not result.text:
             doc.error = NO_SPEECH
             return
+        # Hallucinations on non-speech come out fluent; the decoder's own signals give them away.
+        # The translation pass is not filtered: translating lowers avg_logprob even for clear speech.
+        result.segments, reason = usable_segments(result.segments, self.thresholds)
+        if not result.text:
+            doc.error = f'{UNUSABLE_SPEECH}: {reason}'
+            return
         doc.language, doc.language_probability = result.language, result.language_probability
         doc.transcript = result.text
         doc.segments = DocList[Segment](
-            Segment(start=to_original_time(timeline, start), end=to_original_time(timeline, end, True), text=text.strip())
-            for start, end, text in result.segments
+            Segment(start=to_original_time(timeline, s.start), end=to_original_time(timeline, s.end, True), text=s.text.strip())
+            for s in result.segments
         )
         doc.text = self._english_text(speech, result, params)
 
@@ -129,29 +186,24 @@ class WhisperExecutor(Executor):
 
     def _load_audio(self, doc: PromptDoc) -> np.ndarray:
         if doc.tensor is not None:
-            return waveform_from_tensor(np.asarray(doc.tensor), doc.sample_rate)
-        source: AudioSource = doc.blob if doc.blob is not None else doc.uri
-        if isinstance(source, str) and source.startswith('data:'):
-            try:
-                source = from_data_uri(source)
-            except ValueError as e:
-                raise AudioError(f'bad audio data URI: {e}') from e
-        if isinstance(source, bytes) and not source:
-            raise AudioError('empty audio: the file has 0 bytes')
+            return waveform_from_tensor(np.asarray(doc.tensor), doc.sample_rate, self.policy.max_seconds)
+        data = audio_bytes(doc.blob, doc.uri, self.policy)  # size and uri checks; only bytes reach a decoder
+        announced = header_duration(data)
+        if announced is not None:
+            check_duration(announced, self.policy)
         try:
-            audio = self.backend.load_audio(source)
+            audio = self.backend.load_audio(data, self.policy)
+        except AudioError:
+            raise
         except Exception as e:
             raise AudioError(f'could not decode audio: {type(e).__name__}: {e}') from e
         if not audio.size:
             raise AudioError('could not decode audio: no audio samples found')
+        check_duration(len(audio) / SAMPLE_RATE, self.policy)  # for containers without a duration
         return audio
 
 
-class AudioError(ValueError):
-    """The document's audio is missing, empty, undecodable or malformed."""
-
-
-def waveform_from_tensor(tensor: np.ndarray, sample_rate: int) -> np.ndarray:
+def waveform_from_tensor(tensor: np.ndarray, sample_rate: int, max_seconds: float = AudioPolicy.max_seconds) -> np.ndarray:
     if sample_rate != SAMPLE_RATE:
         raise AudioError(f'waveform tensors must be sampled at {SAMPLE_RATE} Hz, got {sample_rate}; resample or send the file bytes')
     if not np.issubdtype(tensor.dtype, np.floating):
@@ -160,6 +212,9 @@ def waveform_from_tensor(tensor: np.ndarray, sample_rate: int) -> np.ndarray:
         tensor = tensor.mean(axis=int(np.argmin(tensor.shape)))
     if tensor.ndim != 1 or not tensor.size:
         raise AudioError(f'waveform tensor must be mono (samples,) or (channels<=2, samples), got shape {tensor.shape}')
+    check_duration(tensor.size / SAMPLE_RATE, AudioPolicy(max_seconds=max_seconds))
+    if not np.isfinite(tensor).all():
+        raise AudioError('waveform tensor holds NaN or infinite values')
     return tensor.astype(np.float32)
 
 
@@ -198,16 +253,16 @@ class FasterWhisperBackend:
         self.is_multilingual = self.model.model.is_multilingual
         self.languages = set(self.model.supported_languages)
 
-    def load_audio(self, source: AudioSource) -> np.ndarray:
-        from faster_whisper.audio import decode_audio
-
-        return decode_audio(io.BytesIO(source) if isinstance(source, bytes) else source, sampling_rate=SAMPLE_RATE)
+    def load_audio(self, data: bytes, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
+        return decode_bounded(data, policy)  # PyAV, as faster-whisper's decode_audio, stopping at the limit
 
     def transcribe(self, audio: np.ndarray, task: str, language: Optional[str], beam_size: int) -> Transcription:
         segments, info = self.model.transcribe(
             audio, task=task, language=language, beam_size=beam_size, vad_filter=False, **DECODING,
         )
-        segments = [(s.start, s.end, s.text) for s in segments]  # the generator does the decoding
+        segments = [  # the generator does the decoding
+            DecodedSegment(s.start, s.end, s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio) for s in segments
+        ]
         return Transcription(info.language, info.language_probability, segments)
 
 
@@ -229,14 +284,13 @@ class OpenAIWhisperBackend:
         self.is_multilingual = self.model.is_multilingual
         self.languages = set(whisper.tokenizer.LANGUAGES) if self.is_multilingual else {'en'}
 
-    def load_audio(self, source: AudioSource) -> np.ndarray:
+    def load_audio(self, data: bytes, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
         import whisper
 
-        if isinstance(source, str):
-            return whisper.load_audio(source)
         # whisper.load_audio runs ffmpeg on a path; a real file lets ffmpeg seek (mp4/m4a need that).
+        # It decodes the whole file: the executor checks the header's duration before calling this.
         with tempfile.NamedTemporaryFile(suffix='.audio') as file:
-            file.write(source)
+            file.write(data)
             file.flush()
             return whisper.load_audio(file.name)
 
@@ -247,7 +301,10 @@ class OpenAIWhisperBackend:
         result = self.model.transcribe(
             audio, task=task, language=language, beam_size=beam_size, fp16=self.fp16, verbose=None, **DECODING,
         )
-        segments = [(s['start'], s['end'], s['text']) for s in result['segments']]
+        segments = [
+            DecodedSegment(s['start'], s['end'], s['text'], s['no_speech_prob'], s['avg_logprob'], s['compression_ratio'])
+            for s in result['segments']
+        ]
         return Transcription(language, probability, segments)
 
     def _detect_language(self, audio: np.ndarray) -> Tuple[str, float]:

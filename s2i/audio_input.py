@@ -1,0 +1,166 @@
+"""Where a document's audio may come from, and how much of it the server accepts.
+
+Clients send audio inline: ``blob`` bytes, a waveform ``tensor`` or a ``data:`` URI. A ``uri``
+never makes the server read an arbitrary file or fetch an arbitrary URL: server-side paths are
+read only under a configured input directory (after resolving ``..`` and symlinks), and http(s)
+only from configured hosts, without redirects. Everything ends up as bytes that are checked
+against the byte limit before anything decodes them; the duration limit is checked from the
+container's header before decoding, and again while decoding (see ``decode_bounded``).
+"""
+
+import io
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Optional, Tuple
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from s2i.docs import SAMPLE_RATE
+from s2i.encoding import from_data_uri
+
+
+class AudioError(ValueError):
+    """The document's audio is missing, too big, not allowed, undecodable or malformed."""
+
+
+@dataclass(frozen=True)
+class AudioPolicy:
+    max_bytes: int = 25 * 2**20  # per document, after data-URI decoding
+    max_seconds: float = 300.0  # longer audio is rejected, from its header when it has one
+    input_dir: Optional[str] = None  # server-side paths are read only under here; None: no paths
+    allowed_url_hosts: Tuple[str, ...] = ()  # "host" or "host:port" that http(s) URIs may name; (): none
+    url_timeout: float = 10.0  # seconds, per fetch
+
+
+def audio_bytes(blob: Optional[bytes], uri: Optional[str], policy: AudioPolicy) -> bytes:
+    """The audio file of a document (its blob, or what its uri points at), within the policy."""
+    data = blob if blob is not None else _read_uri(uri, policy)
+    if not data:
+        raise AudioError('empty audio: the file has 0 bytes')
+    check_size(len(data), policy)
+    return data
+
+
+def check_size(size: int, policy: AudioPolicy) -> None:
+    if size > policy.max_bytes:
+        raise AudioError(f'audio too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_audio_bytes)')
+
+
+def check_duration(seconds: float, policy: AudioPolicy) -> None:
+    if seconds > policy.max_seconds:
+        raise AudioError(f'audio too long: {seconds:.1f} s, the limit is {policy.max_seconds:g} s (max_audio_seconds)')
+
+
+def _read_uri(uri: str, policy: AudioPolicy) -> bytes:
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme == 'data':
+        estimated = len(uri) * 3 // 4  # base64 is 4/3 of the bytes: refuse a huge URI before decoding it
+        if estimated > policy.max_bytes + 1024:  # + room for the header
+            check_size(estimated, policy)
+        try:
+            return from_data_uri(uri)
+        except ValueError as e:
+            raise AudioError(f'bad audio data URI: {e}') from e
+    if scheme in ('http', 'https'):
+        return _fetch_url(uri, policy)
+    if scheme == '':
+        return _read_server_path(uri, policy)
+    raise AudioError(f'audio uri scheme {scheme!r} is not accepted: send the audio inline (blob, tensor or a data: URI)')
+
+
+def _read_server_path(path: str, policy: AudioPolicy) -> bytes:
+    if not policy.input_dir:
+        raise AudioError(
+            'server-side audio paths are off (input_dir is not set): send the audio inline (blob, tensor or a data: URI)'
+        )
+    root = os.path.realpath(policy.input_dir)
+    # realpath resolves "..", and symlinks anywhere on the way, before the containment check
+    resolved = os.path.realpath(os.path.join(root, path))
+    if os.path.commonpath([resolved, root]) != root:
+        raise AudioError(f'audio path {path!r} is outside the input directory')
+    if not os.path.isfile(resolved):
+        raise AudioError(f'audio path {path!r} is not a file in the input directory')
+    check_size(os.path.getsize(resolved), policy)
+    with open(resolved, 'rb') as file:
+        return file.read(policy.max_bytes + 1)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect could lead to a host that is not allowed: fail instead of following it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise AudioError(f'audio URL redirects (HTTP {code}); redirects are not followed')
+
+
+def _fetch_url(url: str, policy: AudioPolicy) -> bytes:
+    parts = urlsplit(url)
+    host = (parts.hostname or '').lower()
+    host_port = f'{host}:{parts.port}' if parts.port else host
+    allowed = {h.lower() for h in policy.allowed_url_hosts}
+    if host not in allowed and host_port not in allowed:
+        raise AudioError(
+            f'audio URL host {host_port!r} is not allowed (allowed_url_hosts: {", ".join(sorted(allowed)) or "none"})'
+        )
+    opener = urllib.request.build_opener(_RefuseRedirects)
+    try:
+        with opener.open(url, timeout=policy.url_timeout) as response:
+            data = response.read(policy.max_bytes + 1)
+    except (urllib.error.URLError, OSError) as e:
+        raise AudioError(f'could not fetch audio URL: {e}') from e
+    check_size(len(data), policy)
+    return data
+
+
+def header_duration(data: bytes) -> Optional[float]:
+    """Seconds of audio that the container's header announces; None when it does not say or cannot be read."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode='r', metadata_errors='ignore') as container:
+            if container.duration:
+                return container.duration / av.time_base
+            stream = container.streams.audio[0] if container.streams.audio else None
+            if stream is not None and stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:  # undecodable input: the decoder gives the error that explains it
+        return None
+    return None
+
+
+def decode_bounded(data: bytes, policy: AudioPolicy) -> np.ndarray:
+    """Mono float32 at SAMPLE_RATE, like faster-whisper's decode_audio, but stopping as soon as the
+    audio passes ``max_seconds``: a file whose header lies about its length is not decoded whole."""
+    import av
+
+    limit = int(policy.max_seconds * SAMPLE_RATE)
+    resampler = av.audio.resampler.AudioResampler(format='s16', layout='mono', rate=SAMPLE_RATE)
+    chunks, total = [], 0
+    with av.open(io.BytesIO(data), mode='r', metadata_errors='ignore') as container:
+        for frame in _frames_then_flush(container):
+            for resampled in resampler.resample(frame):
+                chunk = resampled.to_ndarray().reshape(-1)
+                chunks.append(chunk)
+                total += chunk.size
+            if total > limit:
+                raise AudioError(
+                    f'audio too long: more than {policy.max_seconds:g} s (max_audio_seconds); decoding stopped there'
+                )
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    return pcm.astype(np.float32) / 32768.0
+
+
+def _frames_then_flush(container):
+    import av
+
+    frames = container.decode(audio=0)
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            break
+        except av.error.InvalidDataError:
+            continue  # a damaged frame (a truncated file): skip it, as faster-whisper does
+    yield None  # flushes the resampler

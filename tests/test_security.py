@@ -1,0 +1,227 @@
+"""A document's uri cannot make the server read files or fetch URLs it was not told to; the gateway
+refuses requests without the token before any executor sees them."""
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from docarray import DocList
+from jina import Client
+
+import client
+from executors.whisper.executor import WhisperExecutor
+from s2i.docs import PromptDoc
+from s2i.gateway import UNAUTHENTICATED, TokenAuthGateway
+from s2i.serve import load_flow
+
+from conftest import ENGLISH_CLIP, ROOT, free_port
+from recording_flow import READY
+
+TOKEN = 'test-token-6f1c'
+PATHS_OFF = 'server-side audio paths are off (input_dir is not set)'
+
+
+# --- uri: files and URLs ---------------------------------------------------------------------------
+
+class RecordingHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the English clip at /clip.wav, and /redirect points elsewhere; every request is recorded."""
+
+    seen = []
+
+    def do_GET(self):
+        RecordingHandler.seen.append(self.path)
+        if self.path == '/redirect':
+            self.send_response(302)
+            self.send_header('Location', 'http://example.com/clip.wav')
+            self.end_headers()
+            return
+        body = ENGLISH_CLIP.read_bytes()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope='module')
+def audio_server():
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), RecordingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f'127.0.0.1:{server.server_address[1]}'
+    server.shutdown()
+
+
+@pytest.fixture(scope='module')
+def input_dir(tmp_path_factory) -> Path:
+    """An input directory with one clip, a symlink that leads out of it, and a secret beside it."""
+    root = tmp_path_factory.mktemp('uris')
+    (root / 'inputs').mkdir()
+    (root / 'inputs' / 'clip.wav').write_bytes(ENGLISH_CLIP.read_bytes())
+    (root / 'secret.wav').write_bytes(ENGLISH_CLIP.read_bytes())  # decodable: only the policy stops it
+    (root / 'inputs' / 'escape.wav').symlink_to(root / 'secret.wav')
+    return root / 'inputs'
+
+
+@pytest.fixture(scope='module')
+def default_whisper():
+    return WhisperExecutor(model='tiny.en', device='cpu')  # config.yml's defaults: no paths, no URLs
+
+
+@pytest.fixture(scope='module')
+def opened_whisper(input_dir, audio_server):
+    return WhisperExecutor(model='tiny.en', device='cpu', input_dir=str(input_dir), allowed_url_hosts=[audio_server])
+
+
+def transcribe(executor, *uris):
+    docs = [PromptDoc(uri=uri) for uri in uris] + [PromptDoc(blob=ENGLISH_CLIP.read_bytes())]
+    *results, inline = executor.transcribe(DocList[PromptDoc](docs), {})
+    assert inline.error == '' and 'fox' in inline.text.lower()  # the inline clip beside them still works
+    return results
+
+
+@pytest.mark.slow
+def test_by_default_no_uri_reads_a_server_file_or_fetches_a_url(default_whisper, audio_server):
+    RecordingHandler.seen.clear()
+    passwd, relative, file_uri, url, other_scheme = transcribe(
+        default_whisper, '/etc/passwd', '../secret.wav', 'file:///etc/passwd', f'http://{audio_server}/clip.wav', 'ftp://127.0.0.1/x.wav',
+    )
+    assert passwd.error.startswith(PATHS_OFF) and relative.error.startswith(PATHS_OFF)
+    assert file_uri.error.startswith("audio uri scheme 'file' is not accepted")
+    assert url.error == f"audio URL host '{audio_server}' is not allowed (allowed_url_hosts: none)"
+    assert other_scheme.error.startswith("audio uri scheme 'ftp' is not accepted")
+    assert RecordingHandler.seen == []  # nothing was fetched
+
+
+@pytest.mark.slow
+def test_paths_are_read_only_inside_the_input_directory(opened_whisper, input_dir):
+    inside, absolute_inside, passwd, dotdot, symlink, missing = transcribe(
+        opened_whisper, 'clip.wav', str(input_dir / 'clip.wav'), '/etc/passwd', '../secret.wav', 'escape.wav', 'nothing.wav',
+    )
+    assert inside.error == '' and 'fox' in inside.text.lower()
+    assert absolute_inside.error == '' and 'fox' in absolute_inside.text.lower()
+    assert passwd.error == "audio path '/etc/passwd' is outside the input directory"
+    assert dotdot.error == "audio path '../secret.wav' is outside the input directory"
+    assert symlink.error == "audio path 'escape.wav' is outside the input directory"
+    assert missing.error == "audio path 'nothing.wav' is not a file in the input directory"
+
+
+@pytest.mark.slow
+def test_urls_are_fetched_only_from_allowed_hosts_and_redirects_are_not_followed(opened_whisper, audio_server):
+    RecordingHandler.seen.clear()
+    other_port = f'127.0.0.1:{free_port()}'
+    allowed, redirect, not_allowed = transcribe(
+        opened_whisper, f'http://{audio_server}/clip.wav', f'http://{audio_server}/redirect', f'http://{other_port}/clip.wav',
+    )
+    assert allowed.error == '' and 'fox' in allowed.text.lower()
+    assert redirect.error == 'audio URL redirects (HTTP 302); redirects are not followed'
+    assert not_allowed.error == f"audio URL host '{other_port}' is not allowed (allowed_url_hosts: {audio_server})"
+    assert RecordingHandler.seen == ['/clip.wav', '/redirect']
+
+
+# --- token authentication ----------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def token_flow(tmp_path_factory):
+    """tests/recording_flow.py: the token gateway in front of an executor that records what reaches it."""
+    folder = tmp_path_factory.mktemp('auth')
+    log, output = folder / 'requests.log', folder / 'flow.out'
+    log.touch()
+    grpc_port, http_port = free_port(), free_port()
+    with open(output, 'w') as out:
+        flow = subprocess.Popen(
+            [sys.executable, str(ROOT / 'tests' / 'recording_flow.py'), str(log), str(grpc_port), str(http_port)],
+            cwd=ROOT, env={**os.environ, 'S2I_AUTH_TOKEN': TOKEN}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_ready(flow, output)
+        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}
+    finally:
+        os.killpg(flow.pid, signal.SIGKILL)
+        flow.wait(timeout=60)
+
+
+def wait_for_ready(flow: subprocess.Popen, output: Path, limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while READY not in output.read_text():
+        assert flow.poll() is None, f'the Flow exited:\n{output.read_text()[-3000:]}'
+        assert time.monotonic() < deadline, f'the Flow was not ready within {limit} s'
+        time.sleep(0.2)
+
+
+def received(flow):
+    return flow['log'].read_text().splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+def test_the_right_token_is_let_in(token_flow, protocol):
+    (doc,) = client.generate(prompts=[f'right token over {protocol}'], host=token_flow[protocol], token=TOKEN)
+    assert doc.text == f'right token over {protocol}'
+    assert f'right token over {protocol}' in received(token_flow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+@pytest.mark.parametrize('token', ['wrong-token', ''], ids=['wrong', 'missing'])
+def test_a_wrong_or_missing_token_is_refused_before_any_executor(token_flow, protocol, token, monkeypatch):
+    monkeypatch.delenv('S2I_AUTH_TOKEN', raising=False)  # '' must mean "send none", not "use the environment"
+    prompt = f'{token or "no"} token over {protocol}'
+    with pytest.raises(Exception) as refused:
+        client.generate(prompts=[prompt], host=token_flow[protocol], token=token)
+    assert UNAUTHENTICATED in str(refused.value)
+    assert prompt not in received(token_flow)
+
+
+@pytest.mark.slow
+def test_over_plain_http_a_refusal_is_401_and_the_readiness_route_stays_open(token_flow):
+    body = {'data': [{'text': 'raw http'}]}
+    refused = requests.post(f'{token_flow["http"]}/text2image', json=body, timeout=30)
+    assert refused.status_code == 401 and refused.json() == {'detail': UNAUTHENTICATED}
+    assert requests.get(f'{token_flow["http"]}/', timeout=30).status_code == 200
+    allowed = requests.post(f'{token_flow["http"]}/text2image', json=body, headers={'Authorization': f'Bearer {TOKEN}'}, timeout=30)
+    assert allowed.status_code == 200 and 'raw http' in received(token_flow)
+
+
+@pytest.mark.slow
+def test_health_checks_need_no_token(token_flow):
+    for protocol in ('grpc', 'http'):
+        assert Client(host=token_flow[protocol]).is_flow_ready()
+
+
+@pytest.mark.slow
+def test_the_cli_sends_its_token_and_says_when_it_is_refused(token_flow, tmp_path):
+    def run_cli(*options):
+        env = {k: v for k, v in os.environ.items() if k != 'S2I_AUTH_TOKEN'}
+        command = [sys.executable, str(ROOT / 'client.py'), '--host', token_flow['grpc'], '--json', '--out', str(tmp_path), *options]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+
+    right = run_cli('--token', TOKEN, '--text', 'cli with token')
+    assert right.returncode == 0, right.stderr
+    assert 'cli with token' in received(token_flow)
+    wrong = run_cli('--token', 'nope', '--text', 'cli with a wrong token')
+    assert wrong.returncode != 0
+    assert 'refused the request' in wrong.stderr and UNAUTHENTICATED in wrong.stderr
+    assert 'cli with a wrong token' not in received(token_flow)
+
+
+def test_serve_puts_the_token_gateway_in_front_only_when_a_token_is_set(monkeypatch):
+    monkeypatch.delenv('S2I_AUTH_TOKEN', raising=False)
+    assert load_flow()._gateway_kwargs.get('uses') is None
+    monkeypatch.setenv('S2I_AUTH_TOKEN', TOKEN)
+    assert load_flow()._gateway_kwargs.get('uses') is TokenAuthGateway
+
+
+def test_serve_binds_loopback_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv('S2I_HOST', raising=False)
+    assert load_flow()._gateway_kwargs['host'] == '127.0.0.1'
