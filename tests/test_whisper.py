@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from docarray import DocList
 
-from executors.whisper.executor import NO_SPEECH, OpenAIWhisperBackend, WhisperExecutor
+from executors.whisper.executor import NO_SPEECH, OpenAIWhisperBackend, WhisperExecutor, keep_speech
 from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import to_data_uri
 from s2i.whisper_weights import bundled_ct2_model
@@ -180,3 +180,49 @@ def test_openai_backend_runs_the_bundled_base_weights_and_hears_the_same_words()
 def test_transcription_is_deterministic(whisper_base):
     first, second = transcribe(whisper_base, PromptDoc(blob=GERMAN_CLIP.read_bytes()), PromptDoc(blob=GERMAN_CLIP.read_bytes()))
     assert (first.transcript, first.text) == (second.transcript, second.text)
+
+
+def test_clips_decoded_as_one_batch_read_exactly_as_one_by_one(whisper_base):
+    clips = [ENGLISH_CLIP.read_bytes(), GERMAN_CLIP.read_bytes(), (DATA / 'fox_in_snow_en.mp3').read_bytes()]
+    batched = transcribe(whisper_base, *(PromptDoc(blob=clip) for clip in clips))
+    assert whisper_base.batch_size >= len(clips)
+    whisper_base.batch_size = 1
+    try:
+        one_by_one = transcribe(whisper_base, *(PromptDoc(blob=clip) for clip in clips))
+    finally:
+        whisper_base.batch_size = 8
+    # Each clip keeps its own language in a mixed batch, and only the German one is translated.
+    assert [d.language for d in batched] == ['en', 'de', 'en']
+    assert 'Schnee' in batched[1].transcript and 'snow' in batched[1].text.lower()
+    for alone, together in zip(one_by_one, batched):
+        assert (together.transcript, together.text, together.language) == (alone.transcript, alone.text, alone.language)
+        assert [(s.start, s.end) for s in together.segments] == [(s.start, s.end) for s in alone.segments]
+
+
+def test_speech_longer_than_one_window_is_transcribed_in_full(whisper_base):
+    # 38 s of speech: more than the one 30 s window a batched clip gets, so it is decoded window by window.
+    long_clip = DATA / 'lighthouse_long_en.ogg'
+    long_doc, short_doc = transcribe(whisper_base, PromptDoc(blob=long_clip.read_bytes()), PromptDoc(blob=ENGLISH_CLIP.read_bytes()))
+    assert long_doc.error == '' and short_doc.error == ''
+    words = long_doc.text.lower()
+    assert 'lighthouse' in words and 'harbour' in words.replace('harbor', 'harbour') and 'village' in words
+    assert long_doc.segments[-1].end > 32  # the last sentence, from the second window
+    assert 'fox' in short_doc.text.lower()
+
+
+def test_a_backend_failure_in_a_batch_fails_only_its_own_document(whisper_base, monkeypatch):
+    german_speech_samples = len(keep_speech(decoded(GERMAN_CLIP))[0])  # how the stub recognises the German clip
+    transcribe_batch = whisper_base.backend.transcribe_batch
+
+    def failing_on_german(clips, *args):
+        if any(len(clip) == german_speech_samples for clip in clips):
+            raise RuntimeError('decoder exploded')
+        return transcribe_batch(clips, *args)
+
+    monkeypatch.setattr(whisper_base.backend, 'transcribe_batch', failing_on_german)
+    english, german, also_english = transcribe(
+        whisper_base, *(PromptDoc(blob=clip.read_bytes()) for clip in (ENGLISH_CLIP, GERMAN_CLIP, ENGLISH_CLIP))
+    )
+    assert german.error == 'transcription failed: RuntimeError: decoder exploded' and german.text == ''
+    for doc in (english, also_english):
+        assert doc.error == '' and 'fox' in doc.text.lower()

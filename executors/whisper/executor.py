@@ -45,6 +45,18 @@ class Transcription:
         return ' '.join(s.text.strip() for s in self.segments).strip()
 
 
+@dataclass
+class Clip:
+    """One document's speech on its way through the decoder."""
+
+    doc: PromptDoc
+    speech: np.ndarray  # what VAD kept, at SAMPLE_RATE
+    timeline: Any  # maps times in ``speech`` back to the original audio; None without VAD
+    language: Optional[str]  # the hint, if any
+    audio_seconds: float
+    started: float
+
+
 @dataclass(frozen=True)
 class SpeechThresholds:
     """Whisper's own hallucination signals (its defaults); None switches a check off."""
@@ -90,6 +102,7 @@ class WhisperExecutor(Executor):
         compute_type: str = 'auto',
         beam_size: int = 5,
         vad_filter: bool = True,
+        batch_size: int = 8,
         cpu_threads: int = 0,
         max_audio_bytes: int = AudioPolicy.max_bytes,
         max_audio_seconds: float = AudioPolicy.max_seconds,
@@ -108,6 +121,9 @@ class WhisperExecutor(Executor):
         self.backend = BACKENDS[backend](model, device, compute_type, cpu_threads)
         self.defaults = TranscriptionParams(beam_size=beam_size)
         self.vad_filter = vad_filter
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+        self.batch_size = batch_size
         self.policy = AudioPolicy(
             max_bytes=max_audio_bytes, max_seconds=max_audio_seconds, input_dir=input_dir or None,
             allowed_url_hosts=tuple(allowed_url_hosts or ()),
@@ -125,42 +141,68 @@ class WhisperExecutor(Executor):
         except ParameterError as e:
             mark_failed(docs, f'invalid parameters: {e}')
             return docs
-        for doc in docs:
-            if doc.has_audio and not doc.error:
-                self._transcribe_doc(doc, params)
+        clips = [clip for doc in docs if doc.has_audio and not doc.error and (clip := self._speech_of(doc, params))]
+        for start in range(0, len(clips), self.batch_size):
+            self._transcribe_clips(clips[start : start + self.batch_size], params)
         return docs
 
-    def _transcribe_doc(self, doc: PromptDoc, params: TranscriptionParams) -> None:
+    def _speech_of(self, doc: PromptDoc, params: TranscriptionParams) -> Optional[Clip]:
+        """The document's speech, ready to decode; None, with ``doc.error`` set, when there is none to decode."""
         started = time.perf_counter()
         language = doc.language or params.language
         if language is not None and language not in self.backend.languages:
             doc.error = f'unknown language {language!r}; known: {", ".join(sorted(self.backend.languages))}'
-            return
+            return None
         try:
             audio = self._load_audio(doc)
         except AudioError as e:
             doc.error = str(e)
-            return
+            return None
         speech, timeline = keep_speech(audio) if self.vad_filter else (audio, None)
         if not speech.size:
             doc.error = NO_SPEECH
-            return
-        try:
-            self._transcribe_speech(doc, speech, timeline, language, params)
-        except Exception as e:  # a bad language hint, a backend failure: this document only
-            self.logger.error('transcription failed', exc_info=True)
-            doc.error = f'transcription failed: {type(e).__name__}: {e}'
-            return
-        if not doc.error:
-            self.logger.info(
-                f'{len(audio) / SAMPLE_RATE:.1f}s of audio, {doc.language} (p={doc.language_probability:.2f}) '
-                f'in {time.perf_counter() - started:.1f}s: {doc.text!r}'
-            )
+            return None
+        return Clip(doc, speech, timeline, language, len(audio) / SAMPLE_RATE, started)
 
-    def _transcribe_speech(
-        self, doc: PromptDoc, speech: np.ndarray, timeline, language: Optional[str], params: TranscriptionParams
-    ) -> None:
-        result = self.backend.transcribe(speech, 'transcribe', language, params.beam_size)
+    def _transcribe_clips(self, clips: List[Clip], params: TranscriptionParams) -> None:
+        transcriptions = self._decode(clips, 'transcribe', [clip.language for clip in clips], params)
+        for clip, transcription in zip(clips, transcriptions):
+            if transcription is not None:
+                self._accept(clip, transcription)
+        # Translation is a second pass over the same speech, batched the same way.
+        foreign = [c for c in clips if not c.doc.error and c.doc.language != 'en' and self.backend.is_multilingual]
+        translations = self._decode(foreign, 'translate', [clip.doc.language for clip in foreign], params)
+        for clip, translation in zip(foreign, translations):
+            if translation is not None:
+                clip.doc.text = translation.text
+        for clip in clips:
+            if not clip.doc.error:
+                doc = clip.doc
+                self.logger.info(
+                    f'{clip.audio_seconds:.1f}s of audio, {doc.language} (p={doc.language_probability:.2f}) '
+                    f'in {time.perf_counter() - clip.started:.1f}s (batch of {len(clips)}): {doc.text!r}'
+                )
+
+    def _decode(
+        self, clips: List[Clip], task: str, languages: List[Optional[str]], params: TranscriptionParams
+    ) -> List[Optional[Transcription]]:
+        """The backend's batch call; if it fails, each clip alone, so that only the failing document gets the error."""
+        if not clips:
+            return []
+        try:
+            return self.backend.transcribe_batch([clip.speech for clip in clips], task, languages, params.beam_size)
+        except Exception as e:  # a bad language hint, a backend failure
+            if len(clips) > 1:
+                alone = (self._decode([clip], task, [language], params) for clip, language in zip(clips, languages))
+                return [result for results in alone for result in results]
+            self.logger.error(f'{task} failed', exc_info=True)
+            doc = clips[0].doc
+            doc.error = f'{"transcription" if task == "transcribe" else "translation"} failed: {type(e).__name__}: {e}'
+            doc.text = ''  # not the untranslated transcript: an error means no prompt
+            return [None]
+
+    def _accept(self, clip: Clip, result: Transcription) -> None:
+        doc = clip.doc
         if not result.text:
             doc.error = NO_SPEECH
             return
@@ -171,18 +213,14 @@ class WhisperExecutor(Executor):
             doc.error = f'{UNUSABLE_SPEECH}: {reason}'
             return
         doc.language, doc.language_probability = result.language, result.language_probability
-        doc.transcript = result.text
+        doc.transcript = doc.text = result.text
         doc.segments = DocList[Segment](
-            Segment(start=to_original_time(timeline, s.start), end=to_original_time(timeline, s.end, True), text=s.text.strip())
+            Segment(
+                start=to_original_time(clip.timeline, s.start), end=to_original_time(clip.timeline, s.end, True),
+                text=s.text.strip(),
+            )
             for s in result.segments
         )
-        doc.text = self._english_text(speech, result, params)
-
-    def _english_text(self, speech: np.ndarray, transcription: Transcription, params: TranscriptionParams) -> str:
-        if transcription.language == 'en' or not self.backend.is_multilingual:
-            return transcription.text
-        translation = self.backend.transcribe(speech, 'translate', transcription.language, params.beam_size)
-        return translation.text
 
     def _load_audio(self, doc: PromptDoc) -> np.ndarray:
         if doc.tensor is not None:
@@ -265,6 +303,82 @@ class FasterWhisperBackend:
         ]
         return Transcription(info.language, info.language_probability, segments)
 
+    def transcribe_batch(
+        self, clips: Sequence[np.ndarray], task: str, languages: Sequence[Optional[str]], beam_size: int
+    ) -> List[Transcription]:
+        """Clips of up to 30 s share one encoder pass and one beam search; longer ones go one by one.
+
+        This is faster-whisper's BatchedInferencePipeline applied across documents instead of
+        across the chunks of one recording, with the sequential path's decoding settings; like the
+        pipeline it uses WhisperModel's helpers (get_prompt, _split_segments_by_timestamps), hence
+        faster-whisper <2 in requirements.txt. A clip always takes the same path whatever else is
+        in its batch, so its text does not depend on the batch."""
+        results: List[Optional[Transcription]] = [None] * len(clips)
+        short = [i for i, clip in enumerate(clips) if len(clip) <= self.model.feature_extractor.n_samples]
+        if short:
+            decoded = self._decode_windows([clips[i] for i in short], task, [languages[i] for i in short], beam_size)
+            for i, transcription in zip(short, decoded):
+                results[i] = transcription
+        return [
+            result if result is not None else self.transcribe(clip, task, language, beam_size)
+            for clip, language, result in zip(clips, languages, results)
+        ]
+
+    def _decode_windows(
+        self, clips: Sequence[np.ndarray], task: str, languages: Sequence[Optional[str]], beam_size: int
+    ) -> List[Transcription]:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_compression_ratio
+
+        model = self.model
+        features = np.stack([pad_or_trim(model.feature_extractor(clip)[..., :-1]) for clip in clips])
+        encoded = model.encode(features)
+        detected = self._languages(encoded, languages)
+        tokenizers = [self._tokenizer(task, language) for language, _ in detected]
+        results = model.model.generate(
+            encoded, [model.get_prompt(tokenizer, []) for tokenizer in tokenizers],
+            beam_size=beam_size, max_length=model.max_length, return_scores=True, return_no_speech_prob=True,
+            suppress_blank=True, suppress_tokens=self._suppressed_tokens(tokenizers[0]),
+            max_initial_timestamp_index=int(round(1.0 / model.time_precision)),  # faster-whisper's default, 1 s
+        )
+        transcriptions = []
+        for clip, (language, probability), tokenizer, result in zip(clips, detected, tokenizers, results):
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # as faster-whisper: length_penalty 1
+            compression_ratio = get_compression_ratio(tokenizer.decode(tokens).strip())
+            seconds = len(clip) / SAMPLE_RATE
+            pieces, _, _ = model._split_segments_by_timestamps(
+                tokenizer=tokenizer, tokens=tokens, time_offset=0.0,
+                segment_size=int(np.ceil(seconds) * model.frames_per_second), segment_duration=seconds, seek=0,
+            )
+            segments = [
+                DecodedSegment(piece['start'], min(piece['end'], seconds), text, result.no_speech_prob, avg_logprob, compression_ratio)
+                for piece in pieces
+                if (text := tokenizer.decode(piece['tokens'])).strip() and piece['start'] != piece['end']
+            ]
+            transcriptions.append(Transcription(language, probability, segments))
+        return transcriptions
+
+    def _languages(self, encoded, hints: Sequence[Optional[str]]) -> List[Tuple[str, float]]:
+        """The hint where given, else the most probable language of the window (as faster-whisper does)."""
+        if not self.is_multilingual:
+            return [('en', 1.0)] * len(hints)
+        if all(hints):
+            return [(hint, 1.0) for hint in hints]
+        ranked = self.model.model.detect_language(encoded)  # per clip: [('<|de|>', p), ...], most probable first
+        return [(hint, 1.0) if hint else (ranking[0][0][2:-2], ranking[0][1]) for hint, ranking in zip(hints, ranked)]
+
+    def _tokenizer(self, task: str, language: str):
+        from faster_whisper.tokenizer import Tokenizer
+
+        return Tokenizer(self.model.hf_tokenizer, self.is_multilingual, task=task, language=language)
+
+    @staticmethod
+    def _suppressed_tokens(tokenizer) -> Tuple[int, ...]:
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        return get_suppressed_tokens(tokenizer, [-1])  # faster-whisper's default: the non-speech symbols
+
 
 class OpenAIWhisperBackend:
     """The reference PyTorch implementation: a model name (downloaded) or a local ``.pt`` checkpoint.
@@ -306,6 +420,12 @@ class OpenAIWhisperBackend:
             for s in result['segments']
         ]
         return Transcription(language, probability, segments)
+
+    def transcribe_batch(
+        self, clips: Sequence[np.ndarray], task: str, languages: Sequence[Optional[str]], beam_size: int
+    ) -> List[Transcription]:
+        """One by one: this backend is the reference implementation, kept as it is."""
+        return [self.transcribe(clip, task, language, beam_size) for clip, language in zip(clips, languages)]
 
     def _detect_language(self, audio: np.ndarray) -> Tuple[str, float]:
         import whisper
