@@ -8,6 +8,9 @@ As a library::
     from client import generate
     docs = generate(['speech.mp3'], prompts=['a red fox'], parameters={'steps': 20})
     docs[0].matches[0].png  # PNG bytes, with the generation parameters inside
+
+Many requests from one process: ``with Connection(host) as flow: flow.generate(...)`` keeps one
+gRPC channel open instead of opening one per call.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -50,8 +54,6 @@ def generate(
     Works over gRPC (default) and HTTP; over HTTP, bytes travel as data URIs both ways.
     ``token`` (default: $S2I_AUTH_TOKEN) is sent as ``authorization: Bearer <token>``.
     """
-    from jina import Client
-
     docs = docs if docs is not None else build_docs(audio_files, prompts)
     parameters = dict(parameters or {})
     over_http = host.startswith(('http://', 'https://'))
@@ -59,7 +61,7 @@ def generate(
         docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
         parameters['return_data_uri'] = True
     endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
-    results = Client(host=host).post(
+    results = _jina_client(host).post(
         endpoint,
         inputs=docs,
         parameters=parameters,
@@ -72,6 +74,90 @@ def generate(
         for image in (image for doc in results for image in doc.matches):
             image.png, image.uri = from_data_uri(image.uri), None
     return results
+
+
+_clients = threading.local()
+
+
+def _jina_client(host: str):
+    """Jina's Client takes ~25 ms to build, and holds a lock for the whole of each request: one per thread and host."""
+    by_host = _clients.__dict__.setdefault('by_host', {})
+    if host not in by_host:
+        from jina import Client
+
+        by_host[host] = Client(host=host)
+    return by_host[host]
+
+
+class Connection:
+    """A gRPC connection to the Flow that stays open between requests.
+
+    ``generate()`` goes through Jina's ``Client``, which opens a new channel for every call; a
+    process that sends many requests saves that time by keeping one open (bench/RESULTS.md has
+    the figures)::
+
+        with Connection('grpc://127.0.0.1:54321') as flow:
+            for prompt in prompts:
+                docs = flow.generate(prompts=[prompt], parameters={'seed': 7})
+
+    Documents come back as from ``generate()``. A request the gateway itself fails (an executor
+    unreachable, a bad token) raises ``RuntimeError`` naming why; an unreachable gateway raises
+    ``ConnectionError``.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, token: Optional[str] = None, timeout: Optional[float] = None):
+        import grpc
+        from jina.proto import jina_pb2_grpc
+
+        scheme, _, address = host.rpartition('://')
+        if scheme not in ('', 'grpc', 'grpcs'):
+            raise ValueError(f'Connection speaks gRPC (grpc://host:port or grpcs://host:port), got {host!r}; use generate() for HTTP')
+        unlimited = [('grpc.max_send_message_length', -1), ('grpc.max_receive_message_length', -1)]
+        if scheme == 'grpcs':
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(), options=unlimited)
+        else:
+            self._channel = grpc.insecure_channel(address, options=unlimited)
+        self._stub = jina_pb2_grpc.JinaSingleDataRequestRPCStub(self._channel)
+        token = token if token is not None else os.environ.get(TOKEN_VARIABLE)
+        self._metadata = auth_options(token, over_http=False).get('metadata', ())
+        self.host, self.timeout = host, timeout
+
+    def generate(
+        self,
+        audio_files: Iterable[Union[str, Path]] = (),
+        prompts: Iterable[str] = (),
+        parameters: Optional[Dict[str, Any]] = None,
+        docs: Optional[DocList[PromptDoc]] = None,
+    ) -> DocList[PromptDoc]:
+        """Like ``generate()``, over this connection: one request for all the inputs."""
+        import grpc
+        from jina.proto import jina_pb2
+        from jina.types.request.data import DataRequest
+
+        docs = docs if docs is not None else build_docs(audio_files, prompts)
+        request = DataRequest()
+        request.header.exec_endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
+        request.parameters = dict(parameters or {})
+        request.data.docs = docs
+        try:
+            response = self._stub.process_single_data(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise ConnectionError(f'{self.host}: {e.details()}') from e
+            raise RuntimeError(f'the Flow at {self.host} refused the request: {e.code().name}: {e.details()}') from e
+        if response.header.status.code == jina_pb2.StatusProto.ERROR:
+            raise RuntimeError(f'the Flow at {self.host} failed the request: {response.header.status.description}')
+        response.document_array_cls = DocList[PromptDoc]
+        return response.docs
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> 'Connection':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def auth_options(token: Optional[str], over_http: bool) -> Dict[str, Any]:

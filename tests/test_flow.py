@@ -81,6 +81,26 @@ def test_bad_parameters_get_an_error_and_the_flow_keeps_serving(flow):
     assert doc.error == '' and len(doc.matches) == 1
 
 
+def test_a_connection_kept_open_answers_like_generate(flow):
+    parameters = {**SMALL, 'seed': 5}
+    with client.Connection(flow['grpc']) as connection:
+        english, barn = connection.generate([ENGLISH_CLIP], prompts=['a red barn'], parameters=parameters)
+        (again,) = connection.generate(prompts=['a red barn'], parameters=parameters)  # a second request, same channel
+        (bad,) = connection.generate(prompts=['a red barn'], parameters={**parameters, 'width': 65})
+    assert english.error == '' and english.language == 'en' and 'fox' in english.text.lower()
+    assert barn.error == '' and barn.text == 'a red barn' and len(barn.matches) == 1
+    assert bad.error == 'invalid parameters: width must be a multiple of 8, got 65'
+    (reference,) = client.generate(prompts=['a red barn'], parameters=parameters, host=flow['grpc'])
+    assert np.array_equal(pixels(again.matches[0]), pixels(reference.matches[0]))
+
+
+def test_a_connection_names_an_unreachable_flow_and_refuses_http():
+    with pytest.raises(ConnectionError, match='127.0.0.1'):
+        client.Connection(f'grpc://127.0.0.1:{free_port()}').generate(prompts=['a fox'])
+    with pytest.raises(ValueError, match='use generate'):
+        client.Connection('http://127.0.0.1:8080')
+
+
 def test_cli_writes_images_and_prints_one_json_object_per_input(flow, tmp_path):
     command = [
         sys.executable, str(ROOT / 'client.py'), '--host', flow['grpc'], '--json', '--out', str(tmp_path),

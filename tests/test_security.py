@@ -3,6 +3,7 @@ refuses requests without the token before any executor sees them."""
 
 import http.server
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,17 @@ def test_a_wrong_or_missing_token_is_refused_before_any_executor(token_flow, pro
         client.generate(prompts=[prompt], host=token_flow[protocol], token=token)
     assert UNAUTHENTICATED in str(refused.value)
     assert prompt not in received(token_flow)
+
+
+@pytest.mark.slow
+def test_a_connection_sends_its_token_and_raises_when_refused(token_flow):
+    with client.Connection(token_flow['grpc'], token=TOKEN) as connection:
+        (doc,) = connection.generate(prompts=['right token, open channel'])
+    assert doc.text == 'right token, open channel' and 'right token, open channel' in received(token_flow)
+    with client.Connection(token_flow['grpc'], token='wrong-token') as connection:
+        with pytest.raises(RuntimeError, match=re.escape(UNAUTHENTICATED)):
+            connection.generate(prompts=['wrong token, open channel'])
+    assert 'wrong token, open channel' not in received(token_flow)
 
 
 @pytest.mark.slow
