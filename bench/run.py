@@ -16,6 +16,7 @@ the values of the weights. Compare ratios across machines, absolute times only o
 """
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -185,7 +186,8 @@ def sd_batch_table(name: str, path: str, size: int, steps: int, batch_sizes, rep
         settings['low_memory'] = {'low_memory': True}
     rows, figures = [], {}
     for label, setting in settings.items():
-        if on_gpu:
+        if on_gpu:  # the previous setting's pipeline must be gone, or its memory counts here too
+            gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         sd = StableDiffusionExecutor(model=path, width=size, height=size, steps=steps, max_num_images=4, **setting)
