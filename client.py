@@ -20,12 +20,13 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from docarray import DocList
 
 from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri, to_data_uri
+from s2i.params import MAX_SEED
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "54321")}'
 TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'  # the gateway's token, when it asks for one (s2i/gateway.py)
@@ -55,7 +56,7 @@ def generate(
     ``token`` (default: $S2I_AUTH_TOKEN) is sent as ``authorization: Bearer <token>``.
     """
     docs = docs if docs is not None else build_docs(audio_files, prompts)
-    parameters = dict(parameters or {})
+    docs, parameters = seed_on_documents(docs, parameters)
     over_http = host.startswith(('http://', 'https://'))
     if over_http:
         docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
@@ -74,6 +75,22 @@ def generate(
         for image in (image for doc in results for image in doc.matches):
             image.png, image.uri = from_data_uri(image.uri), None
     return results
+
+
+def seed_on_documents(
+    docs: DocList[PromptDoc], parameters: Optional[Dict[str, Any]]
+) -> Tuple[DocList[PromptDoc], Dict[str, Any]]:
+    """The request's ``seed`` moves onto each document without one of its own (same images).
+
+    Jina's dynamic batching merges only requests whose parameters are equal: without the seed in
+    them, requests from clients that chose different seeds can share one pipeline call."""
+    parameters = dict(parameters or {})
+    seed = parameters.get('seed')
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        return docs, parameters  # none, or a bad one: the Flow names what is wrong with it
+    del parameters['seed']
+    seeded = DocList[PromptDoc](doc if doc.seed is not None else doc.model_copy(update={'seed': seed}) for doc in docs)
+    return seeded, parameters
 
 
 _clients = threading.local()
@@ -135,9 +152,10 @@ class Connection:
         from jina.types.request.data import DataRequest
 
         docs = docs if docs is not None else build_docs(audio_files, prompts)
+        docs, parameters = seed_on_documents(docs, parameters)
         request = DataRequest()
         request.header.exec_endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
-        request.parameters = dict(parameters or {})
+        request.parameters = parameters
         request.data.docs = docs
         try:
             response = self._stub.process_single_data(request, metadata=self._metadata, timeout=self.timeout)

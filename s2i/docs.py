@@ -54,6 +54,9 @@ class PromptDoc(BaseDoc):
     tensor: Optional[NdArray] = None
     sample_rate: Int32 = SAMPLE_RATE
     language: Optional[str] = None  # spoken language if known (ISO 639-1); else detected and set here
+    # This document's first image seed, over the request's ``seed``. Requests that differ only in
+    # their seeds have equal parameters this way, so dynamic batching can merge them.
+    seed: Optional[Int32] = None
 
     # --- set by the Whisper executor ---
     language_probability: Optional[float] = None

@@ -51,7 +51,7 @@ class GenerationParams:
         _check_range('steps', self.steps, 1, MAX_STEPS)
         _check_range('guidance_scale', self.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
         if self.seed is not None:
-            _check_range('seed', self.seed, 0, MAX_SEED)
+            check_seed(self.seed, self.num_images)
         for key in ('width', 'height'):
             value = getattr(self, key)
             _check_range(key, value, MIN_SIZE, MAX_SIZE)
@@ -133,6 +133,15 @@ def _as_float(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ParameterError(f'{key} must be a finite number, got {value!r}')
     return float(value)
+
+
+def check_seed(seed: int, num_images: int) -> None:
+    """Image i gets seed + i, and every one of them must fit the int32 that carries it."""
+    _check_range('seed', seed, 0, MAX_SEED)
+    if seed + num_images - 1 > MAX_SEED:
+        raise ParameterError(
+            f'seed + num_images - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {seed} with num_images {num_images}'
+        )
 
 
 def _check_range(key: str, value, low, high) -> None:

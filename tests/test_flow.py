@@ -155,5 +155,30 @@ def test_concurrent_requests_are_batched_and_give_the_same_images_as_a_lone_one(
         assert np.abs(pixels(doc.matches[0]) - pixels(alone.matches[0])).max() <= 1
 
 
+def test_requests_that_differ_only_in_their_seeds_are_batched_together(flow):
+    # Seeds on the documents leave the requests' parameters equal, which is all Jina compares.
+    seeds = [21, 22, 23, 24]
+    alone = {seed: client.generate(prompts=['a red fox'], parameters={**SMALL, 'seed': seed}, host=flow['grpc'])[0] for seed in seeds}
+    docs = DocList[PromptDoc]([PromptDoc(text='a red fox', seed=seed) for seed in seeds])
+    together = client.generate(docs=docs, parameters=SMALL, host=flow['grpc'], request_size=1)  # four requests in flight
+    assert max(doc.matches[0].batch_size for doc in together) >= 2, 'dynamic batching merged no requests'
+    for seed, doc in zip(seeds, together):
+        assert doc.error == '' and doc.matches[0].seed == seed
+        # Batched convolutions round differently on the CPU (a few levels of 255); another seed is
+        # different noise altogether.
+        assert np.abs(pixels(doc.matches[0]) - pixels(alone[seed].matches[0])).max() <= 8
+        other_seed = seeds[(seeds.index(seed) + 1) % len(seeds)]
+        assert np.abs(pixels(doc.matches[0]) - pixels(alone[other_seed].matches[0])).max() > 50
+
+
+def test_the_client_moves_a_valid_request_seed_onto_documents_without_one():
+    docs = DocList[PromptDoc]([PromptDoc(text='own', seed=3), PromptDoc(text='none')])
+    seeded, parameters = client.seed_on_documents(docs, {'seed': 7, 'steps': 2})
+    assert [doc.seed for doc in seeded] == [3, 7] and parameters == {'steps': 2}
+    assert docs[1].seed is None  # the caller's documents are left as they were
+    for bad in (-1, 2**31, '7', 7.5, True):  # left in the parameters, for the Flow to name what is wrong
+        assert client.seed_on_documents(docs, {'seed': bad})[1] == {'seed': bad}
+
+
 def pixels(image):
     return np.asarray(Image.open(io.BytesIO(image.png)).convert('RGB'), dtype=np.int16)

@@ -47,6 +47,7 @@ def test_jina_internal_keys_are_ignored():
         ({'guidance_scale': -1}, 'guidance_scale must be between 0.0 and 50.0, got -1.0'),
         ({'seed': -1}, f'seed must be between 0 and {MAX_SEED}, got -1'),
         ({'seed': MAX_SEED + 1}, f'seed must be between 0 and {MAX_SEED}'),
+        ({'seed': MAX_SEED, 'num_images': 2}, f'seed + num_images - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {MAX_SEED} with num_images 2'),
         ({'scheduler': 'lms'}, "scheduler must be one of default, euler, euler_a, ddim, dpm++; got 'lms'"),
         ({'negative_prompt': 3}, 'negative_prompt must be a string, got 3'),
         ({'steps': None}, 'steps must not be null'),

@@ -10,6 +10,7 @@ from PIL import Image
 from executors.stable_diffusion.executor import StableDiffusionExecutor
 from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri, read_png_parameters
+from s2i.params import MAX_SEED
 from s2i.tiny_sd import TINY_VERSION, TINY_WARNING
 
 SMALL = {'width': 64, 'height': 64, 'steps': 2}
@@ -75,6 +76,20 @@ def test_image_i_of_a_document_uses_seed_plus_i_and_can_be_regenerated_alone(sd)
     alone = only_image(sd, seed=11)
     # Batched and single convolutions round differently on the CPU: at most one level of 255.
     assert np.abs(pixels(doc.matches[1]) - pixels(alone)).max() <= 1
+
+
+def test_a_documents_own_seed_overrides_the_requests_and_is_checked_per_document(sd):
+    docs = DocList[PromptDoc]([
+        PromptDoc(text='a red fox', seed=5), PromptDoc(text='a red fox'), PromptDoc(text='a red fox', seed=MAX_SEED),
+    ])
+    own, from_request, too_high = sd.generate(docs, {**SMALL, 'seed': 9, 'num_images': 2})
+    assert [image.seed for image in own.matches] == [5, 6]
+    assert [image.seed for image in from_request.matches] == [9, 10]
+    assert too_high.error.startswith(f'invalid seed: seed + num_images - 1 must be at most {MAX_SEED}') and not too_high.matches
+    # The same seed gives the same pixels whether it came with the document or the request.
+    (from_document,) = sd.generate(DocList[PromptDoc]([PromptDoc(text='a red fox', seed=5)]), {**SMALL, 'seed': 9})
+    (from_request,) = generate(sd, {**SMALL, 'seed': 5}, prompts=('a red fox',))
+    assert np.array_equal(pixels(from_document.matches[0]), pixels(from_request.matches[0]))
 
 
 def test_without_a_seed_each_image_reports_the_random_seed_it_used(sd):

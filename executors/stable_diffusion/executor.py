@@ -10,7 +10,7 @@ from jina import Executor, requests
 
 from s2i.runtime import resolve_device
 from s2i.docs import GeneratedImage, PromptDoc, mark_failed
-from s2i.params import MAX_PIXELS, MAX_SEED, GenerationParams, ParameterError
+from s2i.params import MAX_PIXELS, MAX_SEED, GenerationParams, ParameterError, check_seed
 from s2i.encoding import encode_png, png_data_uri
 from s2i.tiny_sd import TINY_MODEL_NAME, TINY_WARNING, is_tiny_model, tiny_pipeline_dir
 
@@ -181,7 +181,14 @@ class StableDiffusionExecutor(Executor):
     def _plan_jobs(docs: List[PromptDoc], params: GenerationParams) -> List[Job]:
         jobs = []
         for doc in docs:
-            first_seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED - params.num_images)
+            first_seed = doc.seed if doc.seed is not None else params.seed
+            if first_seed is None:
+                first_seed = secrets.randbelow(MAX_SEED - params.num_images)
+            try:
+                check_seed(first_seed, params.num_images)
+            except ParameterError as e:
+                doc.error = f'invalid seed: {e}'
+                continue
             jobs.extend((doc, first_seed + i) for i in range(params.num_images))
         return jobs
 
