@@ -9,8 +9,8 @@ As a library::
     docs = generate(['speech.mp3'], prompts=['a red fox'], parameters={'steps': 20})
     docs[0].matches[0].png  # PNG bytes, with the generation parameters inside
 
-Many requests from one process: ``with Connection(host) as flow: flow.generate(...)`` keeps one
-gRPC channel open instead of opening one per call.
+Over gRPC, ``generate()`` keeps one channel per host open for the whole process, shared by its
+threads; ``with Connection(host) as flow: flow.generate(...)`` gives you its lifetime and timeout.
 """
 
 import argparse
@@ -56,24 +56,28 @@ def generate(
     ``token`` (default: $S2I_AUTH_TOKEN) is sent as ``authorization: Bearer <token>``.
     """
     docs = docs if docs is not None else build_docs(audio_files, prompts)
+    token = token if token is not None else os.environ.get(TOKEN_VARIABLE)
+    if not host.startswith(('http://', 'https://')):
+        connection = _shared_connection(host, token)
+        try:
+            return connection.generate(docs=docs, parameters=parameters, request_size=request_size)
+        except ConnectionError:
+            _forget(connection, host, token)  # next time a fresh channel, not one in reconnect back-off
+            raise
     docs, parameters = seed_on_documents(docs, parameters)
-    over_http = host.startswith(('http://', 'https://'))
-    if over_http:
-        docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
-        parameters['return_data_uri'] = True
-    endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
-    results = _jina_client(host).post(
-        endpoint,
+    docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
+    parameters['return_data_uri'] = True
+    results = _http_client(host).post(
+        '/generate' if any(doc.has_audio for doc in docs) else '/text2image',
         inputs=docs,
         parameters=parameters,
         request_size=request_size,
         results_in_order=True,
         return_type=DocList[PromptDoc],
-        **auth_options(token if token is not None else os.environ.get(TOKEN_VARIABLE), over_http),
+        **auth_options(token, over_http=True),
     )
-    if over_http:
-        for image in (image for doc in results for image in doc.matches):
-            image.png, image.uri = from_data_uri(image.uri), None
+    for image in (image for doc in results for image in doc.matches):
+        image.png, image.uri = from_data_uri(image.uri), None
     return results
 
 
@@ -93,12 +97,14 @@ def seed_on_documents(
     return seeded, parameters
 
 
-_clients = threading.local()
+_http_clients = threading.local()
+_connections: Dict[Tuple[str, Optional[str]], 'Connection'] = {}
+_connections_lock = threading.Lock()
 
 
-def _jina_client(host: str):
-    """Jina's Client takes ~25 ms to build, and holds a lock for the whole of each request: one per thread and host."""
-    by_host = _clients.__dict__.setdefault('by_host', {})
+def _http_client(host: str):
+    """Jina's Client takes ~25 ms to build: one per thread and host."""
+    by_host = _http_clients.__dict__.setdefault('by_host', {})
     if host not in by_host:
         from jina import Client
 
@@ -106,12 +112,29 @@ def _jina_client(host: str):
     return by_host[host]
 
 
+def _forget(connection: 'Connection', host: str, token: Optional[str]) -> None:
+    with _connections_lock:
+        if _connections.get((host, token)) is connection:
+            del _connections[host, token]
+    connection.close()
+
+
+def _shared_connection(host: str, token: Optional[str]) -> 'Connection':
+    """One gRPC channel per host for the whole process: channels are thread-safe and multiplex requests.
+
+    Not Jina's Client: its gRPC client holds one lock, shared by all its instances, for the whole
+    of each call, so threads of one process could only send one request at a time."""
+    with _connections_lock:
+        if (host, token) not in _connections:
+            _connections[host, token] = Connection(host, token=token)
+        return _connections[host, token]
+
+
 class Connection:
     """A gRPC connection to the Flow that stays open between requests.
 
-    ``generate()`` goes through Jina's ``Client``, which opens a new channel for every call; a
-    process that sends many requests saves that time by keeping one open (bench/RESULTS.md has
-    the figures)::
+    ``generate()`` keeps one per host for the whole process; make your own to choose when it
+    closes, or to set a ``timeout`` (seconds per request)::
 
         with Connection('grpc://127.0.0.1:54321') as flow:
             for prompt in prompts:
@@ -145,24 +168,39 @@ class Connection:
         prompts: Iterable[str] = (),
         parameters: Optional[Dict[str, Any]] = None,
         docs: Optional[DocList[PromptDoc]] = None,
+        request_size: Optional[int] = None,
     ) -> DocList[PromptDoc]:
-        """Like ``generate()``, over this connection: one request for all the inputs."""
-        import grpc
-        from jina.proto import jina_pb2
-        from jina.types.request.data import DataRequest
-
+        """Like ``generate()``, over this connection. The documents go in requests of ``request_size``
+        (default: one request for all), all in flight at once; results come back in input order."""
         docs = docs if docs is not None else build_docs(audio_files, prompts)
         docs, parameters = seed_on_documents(docs, parameters)
+        endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
+        size = request_size or max(len(docs), 1)
+        in_flight = [self._send(endpoint, docs[start : start + size], parameters) for start in range(0, len(docs), size)]
+        results = DocList[PromptDoc]()
+        for answer in in_flight:
+            results.extend(self._receive(answer))
+        return results
+
+    def _send(self, endpoint: str, docs: DocList[PromptDoc], parameters: Dict[str, Any]):
+        from jina.types.request.data import DataRequest
+
         request = DataRequest()
-        request.header.exec_endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
+        request.header.exec_endpoint = endpoint
         request.parameters = parameters
         request.data.docs = docs
+        return self._stub.process_single_data.future(request, metadata=self._metadata, timeout=self.timeout)
+
+    def _receive(self, answer) -> DocList[PromptDoc]:
+        import grpc
+        from jina.proto import jina_pb2
+
         try:
-            response = self._stub.process_single_data(request, metadata=self._metadata, timeout=self.timeout)
+            response = answer.result()
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
-                raise ConnectionError(f'{self.host}: {e.details()}') from e
-            raise RuntimeError(f'the Flow at {self.host} refused the request: {e.code().name}: {e.details()}') from e
+                raise ConnectionError(f'{self.host}: {e.code()}: {e.details()}') from e
+            raise RuntimeError(f'the Flow at {self.host} refused the request: {e.code()}: {e.details()}') from e
         if response.header.status.code == jina_pb2.StatusProto.ERROR:
             raise RuntimeError(f'the Flow at {self.host} failed the request: {response.header.status.description}')
         response.document_array_cls = DocList[PromptDoc]
