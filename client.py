@@ -27,9 +27,9 @@ from docarray import DocList
 from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri, to_data_uri
 from s2i.params import MAX_SEED
+from s2i.runtime import AUTH_TOKEN_VARIABLE
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "54321")}'
-TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'  # the gateway's token, when it asks for one (s2i/gateway.py)
 
 
 def build_docs(audio_files: Iterable[Union[str, Path]] = (), prompts: Iterable[str] = ()) -> DocList[PromptDoc]:
@@ -56,7 +56,7 @@ def generate(
     ``token`` (default: $S2I_AUTH_TOKEN) is sent as ``authorization: Bearer <token>``.
     """
     docs = docs if docs is not None else build_docs(audio_files, prompts)
-    token = token if token is not None else os.environ.get(TOKEN_VARIABLE)
+    token = token_or_environment(token)
     if not host.startswith(('http://', 'https://')):
         connection = _shared_connection(host, token)
         try:
@@ -68,7 +68,7 @@ def generate(
     docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
     parameters['return_data_uri'] = True
     results = _http_client(host).post(
-        '/generate' if any(doc.has_audio for doc in docs) else '/text2image',
+        endpoint_for(docs),
         inputs=docs,
         parameters=parameters,
         request_size=request_size,
@@ -79,6 +79,16 @@ def generate(
     for image in (image for doc in results for image in doc.matches):
         image.png, image.uri = from_data_uri(image.uri), None
     return results
+
+
+def endpoint_for(docs: DocList[PromptDoc]) -> str:
+    """Only requests with audio need Whisper; /text2image goes straight to Stable Diffusion."""
+    return '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
+
+
+def token_or_environment(token: Optional[str]) -> Optional[str]:
+    """The token given, else $S2I_AUTH_TOKEN; '' means send none."""
+    return token if token is not None else os.environ.get(AUTH_TOKEN_VARIABLE)
 
 
 def seed_on_documents(
@@ -158,8 +168,7 @@ class Connection:
         else:
             self._channel = grpc.insecure_channel(address, options=unlimited)
         self._stub = jina_pb2_grpc.JinaSingleDataRequestRPCStub(self._channel)
-        token = token if token is not None else os.environ.get(TOKEN_VARIABLE)
-        self._metadata = auth_options(token, over_http=False).get('metadata', ())
+        self._metadata = auth_options(token_or_environment(token), over_http=False).get('metadata', ())
         self.host, self.timeout = host, timeout
 
     def generate(
@@ -174,7 +183,7 @@ class Connection:
         (default: one request for all), all in flight at once; results come back in input order."""
         docs = docs if docs is not None else build_docs(audio_files, prompts)
         docs, parameters = seed_on_documents(docs, parameters)
-        endpoint = '/generate' if any(doc.has_audio for doc in docs) else '/text2image'
+        endpoint = endpoint_for(docs)
         size = request_size or max(len(docs), 1)
         in_flight = [self._send(endpoint, docs[start : start + size], parameters) for start in range(0, len(docs), size)]
         results = DocList[PromptDoc]()
@@ -263,7 +272,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--language', help='spoken language (ISO 639-1) of all AUDIO; default: detect')
     parser.add_argument('--out', default='outputs', type=Path, help='folder for the PNG files (default: outputs)')
     parser.add_argument('--json', action='store_true', help='print one JSON object per input')
-    parser.add_argument('--token', default=os.environ.get(TOKEN_VARIABLE), help=f'the gateway\'s auth token (default: ${TOKEN_VARIABLE})')
+    parser.add_argument('--token', default=os.environ.get(AUTH_TOKEN_VARIABLE), help=f'the gateway\'s auth token (default: ${AUTH_TOKEN_VARIABLE})')
     args = parser.parse_args(argv)
     if not args.audio and not args.text:
         parser.error('give at least one AUDIO file or --text PROMPT')

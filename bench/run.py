@@ -248,12 +248,7 @@ def generate_direct(sd, parameters: dict):
 
 
 def median_call(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timed(call) for _ in range(repeats))
 
 
 # ---------------------------------------------------------------- through the Flow

@@ -17,16 +17,17 @@ from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
-TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
+from s2i.runtime import AUTH_TOKEN_VARIABLE
+
 UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (S2I_AUTH_TOKEN)'
 OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewayDryRunRPC/dry_run'})  # readiness, jina ping
 OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness probe, jina ping
 
 
 def configured_token() -> str:
-    token = os.environ.get(TOKEN_VARIABLE, '')
+    token = os.environ.get(AUTH_TOKEN_VARIABLE, '')
     if not token:
-        raise RuntimeError(f'{TOKEN_VARIABLE} is empty: the token gateway needs a token')
+        raise RuntimeError(f'{AUTH_TOKEN_VARIABLE} is empty: the token gateway needs a token')
     return token
 
 

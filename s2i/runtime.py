@@ -4,6 +4,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
+# When set, the gateway refuses requests without "authorization: Bearer <token>" (s2i/gateway.py),
+# and the client sends it (client.py).
+AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
+
 
 def resolve_device(device: Optional[str]) -> str:
     """'auto' (or empty) picks CUDA when a GPU is visible, else the CPU; anything else is used as given."""

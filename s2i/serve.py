@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from s2i.runtime import AUTH_TOKEN_VARIABLE
+
 FLOW_YML = Path(__file__).resolve().parent.parent / 'flow.yml'
 READY_LINE = 'speech-to-image Flow ready'
 
@@ -25,8 +27,6 @@ DEFAULTS = {
     'S2I_HTTP_PORT': '54322',
     'S2I_SD_REPLICAS': '1',
 }
-# Not defaulted: when set, the gateway refuses requests without "authorization: Bearer <token>".
-AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 
 
 def apply_defaults() -> None:

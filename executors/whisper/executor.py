@@ -224,7 +224,7 @@ class WhisperExecutor(Executor):
 
     def _load_audio(self, doc: PromptDoc) -> np.ndarray:
         if doc.tensor is not None:
-            return waveform_from_tensor(np.asarray(doc.tensor), doc.sample_rate, self.policy.max_seconds)
+            return waveform_from_tensor(np.asarray(doc.tensor), doc.sample_rate, self.policy)
         data = audio_bytes(doc.blob, doc.uri, self.policy)  # size and uri checks; only bytes reach a decoder
         announced = header_duration(data)
         if announced is not None:
@@ -241,7 +241,7 @@ class WhisperExecutor(Executor):
         return audio
 
 
-def waveform_from_tensor(tensor: np.ndarray, sample_rate: int, max_seconds: float = AudioPolicy.max_seconds) -> np.ndarray:
+def waveform_from_tensor(tensor: np.ndarray, sample_rate: int, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
     if sample_rate != SAMPLE_RATE:
         raise AudioError(f'waveform tensors must be sampled at {SAMPLE_RATE} Hz, got {sample_rate}; resample or send the file bytes')
     if not np.issubdtype(tensor.dtype, np.floating):
@@ -250,7 +250,7 @@ def waveform_from_tensor(tensor: np.ndarray, sample_rate: int, max_seconds: floa
         tensor = tensor.mean(axis=int(np.argmin(tensor.shape)))
     if tensor.ndim != 1 or not tensor.size:
         raise AudioError(f'waveform tensor must be mono (samples,) or (channels<=2, samples), got shape {tensor.shape}')
-    check_duration(tensor.size / SAMPLE_RATE, AudioPolicy(max_seconds=max_seconds))
+    check_duration(tensor.size / SAMPLE_RATE, policy)
     if not np.isfinite(tensor).all():
         raise AudioError('waveform tensor holds NaN or infinite values')
     return tensor.astype(np.float32)
