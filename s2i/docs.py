@@ -5,7 +5,7 @@ A single type end to end keeps Jina's chaining check happy (every executor takes
 schema adapters.
 """
 
-from typing import Annotated, Any, Dict, Iterable, Optional
+from typing import Annotated, Any, Dict, Iterable, List, Optional
 
 import numpy as np
 from docarray import BaseDoc, DocList
@@ -25,12 +25,14 @@ class Segment(BaseDoc):
 
 
 class GeneratedImage(BaseDoc):
-    """One image. Its PNG is in ``png``, or, when the request sets ``return_data_uri``, in ``uri``
-    as a data URI instead: Jina's HTTP gateway cannot carry raw bytes, so JSON clients ask for that.
-    Either way the PNG's "parameters" text chunk holds ``parameters`` as JSON."""
+    """One image, as PNG bytes whose "parameters" text chunk holds ``parameters`` as JSON.
+
+    Over gRPC the PNG is in ``png``. JSON cannot carry bytes, so over HTTP the gateway moves it
+    into ``data_uri`` instead (the client turns it back into ``png``)."""
 
     png: Optional[bytes] = None
-    uri: Optional[str] = None  # data:image/png;base64,...
+    data_uri: Optional[str] = None  # data:image/png;base64,... (HTTP answers)
+    url: str = ''  # where the image is stored, once results are stored; '' until then
     width: Int32 = 0
     height: Int32 = 0
     seed: Int32 = 0
@@ -95,6 +97,14 @@ class PromptDoc(BaseDoc):
     @property
     def has_audio(self) -> bool:
         return self.blob is not None or self.uri is not None or self.tensor is not None
+
+
+class ParameterSchema(BaseDoc):
+    """One executor's request parameters, as it answers the ``/parameters`` endpoint."""
+
+    executor: str  # its name in the Flow: also the key of its scoped section
+    keys: List[str] = []
+    json_schema: Dict[str, Any] = {}  # the pydantic model's JSON schema: types, ranges, defaults
 
 
 def mark_failed(docs: Iterable[PromptDoc], message: str) -> None:
