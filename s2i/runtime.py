@@ -9,6 +9,14 @@ from typing import Optional
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 
 
+def setting(value: Optional[str], variable: str, default: str) -> str:
+    """A component's setting: the value it was given, else the environment variable, else its default.
+
+    flow.yml passes no model or device to the executors: each reads its own S2I_* variables, so
+    `jina flow --uses flow.yml`, `python -m s2i.serve` and containers all configure it the same way."""
+    return value or os.environ.get(variable) or default
+
+
 def resolve_device(device: Optional[str]) -> str:
     """'auto' (or empty) picks CUDA when a GPU is visible, else the CPU; anything else is used as given."""
     if device in (None, '', 'auto'):
