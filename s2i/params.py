@@ -101,20 +101,18 @@ def describe_error(error: ValidationError) -> str:
 
 
 def _describe(item: Dict[str, Any]) -> str:
-    key = '.'.join(str(part) for part in item['loc']) or 'parameters'
-    context = item.get('ctx') or {}
+    key = '.'.join(str(part) for part in item['loc'])
     value = item.get('input')
-    if item['type'] == 'value_error':
-        return f'{key} {context.get("error", item["msg"])}'
-    if item['type'] in ('greater_than_equal', 'less_than_equal') or item['type'].startswith(('greater', 'less')):
-        return f'{key} {item["msg"].lower().replace("input should be", "must be")}, got {value!r}'
+    if item['type'] == 'value_error':  # our own checks: the message already says what is wrong
+        return ' '.join(filter(None, (key, str(item['ctx']['error']))))
     if item['type'] == 'extra_forbidden':
         return f'unknown parameter {key!r}'
     if item['type'] == 'literal_error':
-        return f'{key} must be {context.get("expected", "one of the allowed values")}; got {value!r}'
+        return f'{key} must be {item["ctx"]["expected"]}; got {value!r}'
     if value is None:
         return f'{key} must not be null'
-    return f'{key}: {item["msg"]}, got {value!r}'
+    # pydantic's "Input should be greater than or equal to 1" -> "steps must be greater than or equal to 1, got 0"
+    return f'{key} {item["msg"].replace("Input should be", "must be")}, got {value!r}'
 
 
 def check_range(key: str, value, low, high) -> None:

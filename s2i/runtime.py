@@ -7,6 +7,8 @@ from typing import Optional
 # When set, the gateway refuses requests without "authorization: Bearer <token>" (s2i/gateway.py),
 # and the client sends it (client.py).
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
+# What a refused request is told, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.
+UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (S2I_AUTH_TOKEN)'
 
 
 def setting(value: Optional[str], variable: str, default: str) -> str:

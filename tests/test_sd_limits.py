@@ -13,8 +13,8 @@ from s2i.docs import PromptDoc
 @pytest.fixture(scope='module')
 def sd(tiny_sd_dir):
     return StableDiffusionExecutor(
-        model=tiny_sd_dir, device='cpu', width=64, height=64, steps=1, max_num_images=4,
-        max_pixels=96 * 96, max_prompt_chars=12_000, warmup=False,
+        model=tiny_sd_dir, device='cpu', request_defaults={'width': 64, 'height': 64, 'steps': 1},
+        max_num_images=4, max_pixels=96 * 96, max_prompt_chars=12_000, warmup=False,
     )
 
 

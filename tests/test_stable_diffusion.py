@@ -8,9 +8,9 @@ from docarray import DocList
 from PIL import Image
 
 from executors.stable_diffusion.executor import StableDiffusionExecutor
-from s2i.docs import PromptDoc
-from s2i.encoding import from_data_uri, read_png_parameters
-from s2i.params import MAX_SEED
+from s2i.docs import ParameterSchema, PromptDoc
+from s2i.encoding import read_png_parameters
+from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT
 from s2i.tiny_sd import TINY_VERSION, TINY_WARNING
 
 SMALL = {'width': 64, 'height': 64, 'steps': 2}
@@ -18,7 +18,7 @@ SMALL = {'width': 64, 'height': 64, 'steps': 2}
 
 @pytest.fixture(scope='module')
 def sd(tiny_sd_dir):
-    return StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=2, max_num_images=4)
+    return StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', max_num_images=4, request_defaults={'width': 64, 'height': 64, 'steps': 2})
 
 
 def generate(sd, parameters=None, prompts=('a red fox in the snow',)) -> DocList[PromptDoc]:
@@ -132,31 +132,31 @@ def test_negative_prompt_changes_the_image(sd):
     assert not np.array_equal(pixels(plain), pixels(negative))
 
 
-@pytest.mark.parametrize(
-    'name, class_name',
-    [
-        ('euler', 'EulerDiscreteScheduler'),
-        ('euler_a', 'EulerAncestralDiscreteScheduler'),
-        ('ddim', 'DDIMScheduler'),
-        ('dpm++', 'DPMSolverMultistepScheduler'),
-        ('default', 'EulerDiscreteScheduler'),  # the tiny model's own
-    ],
-)
-def test_scheduler_is_chosen_by_name(sd, name, class_name):
-    only_image(sd, scheduler=name)
-    assert type(sd.pipe.scheduler).__name__ == class_name
+def test_each_scheduler_gives_its_own_image_and_the_png_names_it(sd):
+    images = {name: only_image(sd, seed=4, steps=3, scheduler=name) for name in ('euler', 'euler_a', 'ddim', 'dpm++')}
+    for name, image in images.items():
+        assert read_png_parameters(image.png)['scheduler'] == name
+    names = list(images)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            assert not np.array_equal(pixels(images[first]), pixels(images[second])), (first, second)
 
 
-def test_data_uri_replaces_png_bytes_on_request(sd):
-    image = only_image(sd, seed=9, return_data_uri=True)
-    assert image.png is None
-    assert image.uri.startswith('data:image/png;base64,')
-    assert read_png_parameters(from_data_uri(image.uri))['seed'] == 9
+def test_images_come_back_as_png_bytes_with_no_stored_location_yet(sd):
+    image = only_image(sd, seed=9)
+    assert image.png.startswith(b'\x89PNG') and image.data_uri is None and image.url == ''
+
+
+def test_the_parameters_endpoint_describes_this_executors_keys_and_configured_defaults(sd):
+    (schema,) = sd.describe_parameters(DocList[ParameterSchema](), parameters={})
+    assert schema.executor == sd.metas.name
+    assert {'steps', 'seed', 'width', 'scheduler'} <= set(schema.keys)
+    assert schema.json_schema['properties']['steps']['default'] == 2  # this executor's request_defaults
 
 
 @pytest.mark.parametrize(
     'parameters, key',
-    [({'num_images': 5}, 'num_images'), ({'width': 60}, 'width'), ({'steps': 0}, 'steps'), ({'sampler': 'x'}, 'sampler')],
+    [({'num_images': 5}, 'num_images'), ({'width': 60}, 'width'), ({'steps': 0}, 'steps'), ({'scheduler': 'x'}, 'scheduler')],
 )
 def test_invalid_parameters_give_every_document_an_error_naming_the_key(sd, parameters, key):
     docs = generate(sd, parameters, prompts=('a', 'b'))
@@ -189,7 +189,7 @@ def test_a_failing_generation_fails_its_documents_and_the_executor_keeps_serving
 
 
 def test_batches_larger_than_max_batch_size_are_split_and_all_images_come_back(tiny_sd_dir):
-    sd = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=1, max_batch_size=2)
+    sd = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', max_batch_size=2, request_defaults={'width': 64, 'height': 64, 'steps': 1})
     with UNetCalls(sd.pipe.unet) as calls:
         docs = generate(sd, {'num_images': 3, 'guidance_scale': 1.0}, prompts=('a', 'b'))
     assert [len(doc.matches) for doc in docs] == [3, 3]
@@ -206,7 +206,7 @@ def test_an_unloadable_model_fails_at_start_naming_the_model_and_the_fix():
 
 def test_model_name_tiny_builds_the_tiny_pipeline_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('S2I_CACHE', str(tmp_path))
-    sd = StableDiffusionExecutor(model='tiny', device='cpu', width=64, height=64, steps=1)
+    sd = StableDiffusionExecutor(model='tiny', device='cpu', request_defaults={'width': 64, 'height': 64, 'steps': 1})
     assert (tmp_path / f'tiny-sd-v{TINY_VERSION}' / 'model_index.json').is_file()
     image = only_image(sd)
     assert image.parameters['model'] == 'tiny' and image.parameters['warning'] == TINY_WARNING
@@ -219,18 +219,22 @@ def reference_pixels(sd):
 
 @pytest.mark.parametrize('setting', ['channels_last', 'fuse_qkv', 'low_memory'])
 def test_speed_settings_keep_the_pixels(tiny_sd_dir, reference_pixels, setting):
-    fast = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=2, **{setting: True})
+    fast = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', **{setting: True}, request_defaults={'width': 64, 'height': 64, 'steps': 2})
     assert np.abs(pixels(only_image(fast, seed=21, width=128, height=128)) - reference_pixels).max() <= 1
 
 
 @pytest.mark.slow
 def test_compiled_unet_keeps_the_pixels(tiny_sd_dir, reference_pixels):
-    compiled = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=128, height=128, steps=2, compile_unet=True)
+    compiled = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', compile_unet=True, request_defaults={'width': 128, 'height': 128, 'steps': 2})
     assert np.abs(pixels(only_image(compiled, seed=21)) - reference_pixels).max() <= 1
 
 
-def test_warm_up_runs_the_pipeline_once_at_start(tiny_sd_dir):
-    warm = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=5, warmup=True)
-    cold = StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', width=64, height=64, steps=5, warmup=False)
-    assert warm.pipe.scheduler.num_inference_steps == 2  # the warm-up's two steps
-    assert cold.pipe.scheduler.num_inference_steps is None
+def test_warm_up_runs_the_pipeline_once_at_start(tiny_sd_dir, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    calls, forward = [], UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, 'forward', lambda unet, *a, **k: calls.append(1) or forward(unet, *a, **k))
+    StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', request_defaults={'width': 64, 'height': 64}, warmup=False)
+    assert len(calls) == 0
+    StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', request_defaults={'width': 64, 'height': 64}, warmup=True)
+    assert len(calls) == 2  # the warm-up's two denoising steps

@@ -1,0 +1,98 @@
+"""Loading a diffusers text-to-image pipeline and preparing it to run: device, memory, speed, schedulers."""
+
+import logging
+from typing import Any, Dict, Tuple
+
+import torch
+
+from s2i.tiny_sd import TINY_MODEL_NAME, TINY_WARNING, is_tiny_model, tiny_pipeline_dir
+
+# Request name -> diffusers scheduler class name, with config overrides.
+SCHEDULER_CLASSES = {
+    'euler': ('EulerDiscreteScheduler', {}),
+    'euler_a': ('EulerAncestralDiscreteScheduler', {}),
+    'ddim': ('DDIMScheduler', {}),
+    'dpm++': ('DPMSolverMultistepScheduler', {'algorithm_type': 'dpmsolver++', 'use_karras_sigmas': True}),
+}
+
+
+def load_pipeline(model: str, dtype: torch.dtype, enable_safety_checker: bool, logger: logging.Logger) -> Tuple[Any, bool]:
+    """The pipeline of ``model`` (hub id, local folder or "tiny"), and whether it is the tiny random-weight one."""
+    from diffusers import AutoPipelineForText2Image
+
+    path = tiny_pipeline_dir() if model == TINY_MODEL_NAME else model
+    options: Dict[str, Any] = {'dtype': dtype}
+    if not enable_safety_checker:
+        options.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = AutoPipelineForText2Image.from_pretrained(path, **options)
+    except Exception as e:
+        raise RuntimeError(
+            f'Could not load the Stable Diffusion model {model!r}: {e}\n'
+            'Set S2I_SD_MODEL to a local diffusers folder, or to a Hugging Face model id that this '
+            'machine can download (or has in its cache; pre-download with '
+            '`huggingface-cli download <id>`). S2I_SD_MODEL=tiny runs a tiny random-weight model '
+            'that checks the wiring and makes noise images.'
+        ) from e
+    pipe.set_progress_bar_config(disable=True)  # the executor logs each quarter of the steps instead
+    is_tiny = is_tiny_model(path)
+    if is_tiny:
+        logger.warning(f'\n{"!" * 78}\n!!  {model}: {TINY_WARNING.upper()}\n{"!" * 78}')
+    return pipe, is_tiny
+
+
+def place_pipeline(pipe, device: torch.device, low_memory: bool, logger: logging.Logger) -> None:
+    """Move the pipeline to its device; ``low_memory`` trades speed for VRAM (SD 1.5 in ~4 GB)."""
+    if not low_memory:
+        pipe.to(device)
+        return
+    pipe.enable_attention_slicing()
+    pipe.vae.enable_slicing()  # decode a batch one image at a time
+    pipe.vae.enable_tiling()  # and each large image in tiles
+    if device.type == 'cuda':
+        # Each component moves to the GPU only while it runs; the rest waits in CPU RAM.
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    logger.info('low-memory mode: attention slicing, VAE slicing and tiling, model CPU offload on CUDA')
+
+
+def apply_fast_paths(pipe, channels_last: bool, fuse_qkv: bool, compile_unet: bool, logger: logging.Logger) -> None:
+    # Attention already runs through PyTorch's scaled_dot_product_attention (SDPA, flash on CUDA).
+    if fuse_qkv:
+        pipe.fuse_qkv_projections()  # one matmul for query, key and value
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        # Compiles at the first call (the warm-up, if on): minutes, then faster steps.
+        pipe.unet = torch.compile(pipe.unet, mode='max-autotune-no-cudagraphs', fullgraph=True)
+    enabled = [name for name, on in (('fuse_qkv', fuse_qkv), ('channels_last', channels_last), ('compile_unet', compile_unet)) if on]
+    if enabled:
+        logger.info(f'fast paths: {", ".join(enabled)}')
+
+
+def build_schedulers(pipe) -> Dict[str, Any]:
+    """Every scheduler a request may name, built once from the model's own scheduler config."""
+    import diffusers
+
+    schedulers = {'default': pipe.scheduler}
+    for name, (class_name, overrides) in SCHEDULER_CLASSES.items():
+        scheduler_class = getattr(diffusers, class_name)
+        schedulers[name] = scheduler_class.from_config(pipe.scheduler.config, **overrides)
+    return schedulers
+
+
+def truncation(pipe, prompt: str, negative_prompt: str) -> Dict[str, Any]:
+    """For each text longer than the text encoder's window: its token count, the limit and the part used."""
+    tokenizer = pipe.tokenizer or getattr(pipe, 'tokenizer_2', None)
+    if tokenizer is None:
+        return {}
+    limit = tokenizer.model_max_length  # 77 for CLIP, including the start and end tokens
+    truncated = {}
+    for key, text in (('prompt', prompt), ('negative_prompt', negative_prompt)):
+        ids = tokenizer(text, truncation=False, verbose=False).input_ids if text else []
+        if len(ids) > limit:
+            used = tokenizer.decode(ids[: limit - 1], skip_special_tokens=True)
+            truncated[key] = {'tokens': len(ids), 'limit': limit, 'used': used}
+    return truncated
