@@ -1,11 +1,16 @@
-"""Fixtures: tiny random-weight models built in code, the bundled real Whisper weights, free ports, a running Flow."""
+"""Fixtures and helpers shared by the tests: tiny random-weight models built in code, the bundled
+real Whisper weights, free ports, and the few helpers several test files use (one home each)."""
 
-import os
-import sys
+import io
 from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
 
+import numpy as np
 import pytest
+from docarray import DocList
+from PIL import Image
 
+from s2i.docs import PromptDoc
 from s2i.runtime import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,8 +18,6 @@ DATA = ROOT / 'tests' / 'data'
 EXAMPLES = ROOT / 'examples'
 ENGLISH_CLIP = EXAMPLES / 'fox_in_snow_en.wav'  # "A red fox runs through the snow under a full moon."
 GERMAN_CLIP = EXAMPLES / 'dog_in_snow_de.wav'  # "Ein kleiner Hund spielt im Schnee. Die Sonne scheint über den Bergen."
-
-sys.path.insert(0, str(ROOT))  # client.py and the executors/ package
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,3 +45,18 @@ def whisper_base():
     from executors.whisper.executor import WhisperExecutor
 
     return WhisperExecutor(backend='faster-whisper', model='base', device='cpu')
+
+
+def pixels(image) -> np.ndarray:
+    """A GeneratedImage's pixels, as int16 so that differences do not wrap around."""
+    return np.asarray(Image.open(io.BytesIO(image.png)).convert('RGB'), dtype=np.int16)
+
+
+def draw(sd, prompts: Iterable[str], parameters: Optional[Dict[str, Any]] = None) -> DocList[PromptDoc]:
+    """Text prompts through a StableDiffusionExecutor's /generate, as the Flow would send them."""
+    return sd.generate(DocList[PromptDoc]([PromptDoc(text=prompt) for prompt in prompts]), parameters or {})
+
+
+def transcribe(whisper, *docs: PromptDoc, parameters: Optional[Dict[str, Any]] = None) -> DocList[PromptDoc]:
+    """Documents through a WhisperExecutor's /generate, as the Flow would send them."""
+    return whisper.transcribe(DocList[PromptDoc](docs), parameters or {})
