@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from docarray import DocList
 
 from executors.stable_diffusion.executor import OUT_OF_MEMORY, StableDiffusionExecutor
-from s2i.docs import PromptDoc
+
+from conftest import draw
 
 
 # --- Stable Diffusion: prompts, sizes, out of memory ----------------------------------------------
@@ -18,13 +18,9 @@ def sd(tiny_sd_dir):
     )
 
 
-def generate(sd, prompts, parameters=None) -> DocList[PromptDoc]:
-    return sd.generate(DocList[PromptDoc]([PromptDoc(text=p) for p in prompts]), parameters or {})
-
-
 def test_a_10000_character_prompt_is_truncated_and_each_image_says_so(sd):
     long_prompt = 'a red fox in the snow, ' * 435  # 10,005 characters
-    long, short = generate(sd, [long_prompt, 'a lighthouse'])
+    long, short = draw(sd, [long_prompt, 'a lighthouse'])
     assert long.error == ''
     truncated = long.matches[0].parameters['truncated']['prompt']
     assert truncated['limit'] == 77 and truncated['tokens'] > 77
@@ -36,21 +32,21 @@ def test_a_10000_character_prompt_is_truncated_and_each_image_says_so(sd):
 
 
 def test_a_negative_prompt_past_the_text_encoders_window_is_reported_too(sd):
-    (doc,) = generate(sd, ['a fox'], {'negative_prompt': 'blurry, ' * 100})
+    (doc,) = draw(sd, ['a fox'], {'negative_prompt': 'blurry, ' * 100})
     assert set(doc.matches[0].parameters['truncated']) == {'negative_prompt'}
 
 
 def test_a_prompt_over_max_prompt_chars_is_rejected_and_the_other_document_still_drawn(sd):
-    huge, fine = generate(sd, ['x' * 12_001, 'a lighthouse'])
+    huge, fine = draw(sd, ['x' * 12_001, 'a lighthouse'])
     assert huge.error == 'prompt too long: 12001 characters, the limit is 12000 (max_prompt_chars)'
     assert len(huge.matches) == 0
     assert fine.error == '' and len(fine.matches) == 1
 
 
 def test_sizes_over_max_pixels_are_invalid_parameters(sd):
-    (doc,) = generate(sd, ['a fox'], {'width': 128, 'height': 128})
+    (doc,) = draw(sd, ['a fox'], {'width': 128, 'height': 128})
     assert doc.error == 'invalid parameters: width x height must be at most 9216 pixels (max_pixels), got 128x128'
-    (doc,) = generate(sd, ['a fox'], {'width': 96, 'height': 96})
+    (doc,) = draw(sd, ['a fox'], {'width': 96, 'height': 96})
     assert doc.error == '' and doc.matches[0].width == 96
 
 
@@ -72,7 +68,7 @@ def out_of_memory_above(max_images: int, sd, monkeypatch) -> list:
 
 def test_out_of_memory_retries_the_batch_in_halves_and_every_document_gets_its_images(sd, monkeypatch):
     batch_sizes = out_of_memory_above(1, sd, monkeypatch)
-    docs = generate(sd, ['a fox', 'a barn', 'a boat', 'a tree'], {'seed': 5})
+    docs = draw(sd, ['a fox', 'a barn', 'a boat', 'a tree'], {'seed': 5})
     assert batch_sizes == [4, 2, 1, 1, 2, 1, 1]
     for doc in docs:
         assert doc.error == '' and len(doc.matches) == 1 and doc.matches[0].batch_size == 1
@@ -81,9 +77,9 @@ def test_out_of_memory_retries_the_batch_in_halves_and_every_document_gets_its_i
 def test_out_of_memory_on_one_image_is_a_clear_error_and_the_executor_keeps_serving(sd, monkeypatch):
     with monkeypatch.context() as patch:
         out_of_memory_above(0, sd, patch)
-        first, second = generate(sd, ['a fox', 'a barn'])
+        first, second = draw(sd, ['a fox', 'a barn'])
     for doc in (first, second):
         assert doc.error.startswith(f'{OUT_OF_MEMORY} for a 64x64 image: ask for a smaller width and height')
         assert len(doc.matches) == 0
-    (after,) = generate(sd, ['a fox'])
+    (after,) = draw(sd, ['a fox'])
     assert after.error == '' and len(after.matches) == 1

@@ -10,8 +10,10 @@ from PIL import Image
 from executors.stable_diffusion.executor import StableDiffusionExecutor
 from s2i.docs import ParameterSchema, PromptDoc
 from s2i.encoding import read_png_parameters
-from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT
+from s2i.params import MAX_SEED
 from s2i.tiny_sd import TINY_VERSION, TINY_WARNING
+
+from conftest import draw, pixels
 
 SMALL = {'width': 64, 'height': 64, 'steps': 2}
 
@@ -22,12 +24,7 @@ def sd(tiny_sd_dir):
 
 
 def generate(sd, parameters=None, prompts=('a red fox in the snow',)) -> DocList[PromptDoc]:
-    docs = DocList[PromptDoc]([PromptDoc(text=prompt) for prompt in prompts])
-    return sd.generate(docs, parameters or {})
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(image.png)).convert('RGB'), dtype=np.int16)
+    return draw(sd, prompts, parameters)
 
 
 def only_image(sd, **parameters):
