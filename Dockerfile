@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1
 # One image for every part of the service: the whole Flow in one container (the default command),
 # or one part per container, as deploy/docker-compose.yml and deploy/kubernetes/ run it:
-#   jina gateway ...                                  the gateway
+#   jina gateway --uses config.yml ...    (workdir gateway/)  the gateway, with the token check
 #   jina executor --uses executors/whisper/config.yml ...           (or --uses config.yml with
 #   jina executor --uses executors/stable_diffusion/config.yml ...   the executor's folder as workdir)
 #
 #   docker build -t s2i:latest .
-#   docker run --gpus all -p 54321:54321 -p 54322:54322 -v s2i-models:/models s2i:latest
+#   docker run --gpus all -p 54321:54321 -p 54322:54322 -v s2i-models:/models -e S2I_AUTH_TOKEN=... s2i:latest
 #
 # Model weights are not in the image: they download into the /models volume on first start.
 # --build-arg PRELOAD_MODELS=1 bakes the weights of S2I_SD_MODEL and S2I_WHISPER_MODEL (build args
@@ -32,7 +32,7 @@ RUN apt-get update \
 WORKDIR /app
 
 # Dependencies before the code, so a code change reinstalls nothing. The same steps, files and
-# order as scripts/setup.sh (tests/test_deploy.py checks it), less its test tools.
+# order as scripts/setup.sh, less its test tools.
 COPY constraints.txt requirements.txt ./
 COPY executors/whisper/requirements.txt executors/whisper/requirements.txt
 COPY executors/stable_diffusion/requirements.txt executors/stable_diffusion/requirements.txt
@@ -47,6 +47,8 @@ RUN pip install "torch==${TORCH_VERSION}" -c constraints.txt
 RUN pip install -r requirements.txt -c constraints.txt
 COPY pyproject.toml ./
 COPY s2i/ s2i/
+COPY gateway/ gateway/
+COPY executors/ executors/
 RUN pip install --no-deps -e .
 
 ENV HF_HOME=/models/huggingface \
@@ -64,7 +66,6 @@ USER 1000:1000
 RUN if [ -n "${PRELOAD_MODELS}" ]; then python deploy/preload.py; fi
 
 COPY flow.yml client.py ./
-COPY executors/ executors/
 
 VOLUME /models
 EXPOSE 54321 54322

@@ -1,12 +1,18 @@
 """Kubernetes and Docker Compose manifests from flow.yml: ``python deploy/export.py``.
 
-flow.yml is the one source of truth: executors, their settings (the S2I_* variables, with
-s2i.serve's defaults), replicas, GPUs (`gpus:`) and resource requests (`jcloud.resources`). This
-script points every executor at the image, runs Jina's own export (`jina export kubernetes` and
-`jina export docker-compose`, through the same Flow methods) and adds what Jina leaves out: the
-model-cache volume, resource requests, readiness probes, a longer start-up allowance for the
-first weight download, GPU tolerations, a non-root security context, the executor's working
-directory, and one GPU per Compose replica.
+flow.yml is the one source of truth: the gateway component, executors, Jina's settings (the S2I_*
+variables flow.yml reads, with s2i.serve's defaults), replicas, GPUs (`gpus:`) and resource requests
+(`jcloud.resources`). This script points the gateway and every executor at the image, runs Jina's
+own export (`jina export kubernetes` and `jina export docker-compose`, through the same Flow
+methods) and adds what Jina leaves out: the model-cache volume, resource requests, readiness
+probes, a longer start-up allowance for the first weight download, GPU tolerations, a non-root
+security context, each component's working directory (Jina runs `--uses config.yml` there), the
+gateway's token, and one GPU per Compose replica.
+
+The token: the gateway reads S2I_AUTH_TOKEN. In Kubernetes it comes from the key `token` of the
+Secret `s2i-auth` (optional: without the Secret there is no check), e.g.
+`kubectl -n s2i create secret generic s2i-auth --from-literal=token=...`; with Compose, from
+S2I_AUTH_TOKEN in the shell or an .env file when running `docker compose up`.
 
 Writes OUT/kubernetes/ (replacing the .yml files there) and OUT/docker-compose.yml (OUT defaults to
 this folder, where the manifests for the default settings are committed; tests/test_deploy.py
@@ -16,17 +22,16 @@ checks they are current).
 import argparse
 import copy
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from s2i.runtime import AUTH_TOKEN_VARIABLE
+from s2i.serve import DEFAULTS, FLOW_YML, apply_defaults
 
-from s2i.serve import FLOW_YML, apply_defaults  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_IMAGE = 's2i:latest'
 DEFAULT_NAMESPACE = 's2i'
@@ -35,6 +40,7 @@ MODELS_VOLUME = 'models'
 MODELS_CLAIM = 's2i-models'
 APP_DIR = '/app'  # the image's WORKDIR: the checkout
 USER_ID = 1000  # the image's non-root user
+TOKEN_SECRET = 's2i-auth'  # Kubernetes Secret whose key `token` becomes the gateway's S2I_AUTH_TOKEN
 EXECUTOR_PORT = 8080  # what Jina's Kubernetes export gives every executor and the gateway's first protocol
 MONITORING_PORT = 9090  # fixed, so the Compose file comes out the same on every run
 STARTUP_MINUTES = 30  # the first start downloads the weights (several GB for Stable Diffusion)
@@ -60,7 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='ReadWriteMany (default) lets pods on several nodes share it; ReadWriteOnce suits a one-node cluster',
     )
     parser.add_argument('--storage-class', help="storage class of the cache claim (default: the cluster's default)")
-    parser.add_argument('--env', action='append', default=[], metavar='KEY=VALUE', help='extra environment for every executor, e.g. HF_HUB_OFFLINE=1 (repeatable)')
+    parser.add_argument('--env', action='append', default=[], metavar='KEY=VALUE',
+                        help='extra environment for every executor, e.g. HF_HUB_OFFLINE=1 (repeatable); '
+                             'the S2I_* settings set when exporting (S2I_SD_MODEL, ...) are added too')
     return parser.parse_args(argv)
 
 
@@ -75,9 +83,12 @@ def export_flow_yaml(flow: Dict[str, Any], image: str, extra_env: Dict[str, str]
     """flow.yml as Jina exports it: `docker://` images, a gateway that serves other hosts."""
     flow = copy.deepcopy(flow)
     flow.pop('jcloud', None)
-    gateway = flow.setdefault('with', {})
-    gateway.pop('host', None)  # in a container the gateway binds every interface
-    gateway['port_monitoring'] = MONITORING_PORT
+    settings = flow.setdefault('with', {})
+    settings.pop('host', None)  # in a container the gateway binds every interface
+    settings['port_monitoring'] = MONITORING_PORT
+    gateway = flow.setdefault('gateway', {})
+    gateway['uses'] = f'docker://{image}'  # Jina runs `jina gateway --uses config.yml` in it: gateway/config.yml
+    gateway.pop('py_modules', None)  # gateway/defaults.py: the manifests are written with the settings filled in
     for executor in flow['executors']:
         executor.pop('jcloud', None)
         executor['uses'] = f'docker://{image}'
@@ -100,6 +111,15 @@ def run_jina_export(flow: Dict[str, Any], image: str, workdir: Path, namespace: 
         manifests[path.relative_to(workdir / 'kubernetes').as_posix()] = list(yaml.safe_load_all(path.read_text()))
     compose = yaml.safe_load((workdir / 'docker-compose.yml').read_text())
     return manifests, compose
+
+
+def executor_settings() -> Dict[str, str]:
+    """The S2I_* variables set now that the executors read themselves (S2I_SD_MODEL, S2I_DEVICE, ...).
+
+    They go into every executor's environment. Not flow.yml's own settings (already in the
+    manifests), the token (a Secret, never written into a file) or the local cache folder."""
+    skipped = {*DEFAULTS, AUTH_TOKEN_VARIABLE, 'S2I_CACHE'}
+    return {name: value for name, value in sorted(os.environ.items()) if name.startswith('S2I_') and name not in skipped and value}
 
 
 # 2. What Jina's export leaves out.
@@ -126,9 +146,11 @@ def complete_kubernetes_deployment(deployment: Dict[str, Any], executor: Dict[st
         'periodSeconds': 10, 'timeoutSeconds': 10, 'failureThreshold': 3,
     }
     pod['securityContext'] = {'runAsNonRoot': True, 'runAsUser': USER_ID, 'runAsGroup': USER_ID, 'fsGroup': USER_ID}
+    container['workingDir'] = working_dir(executor)
     if is_gateway:
+        secret = {'secretKeyRef': {'name': TOKEN_SECRET, 'key': 'token', 'optional': True}}
+        container['env'] = [*container.get('env', []), {'name': 'S2I_AUTH_TOKEN', 'valueFrom': secret}]
         return
-    container['workingDir'] = f'{APP_DIR}/executors/{executor["name"]}'  # `jina executor --uses config.yml` runs here
     startup = container['startupProbe']
     startup['failureThreshold'] = STARTUP_MINUTES * 60 // startup['periodSeconds']
     if args.cache == 'pvc':
@@ -137,6 +159,11 @@ def complete_kubernetes_deployment(deployment: Dict[str, Any], executor: Dict[st
     if 'nvidia.com/gpu' in container['resources'].get('limits', {}):
         # GPU nodes are often tainted so that only pods asking for a GPU land there.
         pod['tolerations'] = [{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}]
+
+
+def working_dir(executor) -> str:
+    """Where `jina gateway|executor --uses config.yml` finds the component's config.yml in the image."""
+    return f'{APP_DIR}/gateway' if executor is None else f'{APP_DIR}/executors/{executor["name"]}'
 
 
 def models_claim(args) -> Dict[str, Any]:
@@ -156,10 +183,12 @@ def complete_compose(compose: Dict[str, Any], flow: Dict[str, Any]) -> None:
     replica_index = {}
     for service in compose['services'].values():
         command = service['command']
-        if command[0] != 'executor':
+        if command[0] == 'gateway':
+            service['working_dir'] = working_dir(None)
+            service['environment'] = [*service.get('environment', []), 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}']  # from `docker compose up`'s shell
             continue
         name = command[command.index('--name') + 1].split('/')[0]
-        service['working_dir'] = f'{APP_DIR}/executors/{name}'
+        service['working_dir'] = working_dir(executors[name])
         # Jina mounts the host's ~/.cache/jina over /app (the image's code) as the workspace: the cache instead.
         if '--workspace' in command:
             at = command.index('--workspace')
@@ -190,7 +219,7 @@ def export(args) -> Dict[Path, str]:
         gpus = executor.get('gpus')
         if gpus is not None and not str(gpus).isdigit():
             raise SystemExit(f'{executor["name"]}: gpus must be a whole number of GPUs per replica, not {gpus!r}')
-    extra_env = dict(item.split('=', 1) for item in args.env)
+    extra_env = {**executor_settings(), **dict(item.split('=', 1) for item in args.env)}
     with tempfile.TemporaryDirectory() as tmp:
         manifests, compose = run_jina_export(export_flow_yaml(flow, args.image, extra_env), args.image, Path(tmp), args.namespace)
 

@@ -2,8 +2,8 @@
 
     python deploy/preload.py
 
-Reads the same settings as the service (S2I_SD_MODEL, S2I_WHISPER_BACKEND, S2I_WHISPER_MODEL, with
-s2i.serve's defaults) and fills the caches the executors read: Stable Diffusion and faster-whisper
+Reads the same settings as the executors (S2I_SD_MODEL, S2I_WHISPER_BACKEND, S2I_WHISPER_MODEL, with
+the executors' defaults) and fills the caches the executors read: Stable Diffusion and faster-whisper
 weights into the Hugging Face cache (HF_HOME), openai-whisper checkpoints into
 $XDG_CACHE_HOME/whisper, and the service's own files (the joined bundled Whisper weights, the tiny
 model) into S2I_CACHE. Only the files a pipeline loads are fetched, not a whole hub repository.
@@ -12,12 +12,9 @@ XDG_CACHE_HOME and S2I_CACHE under one folder to carry that folder to an offline
 """
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from s2i.serve import apply_defaults  # noqa: E402
+from s2i.runtime import setting
 
 
 def preload_stable_diffusion(model: str) -> str:
@@ -55,9 +52,12 @@ def preload_whisper(backend: str, model: str) -> str:
 
 
 def main() -> None:
-    apply_defaults()
-    sd_model = os.environ['S2I_SD_MODEL']
-    backend, whisper_model = os.environ['S2I_WHISPER_BACKEND'], os.environ['S2I_WHISPER_MODEL']
+    from executors.stable_diffusion import executor as stable_diffusion
+    from executors.whisper import executor as whisper
+
+    sd_model = setting(None, 'S2I_SD_MODEL', stable_diffusion.DEFAULT_MODEL)
+    backend = setting(None, whisper.BACKEND_VARIABLE, whisper.DEFAULT_BACKEND)
+    whisper_model = setting(None, whisper.MODEL_VARIABLE, whisper.DEFAULT_MODEL)
     print(f'Stable Diffusion {sd_model}: {preload_stable_diffusion(sd_model)}', flush=True)
     print(f'Whisper {whisper_model} ({backend}): {preload_whisper(backend, whisper_model)}', flush=True)
 

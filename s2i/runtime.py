@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-# When set, the gateway refuses requests without "authorization: Bearer <token>" (s2i/gateway.py),
+# When set, the gateway refuses requests without "authorization: Bearer <token>" (gateway/gateway.py),
 # and the client sends it (client.py).
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 # What a refused request is told, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.

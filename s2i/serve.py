@@ -1,7 +1,8 @@
 """Start the speech-to-image Flow: ``python -m s2i.serve``.
 
-flow.yml reads its settings from S2I_* environment variables; Jina has no syntax for defaults,
-so this module fills in the ones that are not set before loading it.
+The same as ``jina flow --uses flow.yml`` run from the repository root (both read the S2I_*
+variables; see README.md), plus a ready line with the addresses, SIGTERM handling, and an exit
+instead of a hang when an executor fails to start.
 """
 
 import logging
@@ -12,17 +13,13 @@ import sys
 import threading
 from pathlib import Path
 
-from s2i.runtime import AUTH_TOKEN_VARIABLE
-
 FLOW_YML = Path(__file__).resolve().parent.parent / 'flow.yml'
 READY_LINE = 'speech-to-image Flow ready'
 
+# The settings flow.yml reads for Jina itself, and their documented defaults. Executors read their
+# own variables (S2I_SD_MODEL, S2I_WHISPER_*, S2I_DEVICE) with their defaults beside their code.
 DEFAULTS = {
-    'S2I_WHISPER_BACKEND': 'faster-whisper',  # or openai-whisper
-    'S2I_WHISPER_MODEL': 'base',  # bundled multilingual base when installed; any size name or local path
-    'S2I_SD_MODEL': 'stable-diffusion-v1-5/stable-diffusion-v1-5',  # hub id, local folder, or "tiny"
-    'S2I_DEVICE': 'auto',  # auto | cpu | cuda | cuda:N
-    'S2I_HOST': '127.0.0.1',  # 0.0.0.0 to serve other machines: put a proxy with auth in front
+    'S2I_HOST': '127.0.0.1',  # 0.0.0.0 to serve other machines: set S2I_AUTH_TOKEN, put TLS in front
     'S2I_PORT': '54321',  # gRPC
     'S2I_HTTP_PORT': '54322',
     'S2I_SD_REPLICAS': '1',
@@ -30,6 +27,7 @@ DEFAULTS = {
 
 
 def apply_defaults() -> None:
+    """Give each unset (or empty) setting of DEFAULTS its default in the environment."""
     for name, value in DEFAULTS.items():
         if not os.environ.get(name):
             os.environ[name] = value
@@ -53,15 +51,8 @@ def load_flow(path=FLOW_YML):
     from jina import Flow
 
     apply_defaults()
-    # Executors' `uses:` paths are relative to the repository root.
-    flow = Flow.load_config(str(path), extra_search_paths=[str(Path(path).resolve().parent)])
-    if os.environ.get(AUTH_TOKEN_VARIABLE):
-        from s2i.gateway import TokenAuthGateway
-
-        # Here rather than in flow.yml: `jina export` (deploy/) could not name this class's image,
-        # and without a token the stock gateway is the same minus the check.
-        flow = flow.config_gateway(uses=TokenAuthGateway)  # returns a configured copy
-    return flow
+    # `uses:` and `py_modules:` paths in flow.yml are relative to the repository root.
+    return Flow.load_config(str(path), extra_search_paths=[str(Path(path).resolve().parent)])
 
 
 def main() -> None:

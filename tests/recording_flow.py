@@ -1,7 +1,15 @@
-"""A Flow of the token gateway in front of RecordingExecutor, in its own process (a fresh interpreter:
-Jina forks the Flow's processes, and forking a test process full of threads is not safe).
+"""The real gateway component (gateway/config.yml) in front of two tiny executors that record what
+reaches them, in its own process (tests/servers.py says why):
 
-    S2I_AUTH_TOKEN=... python tests/recording_flow.py LOG GRPC_PORT HTTP_PORT
+    [S2I_AUTH_TOKEN=...] python tests/recording_flow.py LOG GRPC_PORT HTTP_PORT
+    python tests/recording_flow.py --executors-only LOG WHISPER_PORT SD_PORT
+
+The second form starts only the two executors, as bare executors named like flow.yml's (whisper,
+stable_diffusion) on the given ports, for a gateway started on its own (as the manifests run it).
+
+``tagger`` owns the request key ``tag`` and ``painter`` owns ``size``; each serves /parameters the
+way the real executors do. ``painter`` appends one line per document to LOG (proof of what reached
+an executor) and gives each document a small PNG, which HTTP answers carry as a data URI.
 """
 
 import sys
@@ -9,35 +17,83 @@ import threading
 
 from docarray import DocList
 from jina import Executor, Flow, requests
+from PIL import Image
 
-from s2i.docs import PromptDoc
-from s2i.gateway import TokenAuthGateway
+from s2i.docs import GeneratedImage, ParameterSchema, PromptDoc
+from s2i.encoding import encode_png
+from s2i.params import PARAMETERS_ENDPOINT, Integer, RequestParams, Text, describe_parameters
+from s2i.serve import FLOW_YML
 
 READY = 'recording flow ready'
+GATEWAY_CONFIG = FLOW_YML.parent / 'gateway' / 'config.yml'
 
 
-class RecordingExecutor(Executor):
-    """Appends one line per document it receives to ``log``: proof of what reached an executor."""
+class TagParams(RequestParams):
+    tag: Text = ''  # appended to the text
 
+
+class PaintParams(RequestParams):
+    size: Integer = 8  # width and height of the image
+
+
+class Tagger(Executor):
+    @requests(on=['/generate', '/text2image'])
+    def tag(self, docs: DocList[PromptDoc], parameters: dict, **kwargs) -> DocList[PromptDoc]:
+        params = TagParams.from_request(TagParams(), parameters)
+        for doc in docs:
+            doc.text += params.tag
+        return docs
+
+    @requests(on=PARAMETERS_ENDPOINT)
+    def parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, TagParams, TagParams())
+
+
+class Painter(Executor):
     def __init__(self, log: str, **kwargs):
         super().__init__(**kwargs)
         self.log = log
 
     @requests(on=['/generate', '/text2image'])
-    def record(self, docs: DocList[PromptDoc], **kwargs) -> DocList[PromptDoc]:
+    def paint(self, docs: DocList[PromptDoc], parameters: dict, **kwargs) -> DocList[PromptDoc]:
+        params = PaintParams.from_request(PaintParams(), parameters)
         with open(self.log, 'a') as file:
             file.writelines(f'{doc.text}\n' for doc in docs)
+        for doc in docs:
+            png = encode_png(Image.new('RGB', (params.size, params.size)), {'prompt': doc.text})
+            doc.matches = DocList[GeneratedImage]([GeneratedImage(png=png, width=params.size, height=params.size)])
         return docs
+
+    @requests(on=PARAMETERS_ENDPOINT)
+    def parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, PaintParams, PaintParams())
 
 
 def main(log: str, grpc_port: str, http_port: str) -> None:
-    flow = Flow().config_gateway(
-        uses=TokenAuthGateway, protocol=['grpc', 'http'], port=[int(grpc_port), int(http_port)], host='127.0.0.1',
-    ).add(uses=RecordingExecutor, uses_with={'log': log})
+    flow = (
+        Flow(protocol=['grpc', 'http'], port=[int(grpc_port), int(http_port)], host='127.0.0.1')
+        .config_gateway(uses=str(GATEWAY_CONFIG))
+        .add(name='tagger', uses=Tagger, uses_metas={'name': 'tagger'})
+        .add(name='painter', uses=Painter, uses_with={'log': log}, uses_metas={'name': 'painter'})
+    )
     with flow:
         print(READY, flush=True)
         flow.block(stop_event=threading.Event())
 
 
+def executors_only(log: str, whisper_port: str, sd_port: str) -> None:
+    from jina import Deployment
+
+    tagger = Deployment(uses=Tagger, name='whisper', uses_metas={'name': 'whisper'}, port=int(whisper_port), include_gateway=False)
+    painter = Deployment(uses=Painter, uses_with={'log': log}, name='stable_diffusion', uses_metas={'name': 'stable_diffusion'},
+                         port=int(sd_port), include_gateway=False)
+    with tagger, painter:
+        print(READY, flush=True)
+        threading.Event().wait()
+
+
 if __name__ == '__main__':
-    main(*sys.argv[1:])
+    if sys.argv[1] == '--executors-only':
+        executors_only(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

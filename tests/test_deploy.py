@@ -2,13 +2,11 @@
 
 No Docker engine or cluster here: the manifests are generated on a copy of the checkout, compared
 with the committed ones, validated against the Kubernetes API schema (kubernetes-validate, offline)
-and checked for what Jina's export leaves out; the Dockerfile is linted and compared with setup.sh.
+and checked for what Jina's export leaves out; the Dockerfile is linted.
 """
 
 import importlib.util
 import os
-import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,8 +18,11 @@ import yaml
 from conftest import ROOT
 
 DEPLOY = ROOT / 'deploy'
-SETTINGS = ('S2I_WHISPER_BACKEND', 'S2I_WHISPER_MODEL', 'S2I_SD_MODEL', 'S2I_DEVICE', 'S2I_HOST', 'S2I_PORT',
-            'S2I_HTTP_PORT', 'S2I_SD_REPLICAS', 'JINA_GATEWAY_IMAGE')
+
+
+def without_settings(environment):
+    """The environment without any S2I_* setting or JINA_* variable (JINA_LOG_LEVEL shows in the manifests)."""
+    return {k: v for k, v in environment.items() if not k.startswith(('S2I_', 'JINA_'))}
 
 
 def read_flow():
@@ -55,8 +56,8 @@ def clean_export(tmp_path_factory):
         if (ROOT / name).is_file() and not name.startswith('deploy/kubernetes/') and name != 'deploy/docker-compose.yml':
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, clone / name)
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith('JINA_')}  # JINA_LOG_LEVEL shows
-    result = subprocess.run([sys.executable, 'deploy/export.py'], cwd=clone, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, 'deploy/export.py'], cwd=clone, env=without_settings(os.environ),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return clone / 'deploy'
 
@@ -69,8 +70,12 @@ def export_with(monkeypatch, tmp_path):
     spec.loader.exec_module(export)
 
     def run(*argv, **settings):
-        for name in SETTINGS:
-            monkeypatch.delenv(name, raising=False)
+        from s2i.serve import DEFAULTS
+
+        for name in set(os.environ) - set(without_settings(os.environ)):
+            monkeypatch.delenv(name)
+        for name in DEFAULTS:
+            monkeypatch.setenv(name, '')  # unset to the export, which fills in the defaults; restored after the test
         for name, value in settings.items():
             monkeypatch.setenv(name, value)
         export.main(['--out', str(tmp_path), *argv])
@@ -118,6 +123,15 @@ def test_every_deployment_runs_the_image_with_probes_and_resource_requests():
         assert deployment['spec']['template']['spec']['securityContext']['runAsNonRoot'] is True
 
 
+def test_the_gateway_runs_the_gateway_component_with_the_token_from_an_optional_secret():
+    spec = container(deployments()['gateway'])
+    assert spec['args'][spec['args'].index('--uses') + 1] == 'config.yml'
+    assert spec['workingDir'] == '/app/gateway'
+    assert yaml.safe_load((ROOT / 'gateway' / 'config.yml').read_text())['jtype'] == 'SpeechToImageGateway'  # what it loads there
+    (token,) = [variable for variable in spec['env'] if variable['name'] == 'S2I_AUTH_TOKEN']
+    assert token['valueFrom'] == {'secretKeyRef': {'name': 's2i-auth', 'key': 'token', 'optional': True}}
+
+
 def test_executors_mount_the_model_cache_and_run_from_their_config_folder():
     claims = [d for d in kubernetes_documents() if d['kind'] == 'PersistentVolumeClaim']
     assert [c['metadata']['name'] for c in claims] == ['s2i-models']
@@ -141,12 +155,23 @@ def test_stable_diffusion_asks_for_whole_gpus_and_the_rest_for_none():
         assert 'limits' not in container(found[name])['resources']
 
 
-def test_settings_reach_the_executors():
+def test_committed_manifests_have_the_default_settings():
     from s2i.serve import DEFAULTS
 
-    args = container(deployments()['stable-diffusion'])['args']
-    assert args[args.index('--uses-with') + 1] == f'{{"model": "{DEFAULTS["S2I_SD_MODEL"]}", "device": "{DEFAULTS["S2I_DEVICE"]}"}}'
     assert deployments()['stable-diffusion']['spec']['replicas'] == int(DEFAULTS['S2I_SD_REPLICAS'])
+    configs = [d for d in kubernetes_documents() if d['kind'] == 'ConfigMap']
+    assert not [key for config in configs for key in config['data'] if key.startswith('S2I_')]  # each executor's own defaults
+
+
+def test_settings_set_when_exporting_reach_every_executor_and_the_token_no_file(export_with):
+    out = export_with(S2I_SD_MODEL='tiny', S2I_DEVICE='cpu', S2I_AUTH_TOKEN='do-not-write-me')
+    configs = {d['metadata']['name']: d['data'] for d in kubernetes_documents(out) if d['kind'] == 'ConfigMap'}
+    for name in ('whisper-configmap', 'stable-diffusion-configmap'):
+        assert (configs[name]['S2I_SD_MODEL'], configs[name]['S2I_DEVICE']) == ('tiny', 'cpu')
+    compose = yaml.safe_load((out / 'docker-compose.yml').read_text())
+    assert 'S2I_SD_MODEL=tiny' in compose['services']['stable-diffusion']['environment']
+    for path in [*out.rglob('*.yml')]:
+        assert 'do-not-write-me' not in path.read_text(), path
 
 
 def test_replicas_image_and_namespace_come_from_configuration(export_with):
@@ -156,7 +181,6 @@ def test_replicas_image_and_namespace_come_from_configuration(export_with):
     assert found['stable-diffusion']['spec']['replicas'] == 3
     assert {container(d)['image'] for d in found.values()} == {'registry.example.com/s2i:0.1'}
     assert {d['metadata']['namespace'] for d in kubernetes_documents(out)} == {'speech'}
-    assert '"model": "tiny"' in ' '.join(container(found['stable-diffusion'])['args'])
     compose = yaml.safe_load((out / 'docker-compose.yml').read_text())
     gpus = [s['deploy']['resources']['reservations']['devices'][0]['device_ids'] for n, s in compose['services'].items()
             if n.startswith('stable-diffusion')]
@@ -179,66 +203,55 @@ def test_compose_file_runs_each_part_from_the_image_with_the_model_cache():
     devices = services['stable-diffusion']['deploy']['resources']['reservations']['devices']
     assert devices == [{'driver': 'nvidia', 'capabilities': ['gpu'], 'device_ids': ['0']}]
     assert services['gateway']['ports'] == ['54321:54321', '54322:54322']
+    gateway = services['gateway']
+    assert gateway['command'][gateway['command'].index('--uses') + 1] == 'config.yml' and gateway['working_dir'] == '/app/gateway'
+    assert 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}' in gateway['environment']  # from `docker compose up`'s environment
 
 
-# flow.yml's jcloud section
+@pytest.mark.slow
+def test_the_exported_gateway_command_enforces_the_token(tmp_path):
+    """Compose's gateway command, run where the image runs it (the gateway folder), against two
+    recording executors standing in for whisper and stable_diffusion."""
+    import json
 
-def test_jcloud_section_gives_resources_in_jina_cloud_format():
-    flow = read_flow()
-    assert set(flow['jcloud']['gateway']['resources']) == {'cpu', 'memory'}
-    for executor in flow['executors']:
-        resources = executor['jcloud']['resources']
-        assert {'cpu', 'memory'} <= set(resources), executor['name']
-        assert resources.get('gpu', 0) == executor.get('gpus', 0), f'{executor["name"]}: jcloud gpu and gpus differ'
+    import requests
 
+    from conftest import free_port
+    from recording_flow import READY
+    from servers import Server, wait_until_ready
 
-def test_flow_with_deploy_keys_still_loads_locally(monkeypatch):
-    from s2i.serve import load_flow
-
-    for name in SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    flow = load_flow()
-    assert list(flow._deployment_nodes) == ['whisper', 'stable_diffusion']
+    log = tmp_path / 'requests.log'
+    log.touch()
+    whisper_port, sd_port, grpc_port, http_port = free_port(), free_port(), free_port(), free_port()
+    gateway = yaml.safe_load((DEPLOY / 'docker-compose.yml').read_text())['services']['gateway']
+    command = list(gateway['command'])
+    command[command.index('--deployments-addresses') + 1] = json.dumps(
+        {'whisper': [f'127.0.0.1:{whisper_port}'], 'stable_diffusion': [f'127.0.0.1:{sd_port}']})
+    at = command.index('--port')
+    command[at + 1 : at + 3] = [str(grpc_port), str(http_port)]
+    at = command.index('--port-monitoring')
+    del command[at : at + 2]
+    workdir = ROOT / gateway['working_dir'].replace('/app/', '', 1)
+    executors = Server([sys.executable, str(ROOT / 'tests' / 'recording_flow.py'), '--executors-only', str(log), str(whisper_port), str(sd_port)], cwd=ROOT)
+    server = None
+    try:
+        executors.wait_for(READY, limit=120)
+        server = Server([str(Path(sys.executable).parent / 'jina'), *command, '--host', '127.0.0.1'], cwd=workdir,
+                        env={**os.environ, 'S2I_AUTH_TOKEN': 'compose-token'})
+        wait_until_ready(server, f'http://127.0.0.1:{http_port}', limit=120)
+        body = {'data': [{'text': 'through the exported gateway'}]}
+        url = f'http://127.0.0.1:{http_port}/text2image'
+        assert requests.post(url, json=body, timeout=30).status_code == 401
+        assert 'through the exported gateway' not in log.read_text()
+        allowed = requests.post(url, json=body, headers={'Authorization': 'Bearer compose-token'}, timeout=30)
+        assert allowed.status_code == 200 and 'through the exported gateway' in log.read_text()
+    finally:
+        for running in (server, executors):
+            if running:
+                running.kill()
 
 
 # Dockerfile
-
-def pip_steps(lines, variables):
-    """The pip install steps of a script, as argument lists without output-only options."""
-    quiet = {'--quiet', '-q', '--disable-pip-version-check', '--no-cache-dir'}
-    steps = []
-    for line in lines:
-        for name, value in variables.items():
-            line = line.replace(name, value)
-        words = shlex.split(line)
-        steps.append(['requirements.txt' if w == 'requirements-dev.txt' else w for w in words if w not in quiet])
-    return steps
-
-
-def test_dockerfile_installs_exactly_like_setup_sh():
-    setup = (ROOT / 'scripts' / 'setup.sh').read_text()
-    dockerfile = (ROOT / 'Dockerfile').read_text()
-    torch_default = re.search(r'TORCH_VERSION:-([\w.]+)', setup).group(1)
-    assert re.search(r'^ARG TORCH_VERSION=(.+)$', dockerfile, re.M).group(1) == torch_default
-    ci = pip_steps(re.findall(r'^"\$\{pip\[@\]\}" (.+)$', setup, re.M), {'${TORCH_VERSION:-' + torch_default + '}': torch_default})
-    image = pip_steps(re.findall(r'^RUN pip install (.+)$', dockerfile, re.M), {'${TORCH_VERSION}': torch_default})
-    assert image == ci  # requirements-dev.txt is requirements.txt plus the test tools
-    assert image[1:] == [[f'torch=={torch_default}', '-c', 'constraints.txt'],
-                         ['-r', 'requirements.txt', '-c', 'constraints.txt'], ['--no-deps', '-e', '.']]
-
-
-def test_dockerfile_runs_as_non_root_with_a_model_volume_and_a_health_check():
-    dockerfile = (ROOT / 'Dockerfile').read_text()
-    assert re.search(r'^FROM python:3\.11-slim$', dockerfile, re.M)
-    assert re.search(r'^USER 1000:1000$', dockerfile, re.M)
-    assert re.search(r'^VOLUME /models$', dockerfile, re.M)
-    for variable in ('HF_HOME=/models/', 'XDG_CACHE_HOME=/models/', 'S2I_CACHE=/models/'):
-        assert variable in dockerfile
-    assert re.search(r'^HEALTHCHECK .*\n.*jina ping', dockerfile, re.M)
-    assert re.search(r'^ARG PRELOAD_MODELS=""$', dockerfile, re.M)  # no weights unless asked for
-    ignored = (ROOT / '.dockerignore').read_text().split()
-    assert {'.git', '.venv', 'outputs', 'tests'} <= set(ignored)
-
 
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which('hadolint') or shutil.which('hadolint', path=str(Path(sys.executable).parent))
@@ -251,7 +264,7 @@ def test_dockerfile_passes_hadolint():
 @pytest.mark.slow  # about 8 s: builds the tiny pipeline, joins the Whisper weights
 def test_preload_fills_the_caches_it_is_given(tmp_path):
     """Offline here: the tiny model and the bundled Whisper base, written where the image's volume would be."""
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env = without_settings(os.environ)
     env.update(HF_HOME=str(tmp_path / 'huggingface'), XDG_CACHE_HOME=str(tmp_path / 'cache'),
                S2I_CACHE=str(tmp_path / 's2i'), S2I_SD_MODEL='tiny', HF_HUB_OFFLINE='1')
     result = subprocess.run([sys.executable, str(DEPLOY / 'preload.py')], env=env, capture_output=True, text=True, timeout=120)

@@ -1,14 +1,12 @@
 """A document's uri cannot make the server read files or fetch URLs it was not told to; the gateway
-refuses requests without the token before any executor sees them."""
+component (gateway/) refuses requests without the token before any executor sees them."""
 
 import http.server
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,11 +17,12 @@ from jina import Client
 import client
 from executors.whisper.executor import WhisperExecutor
 from s2i.docs import PromptDoc
-from s2i.gateway import UNAUTHENTICATED, TokenAuthGateway
-from s2i.serve import load_flow
+from s2i.runtime import UNAUTHENTICATED
+from s2i.serve import DEFAULTS, load_flow
 
 from conftest import ENGLISH_CLIP, ROOT, free_port
 from recording_flow import READY
+from servers import Server
 
 TOKEN = 'test-token-6f1c'
 PATHS_OFF = 'server-side audio paths are off (input_dir is not set)'
@@ -133,31 +132,17 @@ def test_urls_are_fetched_only_from_allowed_hosts_and_redirects_are_not_followed
 
 @pytest.fixture(scope='module')
 def token_flow(tmp_path_factory):
-    """tests/recording_flow.py: the token gateway in front of an executor that records what reaches it."""
-    folder = tmp_path_factory.mktemp('auth')
-    log, output = folder / 'requests.log', folder / 'flow.out'
+    """tests/recording_flow.py: the gateway component, with S2I_AUTH_TOKEN set, in front of executors that record what reaches them."""
+    log = tmp_path_factory.mktemp('auth') / 'requests.log'
     log.touch()
     grpc_port, http_port = free_port(), free_port()
-    with open(output, 'w') as out:
-        flow = subprocess.Popen(
-            [sys.executable, str(ROOT / 'tests' / 'recording_flow.py'), str(log), str(grpc_port), str(http_port)],
-            cwd=ROOT, env={**os.environ, 'S2I_AUTH_TOKEN': TOKEN}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = Server([sys.executable, str(ROOT / 'tests' / 'recording_flow.py'), str(log), str(grpc_port), str(http_port)],
+                    env={**os.environ, 'S2I_AUTH_TOKEN': TOKEN}, cwd=ROOT)
     try:
-        wait_for_ready(flow, output)
+        server.wait_for(READY, limit=180)
         yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}
     finally:
-        os.killpg(flow.pid, signal.SIGKILL)
-        flow.wait(timeout=60)
-
-
-def wait_for_ready(flow: subprocess.Popen, output: Path, limit: float = 180) -> None:
-    deadline = time.monotonic() + limit
-    while READY not in output.read_text():
-        assert flow.poll() is None, f'the Flow exited:\n{output.read_text()[-3000:]}'
-        assert time.monotonic() < deadline, f'the Flow was not ready within {limit} s'
-        time.sleep(0.2)
+        server.kill()
 
 
 def received(flow):
@@ -185,6 +170,13 @@ def test_a_wrong_or_missing_token_is_refused_before_any_executor(token_flow, pro
 
 
 @pytest.mark.slow
+def test_the_token_is_checked_before_the_parameters(token_flow):
+    with pytest.raises(Exception) as refused:
+        client.generate(prompts=['unknown key, no token'], parameters={'step': 1}, host=token_flow['grpc'], token='wrong-token')
+    assert UNAUTHENTICATED in str(refused.value)  # a caller without the token learns nothing about the keys
+
+
+@pytest.mark.slow
 def test_a_connection_sends_its_token_and_raises_when_refused(token_flow):
     with client.Connection(token_flow['grpc'], token=TOKEN) as connection:
         (doc,) = connection.generate(prompts=['right token, open channel'])
@@ -196,11 +188,13 @@ def test_a_connection_sends_its_token_and_raises_when_refused(token_flow):
 
 
 @pytest.mark.slow
-def test_over_plain_http_a_refusal_is_401_and_the_readiness_route_stays_open(token_flow):
+def test_over_plain_http_a_refusal_is_401_and_the_health_routes_stay_open(token_flow):
     body = {'data': [{'text': 'raw http'}]}
     refused = requests.post(f'{token_flow["http"]}/text2image', json=body, timeout=30)
     assert refused.status_code == 401 and refused.json() == {'detail': UNAUTHENTICATED}
+    assert requests.get(f'{token_flow["http"]}/status', timeout=30).status_code == 401  # Jina's debug route too
     assert requests.get(f'{token_flow["http"]}/', timeout=30).status_code == 200
+    assert requests.get(f'{token_flow["http"]}/dry_run', timeout=30).status_code == 200
     allowed = requests.post(f'{token_flow["http"]}/text2image', json=body, headers={'Authorization': f'Bearer {TOKEN}'}, timeout=30)
     assert allowed.status_code == 200 and 'raw http' in received(token_flow)
 
@@ -209,6 +203,9 @@ def test_over_plain_http_a_refusal_is_401_and_the_readiness_route_stays_open(tok
 def test_health_checks_need_no_token(token_flow):
     for protocol in ('grpc', 'http'):
         assert Client(host=token_flow[protocol]).is_flow_ready()
+    ping = subprocess.run([str(Path(sys.executable).parent / 'jina'), 'ping', 'flow', token_flow['grpc'], '--timeout', '10000'],
+                          capture_output=True, text=True, timeout=120)
+    assert ping.returncode == 0, ping.stdout[-2000:] + ping.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -227,13 +224,14 @@ def test_the_cli_sends_its_token_and_says_when_it_is_refused(token_flow, tmp_pat
     assert 'cli with a wrong token' not in received(token_flow)
 
 
-def test_serve_puts_the_token_gateway_in_front_only_when_a_token_is_set(monkeypatch):
-    monkeypatch.delenv('S2I_AUTH_TOKEN', raising=False)
-    assert load_flow()._gateway_kwargs.get('uses') is None
-    monkeypatch.setenv('S2I_AUTH_TOKEN', TOKEN)
-    assert load_flow()._gateway_kwargs.get('uses') is TokenAuthGateway
+@pytest.fixture
+def unset_settings(monkeypatch):
+    """flow.yml's settings unset for this test (and restored after: loading flow.yml fills in their defaults)."""
+    for name in DEFAULTS:
+        monkeypatch.setenv(name, '')  # empty is unset to apply_defaults; monkeypatch restores the real value
 
 
-def test_serve_binds_loopback_unless_told_otherwise(monkeypatch):
-    monkeypatch.delenv('S2I_HOST', raising=False)
-    assert load_flow()._gateway_kwargs['host'] == '127.0.0.1'
+def test_serve_binds_loopback_unless_told_otherwise(unset_settings, monkeypatch):
+    assert load_flow().host == '127.0.0.1'
+    monkeypatch.setenv('S2I_HOST', '0.0.0.0')
+    assert load_flow().host == '0.0.0.0'

@@ -1,0 +1,1 @@
+"""The Flow's gateway component: flow.yml runs gateway/config.yml (see gateway.py)."""

@@ -1,0 +1,77 @@
+"""Servers that tests start in their own process: a command, its output, and a bounded wait for a line.
+
+A Flow runs in a fresh interpreter: Jina forks its executors, and forking a test process that has
+already run torch (as earlier tests in a session do) can stall in torch's thread pool."""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+
+class Server:
+    """``command`` in its own process group (so its children go down with it); a thread collects its output."""
+
+    def __init__(self, command: Sequence[str], env: Optional[Dict[str, str]] = None, cwd=None):
+        self.process = subprocess.Popen(
+            list(command), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # its own process group: the executors go down with it
+        )
+        self.lines: List[Optional[str]] = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._collect_output, daemon=True).start()
+
+    def _collect_output(self) -> None:
+        for line in self.process.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append(None)  # end of output
+            self.changed.notify_all()
+
+    def wait_for(self, pattern: str, limit: float = 240) -> re.Match:
+        """The first output line matching ``pattern``, waiting for it at most ``limit`` seconds."""
+        deadline, checked = time.monotonic() + limit, 0
+        with self.changed:
+            while True:
+                for line in self.lines[checked:]:
+                    assert line is not None, f'the server exited before printing {pattern!r}:\n{self.output()[-3000:]}'
+                    if match := re.search(pattern, line):
+                        return match
+                checked = len(self.lines)
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f'no {pattern!r} from the server within {limit} s:\n{self.output()[-3000:]}'
+                self.changed.wait(remaining)
+
+    def output(self) -> str:
+        return ''.join(line for line in self.lines if line)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group, then reap the process."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=60)
+
+
+def wait_until_ready(server: Server, host: str, limit: float = 300) -> None:
+    """Until the Flow or gateway at ``host`` answers Jina's readiness check, at most ``limit`` seconds."""
+    from jina import Client
+
+    deadline = time.monotonic() + limit
+    while not Client(host=host).is_flow_ready(timeout=2000):
+        assert server.process.poll() is None, f'the server exited:\n{server.output()[-3000:]}'
+        assert time.monotonic() < deadline, f'{host} was not ready within {limit} s:\n{server.output()[-3000:]}'
+        time.sleep(1)
+
+
+def listening(port: int, host: str = '127.0.0.1') -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0

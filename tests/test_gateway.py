@@ -1,0 +1,198 @@
+"""The gateway component (gateway/): the unknown-parameter check, images over HTTP, and flow.yml
+started by Jina's own command with the S2I_* settings and the token."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from docarray import DocList
+from jina import Client
+
+import client
+from gateway.gateway import is_authorized, unknown_parameters
+from s2i.docs import ParameterSchema, PromptDoc
+from s2i.encoding import from_data_uri, read_png_parameters
+from s2i.runtime import UNAUTHENTICATED
+
+from conftest import ROOT, free_port
+from recording_flow import READY
+from servers import Server, listening, wait_until_ready
+
+TOKEN = 'jina-flow-token-3b9e'
+SCHEMAS = [ParameterSchema(executor='whisper', keys=['beam_size', 'language']),
+           ParameterSchema(executor='stable_diffusion', keys=['guidance_scale', 'steps'])]
+
+
+# --- the pure checks ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('parameters', [
+    {},
+    {'steps': 30, 'beam_size': 5},
+    {'__results__': {}, 'steps': 1},  # Jina's own keys
+    {'stable_diffusion': {'steps': 30}, 'whisper': {'beam_size': 1}},  # Jina's scoped form
+])
+def test_every_key_some_executor_owns_is_accepted(parameters):
+    assert unknown_parameters(parameters, SCHEMAS) is None
+
+
+def test_a_key_no_executor_owns_is_named_with_the_known_keys():
+    assert unknown_parameters({'steps': 2, 'step': 1, 'seeed': 3}, SCHEMAS) == \
+        "unknown parameter(s) 'step', 'seeed'; known: beam_size, guidance_scale, language, steps"
+
+
+def test_a_scoped_key_must_belong_to_that_executor():
+    assert unknown_parameters({'stable_diffusion': {'steps': 3, 'beam_size': 1}}, SCHEMAS) == \
+        "unknown parameter(s) 'beam_size' for stable_diffusion; known: guidance_scale, steps"
+
+
+def test_an_executor_name_without_a_dict_is_not_a_scoped_section():
+    assert unknown_parameters({'whisper': 'tiny'}, SCHEMAS).startswith("unknown parameter(s) 'whisper';")
+
+
+def test_a_new_executor_brings_its_keys_without_changes_elsewhere():
+    with_captions = [*SCHEMAS, ParameterSchema(executor='caption', keys=['max_words'])]
+    assert unknown_parameters({'max_words': 12}, SCHEMAS) is not None
+    assert unknown_parameters({'max_words': 12, 'caption': {'max_words': 5}}, with_captions) is None
+
+
+@pytest.mark.parametrize('authorization, allowed', [
+    ('Bearer s3cret', True), ('bearer s3cret', True), ('Bearer wrong', False), ('s3cret', False),
+    ('Basic s3cret', False), ('', False), (None, False),
+])
+def test_only_the_bearer_token_is_authorized(authorization, allowed):
+    assert is_authorized(authorization, 's3cret') is allowed
+    assert is_authorized(authorization, None) is True  # no token configured: no check
+
+
+# --- the component in a Flow, without a token -----------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def open_flow(tmp_path_factory):
+    """tests/recording_flow.py (the gateway in front of `tagger` and `painter`) with no S2I_AUTH_TOKEN."""
+    log = tmp_path_factory.mktemp('gateway') / 'requests.log'
+    log.touch()
+    grpc_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != 'S2I_AUTH_TOKEN'}
+    server = Server([sys.executable, str(ROOT / 'tests' / 'recording_flow.py'), str(log), str(grpc_port), str(http_port)], env=env, cwd=ROOT)
+    try:
+        server.wait_for(READY, limit=180)
+        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}
+    finally:
+        server.kill()
+
+
+def received(flow):
+    return flow['log'].read_text().splitlines()
+
+
+def post_json(flow, body):
+    return requests.post(f'{flow["http"]}/text2image', json=body, timeout=60)
+
+
+@pytest.mark.slow
+def test_without_a_token_requests_need_none(open_flow):
+    for protocol in ('grpc', 'http'):
+        (doc,) = client.generate(prompts=[f'no token needed over {protocol}'], host=open_flow[protocol], token='')
+        assert doc.text == f'no token needed over {protocol}'
+
+
+@pytest.mark.slow
+def test_an_unknown_parameter_is_refused_over_grpc_before_any_executor(open_flow):
+    with pytest.raises(Exception) as refused:
+        client.generate(prompts=['unknown key over grpc'], parameters={'size': 4, 'step': 1}, host=open_flow['grpc'], token='')
+    assert 'INVALID_ARGUMENT' in str(refused.value)
+    assert "unknown parameter(s) 'step'; known: size, tag" in str(refused.value)
+    assert 'unknown key over grpc' not in received(open_flow)
+
+
+@pytest.mark.slow
+def test_an_unknown_parameter_is_refused_over_http_with_422(open_flow):
+    refused = post_json(open_flow, {'data': [{'text': 'unknown key over http'}], 'parameters': {'step': 1}})
+    assert refused.status_code == 422
+    assert refused.json() == {'detail': "unknown parameter(s) 'step'; known: size, tag"}
+    scoped = post_json(open_flow, {'data': [{'text': 'scoped key of another executor'}], 'parameters': {'painter': {'tag': '!'}}})
+    assert scoped.status_code == 422 and scoped.json() == {'detail': "unknown parameter(s) 'tag' for painter; known: size"}
+    assert 'unknown key over http' not in received(open_flow)
+    assert 'scoped key of another executor' not in received(open_flow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+def test_each_executors_keys_and_scoped_sections_reach_it(open_flow, protocol):
+    parameters = {'tag': '!', 'painter': {'size': 4}}
+    (doc,) = client.generate(prompts=[f'known keys over {protocol}'], parameters=parameters, host=open_flow[protocol], token='')
+    assert doc.text == f'known keys over {protocol}!'  # tagger read `tag`
+    assert (doc.matches[0].width, doc.matches[0].height) == (4, 4)  # painter read its scoped `size`
+
+
+@pytest.mark.slow
+def test_parameters_endpoint_lists_every_executor(open_flow):
+    schemas = Client(host=open_flow['grpc']).post('/parameters', inputs=DocList[ParameterSchema](), return_type=DocList[ParameterSchema])
+    assert {schema.executor: schema.keys for schema in schemas} == {'tagger': ['tag'], 'painter': ['size']}
+
+
+@pytest.mark.slow
+def test_http_answers_carry_images_as_data_uris_and_grpc_as_bytes(open_flow):
+    answer = post_json(open_flow, {'data': [{'text': 'an image over http'}]})
+    assert answer.status_code == 200, answer.text
+    (image,) = answer.json()['data'][0]['matches']
+    assert image['png'] is None
+    assert read_png_parameters(from_data_uri(image['data_uri'])) == {'prompt': 'an image over http'}
+
+    (doc,) = Client(host=open_flow['grpc']).post('/text2image', inputs=DocList[PromptDoc]([PromptDoc(text='an image over grpc')]),
+                                                 return_type=DocList[PromptDoc])
+    assert doc.matches[0].data_uri is None
+    assert read_png_parameters(doc.matches[0].png) == {'prompt': 'an image over grpc'}
+
+
+# --- flow.yml through `jina flow` ------------------------------------------------------------------------
+
+def jina_flow(env_settings) -> Server:
+    """`jina flow --uses flow.yml` from the repository root, with the tiny models and ``env_settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}
+    env.update(S2I_WHISPER_MODEL='tiny.en', S2I_DEVICE='cpu', **env_settings)
+    return Server([str(Path(sys.executable).parent / 'jina'), 'flow', '--uses', 'flow.yml'], env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope='module')
+def jina_flow_with_token(tiny_sd_dir):
+    grpc_port, http_port = free_port(), free_port()
+    server = jina_flow({'S2I_SD_MODEL': tiny_sd_dir, 'S2I_AUTH_TOKEN': TOKEN, 'S2I_PORT': str(grpc_port), 'S2I_HTTP_PORT': str(http_port)})
+    hosts = {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+    try:
+        wait_until_ready(server, hosts['grpc'])
+        yield hosts
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+def test_jina_flow_serves_flow_yml_on_the_s2i_ports_and_enforces_the_token(jina_flow_with_token, protocol):
+    small = {'steps': 1, 'width': 64, 'height': 64}
+    with pytest.raises(Exception) as refused:
+        client.generate(prompts=['without the token'], parameters=small, host=jina_flow_with_token[protocol], token='')
+    assert UNAUTHENTICATED in str(refused.value)
+    (doc,) = client.generate(prompts=['a red fox'], parameters=small, host=jina_flow_with_token[protocol], token=TOKEN)
+    assert doc.error == '' and len(doc.matches) == 1
+    assert read_png_parameters(doc.matches[0].png)['prompt'] == 'a red fox'
+
+
+@pytest.mark.slow
+def test_jina_flow_without_settings_uses_the_documented_defaults(tiny_sd_dir):
+    from s2i.serve import DEFAULTS
+
+    ports = int(DEFAULTS['S2I_PORT']), int(DEFAULTS['S2I_HTTP_PORT'])
+    if any(listening(port) for port in ports):
+        pytest.skip(f'something already listens on the default ports {ports}')
+    server = jina_flow({'S2I_SD_MODEL': tiny_sd_dir})
+    try:
+        wait_until_ready(server, f'grpc://127.0.0.1:{ports[0]}')
+        assert Client(host=f'http://127.0.0.1:{ports[1]}').is_flow_ready()
+        (doc,) = client.generate(prompts=['defaults'], parameters={'steps': 1, 'width': 64, 'height': 64},
+                                 host=f'grpc://127.0.0.1:{ports[0]}', token='')
+        assert doc.error == '' and len(doc.matches) == 1
+    finally:
+        server.kill()
