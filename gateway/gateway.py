@@ -104,11 +104,11 @@ def unknown_parameters(parameters: Mapping[str, Any], schemas: Sequence[Paramete
     known = sorted({key for keys in keys_of.values() for key in keys})
     unknown, scoped = [], []
     for key, value in parameters.items():
-        if key.startswith('__') or key in known:
-            continue
-        if key in keys_of and isinstance(value, Mapping):
+        if key in keys_of:  # Jina reads an executor's name as its scoped section, whatever else owns the key
+            if not isinstance(value, Mapping):
+                return f'{key!r} names an executor of the Flow: send a dict of its parameters, e.g. {{"{key}": {{...}}}}'
             scoped += [(key, inner) for inner in value if inner not in keys_of[key]]
-        else:
+        elif not (key.startswith('__') or key in known):
             unknown.append(key)
     if unknown:
         return f'unknown parameter(s) {", ".join(map(repr, unknown))}; known: {", ".join(known)}'

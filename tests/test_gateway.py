@@ -47,8 +47,12 @@ def test_a_scoped_key_must_belong_to_that_executor():
         "unknown parameter(s) 'beam_size' for stable_diffusion; known: guidance_scale, steps"
 
 
-def test_an_executor_name_without_a_dict_is_not_a_scoped_section():
-    assert unknown_parameters({'whisper': 'tiny'}, SCHEMAS).startswith("unknown parameter(s) 'whisper';")
+def test_an_executor_name_without_a_dict_is_refused_even_when_some_executor_owns_that_key():
+    # Jina itself would fail the whole request on it (it merges the value into that executor's parameters).
+    with_style = [*SCHEMAS, ParameterSchema(executor='style', keys=['style'])]
+    for schemas in (SCHEMAS, with_style):
+        name = schemas[-1].executor
+        assert unknown_parameters({name: 'x'}, schemas).startswith(f"'{name}' names an executor of the Flow: send a dict")
 
 
 def test_a_new_executor_brings_its_keys_without_changes_elsewhere():
