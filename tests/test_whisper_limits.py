@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from docarray import DocList
 
-from executors.whisper.executor import NO_SPEECH, UNUSABLE_SPEECH, DecodedSegment, SpeechThresholds, WhisperExecutor, usable_segments
-from s2i.audio_input import AudioError, AudioPolicy, decode_bounded
-from s2i.docs import SAMPLE_RATE, PromptDoc
+from executors.whisper.audio import AudioError, AudioPolicy, decode_bounded
+from executors.whisper.backends import BACKENDS, Transcription, segment
+from executors.whisper.executor import WhisperExecutor
+from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge, usable_segments
+from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc
 from s2i.encoding import to_data_uri
 
 from audio_files import silence, wav_bytes, white_noise
@@ -107,24 +109,116 @@ def test_non_speech_that_passes_vad_is_caught_by_whispers_own_signals_and_says_w
     assert_english_clip_understood(speech)
 
 
-def segment(text='a red fox', no_speech_prob=0.1, avg_logprob=-0.4, compression_ratio=1.0):
-    return DecodedSegment(0.0, 1.0, text, no_speech_prob, avg_logprob, compression_ratio)
+# --- is the text what was said? (quality.py) -----------------------------------------------------
+
+def said(text='a red fox', no_speech_prob=0.1, avg_logprob=-0.4, start=0.0, end=1.0):
+    return segment(start, end, text, no_speech_prob, avg_logprob)
 
 
 @pytest.mark.parametrize(
     'signals, reason',
     [
-        ({'compression_ratio': 13.1}, 'the text repeats itself (compression ratio 13.10 > 2.4)'),
+        ({'text': 'the ' * 40}, 'the text repeats itself (compression ratio'),
         ({'no_speech_prob': 0.7}, 'the model hears no speech (no_speech_prob 0.70 > 0.6)'),
         ({'avg_logprob': -1.34}, 'the model is guessing (avg_logprob -1.34 < -1)'),
     ],
 )
 def test_each_hallucination_signal_rejects_a_segment_and_names_itself(signals, reason):
-    kept, why = usable_segments([segment(**signals), segment(text='the sun')], SpeechThresholds())
+    kept, why = usable_segments([said(**signals), said(text='the sun')], SpeechChecks())
     assert [s.text for s in kept] == ['the sun']
-    assert why == reason
+    assert why.startswith(reason)
 
 
 def test_a_switched_off_check_keeps_the_segment():
-    kept, why = usable_segments([segment(avg_logprob=-3.0)], SpeechThresholds(min_avg_logprob=None))
+    kept, why = usable_segments([said(avg_logprob=-3.0)], SpeechChecks(min_avg_logprob=None))
     assert len(kept) == 1 and why is None
+
+
+def test_sentences_said_three_times_pass_while_a_decoder_loop_fails():
+    sentence = 'A red fox runs through the snow under a full moon.'
+    repeated = Transcription('en', 0.9, [said(sentence, start=4.0 * i, end=4.0 * i + 3.5) for i in range(3)])
+    loop = Transcription('en', 0.9, [said('the ' * 60, end=12.0)])
+    assert judge(repeated, 12.0, False, SpeechChecks()) is None
+    assert judge(loop, 12.0, False, SpeechChecks()).startswith(f'{UNUSABLE_SPEECH}: the text repeats itself')
+
+
+@pytest.mark.parametrize(
+    'result, speech_seconds, error',
+    [
+        (Transcription('es', 0.30, [said('Gracias.', end=0.4)]), 3.0, 'no usable speech: the text covers 0.4 s of 3.0 s of speech'),
+        (Transcription('en', 0.9, [said('Yes.', end=0.6)]), 0.6, 'no usable speech: too little speech (0.6 s < 1 s)'),
+        (Transcription('th', 0.55, [said("Let's go to the next episode.", end=2.0)]), 2.0, 'the spoken language is uncertain (th, p=0.55): send `language`'),
+        (Transcription('en', 0.9, [said('ab ' * 100, end=4.0)]), 4.0, 'no usable speech: the text repeats itself'),
+    ],
+    ids=['cut', 'fragment', 'uncertain-language', 'loop'],
+)
+def test_documents_whose_text_is_not_what_was_said_get_an_error_that_says_why(result, speech_seconds, error):
+    assert judge(result, speech_seconds, False, SpeechChecks(min_language_probability=0.6)).startswith(error)
+
+
+def test_a_language_hint_skips_the_language_check():
+    result = Transcription('th', 0.2, [said("Let's go to the next episode.", end=2.0)])
+    assert judge(result, 2.0, True, SpeechChecks()) is None
+
+
+# --- the executor around any backend (a stand-in: no weights needed) --------------------------------
+
+class StandIn:
+    """A WhisperBackend that hears German unless told otherwise, and translates it to English."""
+
+    def __init__(self, model, device, compute_type, cpu_threads):
+        self.model_path, self.is_multilingual, self.languages = model, True, {'en', 'de'}
+
+    def load_audio(self, data, policy):
+        return decode_bounded(data, policy)
+
+    def transcribe_batch(self, clips, task, languages, beam_size):
+        results = []
+        for clip, language in zip(clips, languages):
+            language = language or 'de'
+            text = 'a small dog' if task == 'translate' or language == 'en' else 'ein kleiner Hund'
+            results.append(Transcription(language, 0.99, [segment(0.0, len(clip) / SAMPLE_RATE, text, 0.05, -0.3)]))
+        return results
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    monkeypatch.setitem(BACKENDS, 'stand-in', StandIn)
+    return 'stand-in'
+
+
+def speech(**fields) -> PromptDoc:
+    return PromptDoc(blob=ENGLISH_CLIP.read_bytes(), **fields)
+
+
+def test_a_turbo_model_refuses_to_translate_but_transcribes_english(stand_in):
+    turbo = WhisperExecutor(backend=stand_in, model='large-v3-turbo', device='cpu')
+    foreign, english = transcribe(turbo, speech(), speech(language='en'))
+    assert foreign.error.startswith('cannot translate to English: large-v3-turbo was trained without translation data')
+    assert foreign.text == ''
+    assert english.error == '' and english.text == 'a small dog'
+
+
+def test_a_turbo_model_translates_when_the_setting_allows_it(stand_in):
+    turbo = WhisperExecutor(backend=stand_in, model='large-v3-turbo', device='cpu', translate_with_turbo=True)
+    (doc,) = transcribe(turbo, speech())
+    assert doc.error == '' and doc.transcript == 'ein kleiner Hund' and doc.text == 'a small dog'
+
+
+def test_backend_and_model_come_from_the_environment_unless_given(stand_in, monkeypatch):
+    monkeypatch.setenv('S2I_WHISPER_BACKEND', stand_in)
+    monkeypatch.setenv('S2I_WHISPER_MODEL', 'my-model')
+    assert WhisperExecutor(device='cpu').backend.model_path == 'my-model'
+    assert WhisperExecutor(model='given', device='cpu').backend.model_path == 'given'
+
+
+def test_the_parameters_endpoint_describes_the_keys_and_the_configured_defaults(stand_in):
+    executor = WhisperExecutor(backend=stand_in, device='cpu', request_defaults={'beam_size': 2})
+    (schema,) = executor.describe_parameters(DocList[ParameterSchema]())
+    assert schema.keys == ['beam_size', 'language']
+    assert schema.json_schema['properties']['beam_size']['default'] == 2
+
+
+def test_bad_request_defaults_stop_the_executor_at_start_up(stand_in):
+    with pytest.raises(ValueError, match='request_defaults: beam_size'):
+        WhisperExecutor(backend=stand_in, device='cpu', request_defaults={'beam_size': 0})

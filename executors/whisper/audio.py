@@ -1,4 +1,5 @@
-"""Where a document's audio may come from, and how much of it the server accepts.
+"""The Whisper executor's audio: where a document's audio may come from, how much of it the server
+accepts, how it is decoded, and which parts of it are speech.
 
 Clients send audio inline: ``blob`` bytes, a waveform ``tensor`` or a ``data:`` URI. A ``uri``
 never makes the server read an arbitrary file or fetch an arbitrary URL: server-side paths are
@@ -13,12 +14,12 @@ import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from s2i.docs import SAMPLE_RATE
+from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import from_data_uri
 
 
@@ -164,3 +165,67 @@ def _frames_then_flush(container):
         except av.error.InvalidDataError:
             continue  # a damaged frame (a truncated file): skip it, as faster-whisper does
     yield None  # flushes the resampler
+
+
+def document_audio(doc: PromptDoc, policy: AudioPolicy, decode: Callable[[bytes, AudioPolicy], np.ndarray]) -> np.ndarray:
+    """The document's audio as mono float32 at SAMPLE_RATE, within the policy; ``decode`` is the backend's decoder."""
+    if doc.tensor is not None:
+        return waveform_from_tensor(np.asarray(doc.tensor), doc.sample_rate, policy)
+    data = audio_bytes(doc.blob, doc.uri, policy)  # size and uri checks; only bytes reach a decoder
+    announced = header_duration(data)
+    if announced is not None:
+        check_duration(announced, policy)
+    try:
+        audio = decode(data, policy)
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(f'could not decode audio: {type(e).__name__}: {e}') from e
+    if not audio.size:
+        raise AudioError('could not decode audio: no audio samples found')
+    check_duration(len(audio) / SAMPLE_RATE, policy)  # for containers without a duration
+    return audio
+
+
+def waveform_from_tensor(tensor: np.ndarray, sample_rate: int, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
+    if sample_rate != SAMPLE_RATE:
+        raise AudioError(f'waveform tensors must be sampled at {SAMPLE_RATE} Hz, got {sample_rate}; resample or send the file bytes')
+    if not np.issubdtype(tensor.dtype, np.floating):
+        raise AudioError(f'waveform tensor must be float in [-1, 1], got dtype {tensor.dtype}')
+    if tensor.ndim == 2 and min(tensor.shape) <= 2:  # (channels, samples) or (samples, channels)
+        tensor = tensor.mean(axis=int(np.argmin(tensor.shape)))
+    if tensor.ndim != 1 or not tensor.size:
+        raise AudioError(f'waveform tensor must be mono (samples,) or (channels<=2, samples), got shape {tensor.shape}')
+    check_duration(tensor.size / SAMPLE_RATE, policy)
+    if not np.isfinite(tensor).all():
+        raise AudioError('waveform tensor holds NaN or infinite values')
+    return tensor.astype(np.float32)
+
+
+class Timeline:
+    """Maps times in the speech that VAD kept back to times in the original audio."""
+
+    def __init__(self, chunks: List[dict]):
+        from faster_whisper.vad import SpeechTimestampsMap
+
+        self._map = SpeechTimestampsMap(chunks, SAMPLE_RATE)
+
+    def original_time(self, seconds: float, is_end: bool = False) -> float:
+        return self._map.get_original_time(seconds, is_end=is_end)
+
+
+def keep_speech(audio: np.ndarray) -> Tuple[np.ndarray, Optional[Timeline]]:
+    """Silero VAD (as bundled with faster-whisper): the speech-only audio and its timeline.
+
+    Both backends get the same filtered audio, so silence is never transcribed, whichever runs."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    chunks = get_speech_timestamps(audio, VadOptions(), sampling_rate=SAMPLE_RATE)
+    if not chunks:
+        return np.zeros(0, dtype=np.float32), None
+    speech = np.concatenate([audio[c['start'] : c['end']] for c in chunks])
+    return speech, Timeline(chunks)
+
+
+def to_original_time(timeline: Optional[Timeline], seconds: float, is_end: bool = False) -> float:
+    return round(seconds, 2) if timeline is None else timeline.original_time(seconds, is_end)
