@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from executors.stable_diffusion.executor import DEFAULT_MODEL
+from s2i import client
+from s2i.encoding import read_png_parameters
+from s2i.serve import READY_LINE, apply_defaults
 
-import client  # noqa: E402
-from s2i.encoding import read_png_parameters  # noqa: E402
-from s2i.serve import DEFAULTS, READY_LINE, apply_defaults  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / 'outputs'
 EXAMPLES = sorted((ROOT / 'examples').glob('*.wav'))
@@ -28,12 +28,11 @@ READY_TIMEOUT_S = 1800  # a first run with real weights downloads several GB
 def choose_sd_model() -> str:
     if os.environ.get('S2I_SD_MODEL'):
         return os.environ['S2I_SD_MODEL']
-    default = DEFAULTS['S2I_SD_MODEL']
-    if sd_weights_cached(default):
-        return default
+    if sd_weights_cached(DEFAULT_MODEL):
+        return DEFAULT_MODEL
     bar = '!' * 78
     print(
-        f'{bar}\n!! No Stable Diffusion weights on this machine ({default} is not in the Hugging Face cache).\n'
+        f'{bar}\n!! No Stable Diffusion weights on this machine ({DEFAULT_MODEL} is not in the Hugging Face cache).\n'
         '!! Running with the TINY RANDOM-WEIGHT model: the pipeline is real, THE IMAGES ARE NOISE.\n'
         '!! For real images: S2I_SD_MODEL=<hub id or local folder> make demo  (a GPU is advised)\n'
         f'{bar}',

@@ -10,7 +10,7 @@ import requests
 from docarray import DocList
 from jina import Client
 
-import client
+from s2i import client
 from gateway.gateway import is_authorized, unknown_parameters
 from s2i.docs import ParameterSchema, PromptDoc
 from s2i.encoding import from_data_uri, read_png_parameters

@@ -14,7 +14,7 @@ import requests
 from docarray import DocList
 from jina import Client
 
-import client
+from s2i import client
 from executors.whisper.executor import WhisperExecutor
 from s2i.docs import PromptDoc
 from s2i.runtime import UNAUTHENTICATED
