@@ -112,7 +112,7 @@ def test_a_language_hint_skips_detection(whisper_base):
     assert 'snow' in doc.text.lower()
 
 
-def test_bundled_base_weights_are_joined_once_into_the_cache():
+def test_bundled_base_weights_are_joined_into_one_model_folder_that_later_calls_reuse():
     folder = bundled_ct2_model('base')
     assert folder is not None
     assert sorted(p.name for p in __import__('pathlib').Path(folder).iterdir()) == [
@@ -189,15 +189,13 @@ def test_transcription_is_deterministic(whisper_base):
     assert (first.transcript, first.text) == (second.transcript, second.text)
 
 
-def test_clips_decoded_as_one_batch_read_exactly_as_one_by_one(whisper_base):
+def test_clips_decoded_as_one_batch_read_exactly_as_one_by_one(whisper_base, monkeypatch):
     clips = [ENGLISH_CLIP.read_bytes(), GERMAN_CLIP.read_bytes(), (DATA / 'fox_in_snow_en.mp3').read_bytes()]
     batched = transcribe(whisper_base, *(PromptDoc(blob=clip) for clip in clips))
     assert whisper_base.batch_size >= len(clips)
-    whisper_base.batch_size = 1
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(whisper_base, 'batch_size', 1)
         one_by_one = transcribe(whisper_base, *(PromptDoc(blob=clip) for clip in clips))
-    finally:
-        whisper_base.batch_size = 8
     # Each clip keeps its own language in a mixed batch, and only the German one is translated.
     assert [d.language for d in batched] == ['en', 'de', 'en']
     assert 'Schnee' in batched[1].transcript and 'snow' in batched[1].text.lower()

@@ -100,7 +100,7 @@ def test_a_waveform_tensor_over_the_duration_limit_is_rejected(limited_whisper):
 @pytest.mark.slow
 def test_non_speech_that_passes_vad_is_caught_by_whispers_own_signals_and_says_why(whisper_base, monkeypatch):
     # With VAD off, Whisper turns noise into fluent text; its compression ratio and no-speech
-    # probability give it away (measured: PERF-NOTES.md).
+    # probability give it away (bench/speech_signals.py measures them).
     monkeypatch.setattr(whisper_base, 'vad_filter', False)
     noise, speech = transcribe(whisper_base, PromptDoc(tensor=white_noise(5)), PromptDoc(blob=ENGLISH_CLIP.read_bytes()))
     assert noise.error.startswith(f'{UNUSABLE_SPEECH}: ')
