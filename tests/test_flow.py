@@ -113,7 +113,7 @@ def test_cli_writes_images_and_prints_one_json_object_per_input(flow, tmp_path):
     assert 'fox' in english['text'].lower()
     assert english['images'] == [str(tmp_path / 'fox_in_snow_en-0.png'), str(tmp_path / 'fox_in_snow_en-1.png')]
     for path in english['images']:
-        assert read_png_parameters(open(path, 'rb').read())['prompt'] == english['text']
+        assert read_png_parameters(Path(path).read_bytes())['prompt'] == english['text']
 
     assert german['language'] == 'de' and 'Schnee' in german['transcript'] and 'snow' in german['text'].lower()
     assert len(german['images']) == 2
