@@ -124,10 +124,11 @@ def _http_client(host: str):
 
 
 def _forget(connection: 'Connection', host: str, token: Optional[str]) -> None:
+    """The next request to ``host`` gets a fresh channel. This one is not closed here: other threads
+    may still have calls on it, and closing would cancel them; it closes when the last one lets go."""
     with _connections_lock:
         if _connections.get((host, token)) is connection:
             del _connections[host, token]
-    connection.close()
 
 
 def _shared_connection(host: str, token: Optional[str]) -> 'Connection':

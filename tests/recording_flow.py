@@ -12,8 +12,12 @@ way the real executors do. ``painter`` appends one line per document to LOG (pro
 an executor) and gives each document a small PNG, which HTTP answers carry as a data URI.
 """
 
+import os
 import sys
 import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, Optional
 
 from docarray import DocList
 from jina import Executor, Flow, requests
@@ -90,6 +94,32 @@ def executors_only(log: str, whisper_port: str, sd_port: str) -> None:
     with tagger, painter:
         print(READY, flush=True)
         threading.Event().wait()
+
+
+@contextmanager
+def running_recording_flow(log: Path, token: Optional[str]) -> Iterator[Dict]:
+    """This Flow in a subprocess on free ports, with ``token`` as its S2I_AUTH_TOKEN (None: no token).
+
+    Yields its hosts ({'grpc': ..., 'http': ...}) and its 'log'; ``received(flow)`` reads the log."""
+    from conftest import ROOT, free_port
+    from servers import Server
+
+    log.touch()
+    grpc_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != 'S2I_AUTH_TOKEN'}
+    if token is not None:
+        env['S2I_AUTH_TOKEN'] = token
+    server = Server([sys.executable, __file__, str(log), str(grpc_port), str(http_port)], env=env, cwd=ROOT)
+    try:
+        server.wait_for(READY, limit=180)
+        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}
+    finally:
+        server.kill()
+
+
+def received(flow: Dict) -> list:
+    """The texts of the documents that reached the executors, one per line, in order."""
+    return flow['log'].read_text().splitlines()
 
 
 if __name__ == '__main__':

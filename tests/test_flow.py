@@ -13,9 +13,10 @@ from docarray import DocList
 from s2i import client
 from s2i.docs import PromptDoc
 from s2i.encoding import read_png_parameters
-from s2i.serve import load_flow
+from s2i.serve import READY_LINE
 
 from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, ROOT, free_port, pixels
+from servers import Server
 
 pytestmark = pytest.mark.slow
 SMALL = {'width': 64, 'height': 64, 'steps': 2}
@@ -23,15 +24,16 @@ SMALL = {'width': 64, 'height': 64, 'steps': 2}
 
 @pytest.fixture(scope='module')
 def flow(tiny_sd_dir):
+    """`python -m s2i.serve` (flow.yml) with the tiny SD model, on free ports, in its own process."""
     grpc_port, http_port = free_port(), free_port()
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            'S2I_SD_MODEL': tiny_sd_dir, 'S2I_DEVICE': 'cpu', 'S2I_HOST': '127.0.0.1',
-            'S2I_PORT': str(grpc_port), 'S2I_HTTP_PORT': str(http_port),
-        }.items():
-            patch.setenv(name, value)
-        with load_flow():
-            yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}
+    env.update(S2I_SD_MODEL=tiny_sd_dir, S2I_DEVICE='cpu', S2I_PORT=str(grpc_port), S2I_HTTP_PORT=str(http_port))
+    server = Server([sys.executable, '-m', 's2i.serve'], env=env, cwd=ROOT)
+    try:
+        server.wait_for(READY_LINE)
+        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+    finally:
+        server.kill()
 
 
 @pytest.mark.parametrize('protocol', ['grpc', 'http'])

@@ -17,7 +17,7 @@ from s2i.encoding import from_data_uri, read_png_parameters
 from s2i.runtime import UNAUTHENTICATED
 
 from conftest import ROOT, free_port
-from recording_flow import READY
+from recording_flow import received, running_recording_flow
 from servers import Server, listening, wait_until_ready
 
 TOKEN = 'jina-flow-token-3b9e'
@@ -75,20 +75,8 @@ def test_only_the_bearer_token_is_authorized(authorization, allowed):
 @pytest.fixture(scope='module')
 def open_flow(tmp_path_factory):
     """tests/recording_flow.py (the gateway in front of `tagger` and `painter`) with no S2I_AUTH_TOKEN."""
-    log = tmp_path_factory.mktemp('gateway') / 'requests.log'
-    log.touch()
-    grpc_port, http_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != 'S2I_AUTH_TOKEN'}
-    server = Server([sys.executable, str(ROOT / 'tests' / 'recording_flow.py'), str(log), str(grpc_port), str(http_port)], env=env, cwd=ROOT)
-    try:
-        server.wait_for(READY, limit=180)
-        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}
-    finally:
-        server.kill()
-
-
-def received(flow):
-    return flow['log'].read_text().splitlines()
+    with running_recording_flow(tmp_path_factory.mktemp('gateway') / 'requests.log', token=None) as flow:
+        yield flow
 
 
 def post_json(flow, body):

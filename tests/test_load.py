@@ -1,38 +1,38 @@
 """The real server (`python -m s2i.serve`: flow.yml, token on, two SD replicas, tiny models) under
 bounded load on 127.0.0.1: every request gets its images or its documented error, once, matched to
-the right request; a replica killed mid-load and a SIGTERM mid-request lose nothing silently.
+the right request; a replica killed mid-load costs no client an error; a SIGTERM mid-request
+finishes each request or fails it with gRPC UNAVAILABLE, and the server exits.
 
-The server runs in its own interpreter: Jina forks the executors, and a fork of a process that has
-already run torch (as earlier tests in this session do) can stall in torch's thread pool."""
+Nothing here asserts how long anything takes: the only limits are far beyond any run seen, and
+turn a hang into a failure instead of a stuck suite."""
 
 import os
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
+import psutil
 import pytest
 from docarray import DocList
 from jina import Client
 
-import client
+from s2i import client
 from s2i.docs import PromptDoc
 from s2i.encoding import read_png_parameters
 from s2i.serve import READY_LINE
 
 from conftest import ENGLISH_CLIP, ROOT, free_port
+from servers import Server
 
 pytestmark = pytest.mark.slow
 TOKEN = 'load-test-token'
 SMALL = {'width': 64, 'height': 64, 'steps': 1, 'seed': 7}  # equal parameters: dynamic batching merges them
 CONCURRENCY = 16
-TIME_LIMIT = 300  # seconds for the whole load run: past it, the test fails instead of hanging
+HANG_LIMIT = 600  # seconds: a run still waiting on a request this long has hung (the 500 take well under a minute)
 ERRORS = {
     'bad parameters': 'invalid parameters: width must be a multiple of 8, got 65',
     'empty prompt': 'nothing to draw: the document has no text prompt',
@@ -50,7 +50,6 @@ class Request:
     results: Optional[List[PromptDoc]] = None
     failure: str = ''  # the exception a client got instead of results
     seconds: float = 0.0
-    notes: List[str] = field(default_factory=list)
 
 
 def make_request(number: int) -> Request:
@@ -74,21 +73,20 @@ def send(request: Request, hosts: Dict[str, str]) -> Request:
         request.results = list(client.generate(
             docs=DocList[PromptDoc]([request.doc]), parameters=request.parameters, host=hosts[request.protocol], token=TOKEN,
         ))
-    except Exception as e:  # the test counts these: each one must be a clear error, never a silent loss
+    except Exception as e:  # the tests judge these: each one must be a documented error, never a silent loss
         request.failure = f'{type(e).__name__}: {e}'
     request.seconds = time.perf_counter() - started
     return request
 
 
 def run_load(requests: List[Request], hosts: Dict[str, str], on_progress=None) -> List[Request]:
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        futures = [pool.submit(send, request, hosts) for request in requests]
-        if on_progress:
-            on_progress(futures)
-        done, not_done = wait(futures, timeout=TIME_LIMIT, return_when=FIRST_EXCEPTION)
-        for future in not_done:
-            future.cancel()
-        assert not not_done, f'{len(not_done)} requests still unanswered after {TIME_LIMIT} s'
+    pool = ThreadPoolExecutor(CONCURRENCY)
+    futures = [pool.submit(send, request, hosts) for request in requests]
+    if on_progress:
+        on_progress(futures)
+    _, not_done = wait(futures, timeout=HANG_LIMIT)
+    pool.shutdown(wait=False, cancel_futures=True)  # a hung request fails the test; the server's teardown ends it
+    assert not not_done, f'{len(not_done)} requests still unanswered after {HANG_LIMIT} s: the server hangs'
     return requests
 
 
@@ -121,60 +119,41 @@ def latency_report(requests: List[Request]) -> str:
             f'p99 {p99:.3f} s, max {seconds.max():.3f} s; {kinds}')
 
 
-class Server:
-    """`python -m s2i.serve` with the tiny models on free loopback ports; a thread collects its output."""
+class SpeechToImageServer(Server):
+    """`python -m s2i.serve` with the tiny models and the token on, on free loopback ports."""
 
     def __init__(self, tiny_sd_dir: str, sd_replicas: int):
         grpc_port, http_port = free_port(), free_port()
         self.hosts = {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
-        env = {
+        super().__init__([sys.executable, '-m', 's2i.serve'], cwd=ROOT, env={
             **os.environ, 'S2I_SD_MODEL': tiny_sd_dir, 'S2I_WHISPER_MODEL': 'tiny.en', 'S2I_DEVICE': 'cpu',
             'S2I_HOST': '127.0.0.1', 'S2I_PORT': str(grpc_port), 'S2I_HTTP_PORT': str(http_port),
-            'S2I_SD_REPLICAS': str(sd_replicas), 'S2I_AUTH_TOKEN': TOKEN, 'COLUMNS': '1000',  # one log line per line
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, '-m', 's2i.serve'], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,  # its own process group: the executors go down with it
-        )
-        self.lines: List[str] = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._collect_output, daemon=True).start()
+            'S2I_SD_REPLICAS': str(sd_replicas), 'S2I_AUTH_TOKEN': TOKEN,
+        })
 
-    def _collect_output(self) -> None:
-        for line in self.process.stdout:
-            with self.changed:
-                self.lines.append(line)
-                self.changed.notify_all()
-        with self.changed:
-            self.lines.append(None)  # end of output
-            self.changed.notify_all()
+    def image_drawing_processes(self) -> List[int]:
+        """The server's processes that answer a text prompt with an image when asked directly: its SD replicas.
 
-    def wait_for(self, pattern: str, limit: float = 240) -> re.Match:
-        """The first output line matching ``pattern``, waiting for it at most ``limit`` seconds."""
-        deadline, checked = time.monotonic() + limit, 0
-        with self.changed:
-            while True:
-                for line in self.lines[checked:]:
-                    assert line is not None, f'the server exited before printing {pattern!r}:\n{self.output()[-3000:]}'
-                    if match := re.search(pattern, line):
-                        return match
-                checked = len(self.lines)
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f'no {pattern!r} from the server within {limit} s'
-                self.changed.wait(remaining)
-
-    def output(self) -> str:
-        return ''.join(line for line in self.lines if line)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=60)
+        Each executor serves the same gRPC protocol as the gateway, on a port of its own (and checks
+        no token: the gateway does)."""
+        gateway_ports = {int(host.rsplit(':', 1)[1]) for host in self.hosts.values()}
+        drawing = []
+        for process in psutil.Process(self.process.pid).children(recursive=True):
+            listening = {c.laddr.port for c in process.net_connections('tcp') if c.status == psutil.CONN_LISTEN}
+            for port in listening - gateway_ports:
+                with client.Connection(f'grpc://127.0.0.1:{port}', token='', timeout=HANG_LIMIT) as executor:
+                    try:
+                        (doc,) = executor.generate(prompts=['which process draws?'], parameters=SMALL)
+                    except RuntimeError:  # an executor without /text2image may refuse the request
+                        continue
+                if doc.matches:
+                    drawing.append(process.pid)
+        return drawing
 
 
 @pytest.fixture(scope='module')
 def server(tiny_sd_dir):
-    running = Server(tiny_sd_dir, sd_replicas=2)
+    running = SpeechToImageServer(tiny_sd_dir, sd_replicas=2)
     try:
         running.wait_for(READY_LINE)
         yield running
@@ -184,13 +163,8 @@ def server(tiny_sd_dir):
         running.kill()
 
 
-@pytest.fixture(scope='module')
-def flow(server):
-    return server.hosts
-
-
-def test_500_mixed_requests_at_concurrency_16_each_get_their_own_answer_exactly_once(flow, capsys):
-    requests = run_load([make_request(number) for number in range(500)], flow)
+def test_500_mixed_requests_at_concurrency_16_each_get_their_own_answer_exactly_once(server, capsys):
+    requests = run_load([make_request(number) for number in range(500)], server.hosts)
     problems = [problem for request in requests for problem in problems_with(request)]
     with capsys.disabled():
         print(f'\nload: {latency_report(requests)}')
@@ -201,63 +175,65 @@ def test_500_mixed_requests_at_concurrency_16_each_get_their_own_answer_exactly_
 
 def is_alive(pid: int) -> bool:
     try:
-        with open(f'/proc/{pid}/stat') as stat:
-            return stat.read().split(')')[-1].split()[0] != 'Z'  # a killed child stays a zombie until reaped
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # a killed child stays a zombie until reaped
+    except psutil.NoSuchProcess:
         return False
 
 
-def test_a_replica_killed_mid_load_loses_no_request_silently_and_the_other_replica_serves_on(server, flow, capsys):
-    # Jina's log names each replica's process: "stable_diffusion/rep-0@<pid>".
-    replicas = [int(server.wait_for(rf'stable_diffusion/rep-{i}@(\d+)').group(1)) for i in range(2)]
-    assert all(is_alive(pid) for pid in replicas)
+def test_a_replica_killed_mid_load_costs_no_client_an_error_and_the_other_replica_serves_on(server, capsys):
+    replicas = server.image_drawing_processes()
+    assert len(replicas) == 2 and all(is_alive(pid) for pid in replicas)
 
     def kill_first_replica_once_load_runs(futures):
         while sum(f.done() for f in futures) < 30:  # mid-load: some answered, most still to come
             time.sleep(0.05)
         os.kill(replicas[0], signal.SIGKILL)
 
-    requests = run_load([Request(n, 'text', PromptDoc(text=f'after kill {n}'), SMALL) for n in range(120)], flow,
-                        on_progress=kill_first_replica_once_load_runs)
+    requests = run_load([Request(n, 'text', PromptDoc(text=f'after kill {n}'), SMALL) for n in range(120)],
+                        server.hosts, on_progress=kill_first_replica_once_load_runs)
     assert not is_alive(replicas[0]) and is_alive(replicas[1])
     failed = [r for r in requests if r.failure]
-    answered = [r for r in requests if not r.failure]
     with capsys.disabled():
-        print(f'\nreplica killed: {latency_report(requests)}; {len(answered)} answered with images, {len(failed)} failed: '
+        print(f'\nreplica killed: {latency_report(requests)}; {len(requests) - len(failed)} answered, {len(failed)} failed: '
               f'{sorted({r.failure.splitlines()[0][:160] for r in failed})}')
-    for request in answered:
-        assert problems_with(request) == []
-    for request in failed:  # a request the dead replica held: the client is told, with a gRPC status
-        assert 'BadServerFlow' in request.failure or 'ConnectionError' in request.failure or 'StatusCode' in request.failure
-    # after the kill, the surviving replica answers everything
-    later = run_load([Request(n, 'text', PromptDoc(text=f'later {n}'), SMALL) for n in range(20)], flow)
-    assert [p for r in later for p in problems_with(r)] == []
+    # The README's promise: the gateway retries the dead replica's requests on the other one, so every
+    # client gets its images.
+    assert [problem for request in requests for problem in problems_with(request)] == []
+    later = run_load([Request(n, 'text', PromptDoc(text=f'later {n}'), SMALL) for n in range(20)], server.hosts)
+    assert [problem for request in later for problem in problems_with(request)] == []
     # Jina restarts no replica; the Flow serves on with one, and its health check (a dry run through
     # the executors) says it is ready, since the gateway retries the dry run on the live replica.
-    assert Client(host=flow['grpc']).is_flow_ready()
+    assert Client(host=server.hosts['grpc']).is_flow_ready()
 
 
 # --- graceful shutdown: a separate `python -m s2i.serve`, stopped with SIGTERM mid-request ----------------
 
-def test_sigterm_mid_request_answers_or_fails_every_request_and_the_server_exits(tiny_sd_dir):
-    server = Server(tiny_sd_dir, sd_replicas=1)
+def test_sigterm_mid_request_finishes_or_fails_each_request_with_unavailable_and_the_server_exits(tiny_sd_dir):
+    server = SpeechToImageServer(tiny_sd_dir, sd_replicas=1)
+    pool = ThreadPoolExecutor(12)
     try:
         server.wait_for(READY_LINE)
-        slow = {'width': 256, 'height': 256, 'steps': 20, 'seed': 1}  # seconds each on the CPU: still running at SIGTERM
-        requests = [Request(n, 'text', PromptDoc(text=f'in flight {n}'), slow) for n in range(6)]
-        with ThreadPoolExecutor(len(requests)) as pool:
-            futures = [pool.submit(send, request, server.hosts) for request in requests]
-            server.wait_for(r'step 5/20')  # the first batch is being generated
-            server.process.send_signal(signal.SIGTERM)
-            server.process.wait(timeout=120)  # nothing hangs: the server exits
-            done, not_done = wait(futures, timeout=120)
+        # 12 requests, at most 4 images a pipeline call (max_batch_size): one replica needs three or more
+        # calls in a row, so when the first answer is back the others are still queued or being drawn.
+        slow = {'width': 256, 'height': 256, 'steps': 20, 'seed': 1}
+        requests = [Request(n, 'text', PromptDoc(text=f'in flight {n}'), slow) for n in range(12)]
+        futures = [pool.submit(send, request, server.hosts) for request in requests]
+        first, _ = wait(futures, timeout=HANG_LIMIT, return_when=FIRST_COMPLETED)
+        assert first, f'no answer within {HANG_LIMIT} s: the server hangs'
+        server.process.send_signal(signal.SIGTERM)
+        in_flight = sum(not future.done() for future in futures)
+        server.process.wait(timeout=HANG_LIMIT)  # nothing hangs: the server exits
+        _, not_done = wait(futures, timeout=HANG_LIMIT)
         assert not not_done, 'a client was left waiting after the server exited'
+        print(f'SIGTERM with {in_flight} of {len(requests)} in flight: {sum(not r.failure for r in requests)} finished, '
+              f'failures: {sorted({r.failure[:160] for r in requests if r.failure})}')
+        assert in_flight > 0, 'every request was answered before the SIGTERM: nothing was tested'
         for request in requests:  # each one finished, or its client was told the server went away
             if request.failure:
-                assert 'StatusCode.UNAVAILABLE' in request.failure
+                assert 'StatusCode.UNAVAILABLE' in request.failure, request.failure
             else:
                 assert problems_with(request) == []
-        print(f'SIGTERM: {sum(not r.failure for r in requests)} finished, failures: {[r.failure[:120] for r in requests if r.failure]}')
         assert server.process.returncode == 0, server.output()[-3000:]
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         server.kill()

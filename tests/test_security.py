@@ -21,8 +21,7 @@ from s2i.runtime import UNAUTHENTICATED
 from s2i.serve import DEFAULTS, load_flow
 
 from conftest import ENGLISH_CLIP, ROOT, free_port
-from recording_flow import READY
-from servers import Server
+from recording_flow import received, running_recording_flow
 
 TOKEN = 'test-token-6f1c'
 PATHS_OFF = 'server-side audio paths are off (input_dir is not set)'
@@ -133,20 +132,8 @@ def test_urls_are_fetched_only_from_allowed_hosts_and_redirects_are_not_followed
 @pytest.fixture(scope='module')
 def token_flow(tmp_path_factory):
     """tests/recording_flow.py: the gateway component, with S2I_AUTH_TOKEN set, in front of executors that record what reaches them."""
-    log = tmp_path_factory.mktemp('auth') / 'requests.log'
-    log.touch()
-    grpc_port, http_port = free_port(), free_port()
-    server = Server([sys.executable, str(ROOT / 'tests' / 'recording_flow.py'), str(log), str(grpc_port), str(http_port)],
-                    env={**os.environ, 'S2I_AUTH_TOKEN': TOKEN}, cwd=ROOT)
-    try:
-        server.wait_for(READY, limit=180)
-        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}
-    finally:
-        server.kill()
-
-
-def received(flow):
-    return flow['log'].read_text().splitlines()
+    with running_recording_flow(tmp_path_factory.mktemp('auth') / 'requests.log', token=TOKEN) as flow:
+        yield flow
 
 
 @pytest.mark.slow
