@@ -107,7 +107,7 @@ def stt_worker(backend: str, quick: bool) -> None:
 
         speech = [decode_audio(str(path), sampling_rate=SAMPLE_RATE) for path in CLIPS]
         silence = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
-        clips['en+de x3 (28 s)'] = np.concatenate([part for _ in range(3) for s in speech for part in (s, silence)])
+        clips['en+de x3 (30.5 s)'] = np.concatenate([part for _ in range(3) for s in speech for part in (s, silence)])
 
     def transcribe(audio) -> DocList[PromptDoc]:
         doc = PromptDoc(tensor=audio) if isinstance(audio, np.ndarray) else PromptDoc(blob=audio)

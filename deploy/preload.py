@@ -52,7 +52,7 @@ def preload_whisper(backend: str, model: str) -> str:
 
 
 def main() -> None:
-    from executors.stable_diffusion import executor as stable_diffusion
+    from executors.stable_diffusion import params as stable_diffusion
     from executors.whisper import executor as whisper
 
     sd_model = setting(None, 'S2I_SD_MODEL', stable_diffusion.DEFAULT_MODEL)

@@ -17,6 +17,7 @@ HTTP routes of later features go into ``HTTPServer.app``, behind the same token 
 import asyncio
 import hmac
 import os
+import time
 from typing import Any, List, Mapping, Optional, Sequence
 
 import grpc
@@ -36,6 +37,7 @@ OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewa
 OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness probe, jina ping
 CHECKED_GRPC_METHODS = frozenset({'/jina.JinaRPC/Call', '/jina.JinaSingleDataRequestRPC/process_single_data'})  # requests that carry parameters
 UNCHECKED_ENDPOINTS = frozenset({PARAMETERS_ENDPOINT, '_jina_dry_run_'})
+RETRY_SECONDS = 10  # after the executors could not be asked for their parameters
 
 
 class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
@@ -87,7 +89,8 @@ class RequireToken:
         await self.app(scope, receive, send)
 
     def _allowed(self, scope) -> bool:
-        if (scope.get('method'), scope['path']) in OPEN_HTTP_ROUTES:
+        # CORS preflights carry no credentials by design; the request they precede does.
+        if (scope.get('method'), scope['path']) in OPEN_HTTP_ROUTES or scope.get('method') == 'OPTIONS':
             return True
         headers = dict(scope['headers'])  # lower-case byte names
         return is_authorized(headers.get(b'authorization', b'').decode('latin-1'), self.token)
@@ -125,7 +128,8 @@ class FlowParameters:
     def __init__(self, streamer, logger):
         self.streamer = streamer
         self.logger = logger
-        self.schemas: Optional[List[ParameterSchema]] = None
+        self.schemas: Optional[List[ParameterSchema]] = None  # kept until the gateway restarts
+        self.ask_again_at = 0.0
         self.asking = asyncio.Lock()
 
     async def refusal(self, endpoint: Optional[str], parameters: Optional[Mapping[str, Any]]) -> Optional[str]:
@@ -137,11 +141,14 @@ class FlowParameters:
 
     async def _schemas(self) -> Optional[List[ParameterSchema]]:
         async with self.asking:
-            if self.schemas is None:
+            if self.schemas is None and time.monotonic() >= self.ask_again_at:
                 try:
                     self.schemas = await self._ask_executors()
-                except Exception as e:  # unchecked this time, asked again next time; each executor still checks its own keys
-                    self.logger.warning(f'could not ask the executors for their parameters: {e!r}')
+                except Exception as e:
+                    # Fail open: requests go through unchecked (each executor still checks the values of
+                    # its own keys), and the executors are asked again after a pause, not on every request.
+                    self.ask_again_at = time.monotonic() + RETRY_SECONDS
+                    self.logger.warning(f'could not ask the executors for their parameters (again in {RETRY_SECONDS} s): {e!r}')
             return self.schemas
 
     async def _ask_executors(self) -> List[ParameterSchema]:

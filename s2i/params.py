@@ -90,13 +90,9 @@ class RequestParams(BaseModel):
         except ValidationError as e:
             raise ValueError(f'request_defaults: {describe_error(e)}') from None
 
-    @classmethod
-    def json_schema(cls) -> Dict[str, Any]:
-        return cls.model_json_schema()
-
 
 def describe_error(error: ValidationError) -> str:
-    """One line per bad key: ``steps must be between 1 and 200, got 0``."""
+    """One clause per bad key, joined by "; ": ``steps must be greater than or equal to 1, got 0``."""
     return '; '.join(_describe(item) for item in error.errors())
 
 
@@ -115,22 +111,7 @@ def _describe(item: Dict[str, Any]) -> str:
     return f'{key} {item["msg"].replace("Input should be", "must be")}, got {value!r}'
 
 
-def check_range(key: str, value, low, high) -> None:
-    """For limits an executor sets in its configuration (e.g. max_num_images), after parsing."""
-    if not low <= value <= high:
-        raise ParameterError(f'{key} must be between {low} and {high}, got {value}')
-
-
-def check_seed(seed: int, num_images: int) -> None:
-    """Image i gets seed + i, and every one of them must fit the int32 that carries it."""
-    check_range('seed', seed, 0, MAX_SEED)
-    if seed + num_images - 1 > MAX_SEED:
-        raise ParameterError(
-            f'seed + num_images - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {seed} with num_images {num_images}'
-        )
-
-
-def describe_parameters(docs, executor: str, model: Type[RequestParams], defaults: RequestParams):
+def describe_parameters(docs, executor: str, defaults: RequestParams):
     """The ``/parameters`` answer: what came before in the chain, plus this executor's schema.
 
     ``defaults`` are the executor's configured defaults, so the schema shows what a request gets."""
@@ -138,7 +119,8 @@ def describe_parameters(docs, executor: str, model: Type[RequestParams], default
 
     from s2i.docs import ParameterSchema
 
-    schema = model.json_schema()
+    model = type(defaults)
+    schema = model.model_json_schema()
     for key, value in defaults.model_dump().items():
         schema['properties'][key]['default'] = value
     described = DocList[ParameterSchema](doc for doc in docs if doc.executor != executor)

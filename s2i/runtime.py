@@ -1,5 +1,6 @@
 """Where things run and where they are cached: shared by the executors."""
 
+import inspect
 import os
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,17 @@ def setting(value: Optional[str], variable: str, default: str) -> str:
     flow.yml passes no model or device to the executors: each reads its own S2I_* variables, so
     `jina flow --uses flow.yml`, `python -m s2i.serve` and containers all configure it the same way."""
     return value or os.environ.get(variable) or default
+
+
+def refuse_unknown_settings(executor: type, settings: dict) -> None:
+    """Jina's Executor takes any keyword and ignores it, so a misspelt or retired setting in a
+    config.yml (``steps:`` where ``request_defaults: {steps: ...}`` is meant) would do nothing, silently."""
+    from jina import Executor
+
+    jinas_own = set(inspect.signature(Executor.__init__).parameters) - {'self', 'kwargs'}
+    unknown = sorted(set(settings) - jinas_own)
+    if unknown:
+        raise TypeError(f'{executor.__name__} has no setting(s) {", ".join(unknown)}: see its config.yml for the ones it has')
 
 
 def resolve_device(device: Optional[str]) -> str:

@@ -50,7 +50,7 @@ class Tagger(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, TagParams, TagParams())
+        return describe_parameters(docs, self.metas.name, TagParams())
 
 
 class Painter(Executor):
@@ -70,7 +70,7 @@ class Painter(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, PaintParams, PaintParams())
+        return describe_parameters(docs, self.metas.name, PaintParams())
 
 
 def main(log: str, grpc_port: str, http_port: str) -> None:

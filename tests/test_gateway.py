@@ -55,7 +55,7 @@ def test_an_executor_name_without_a_dict_is_refused_even_when_some_executor_owns
         assert unknown_parameters({name: 'x'}, schemas).startswith(f"'{name}' names an executor of the Flow: send a dict")
 
 
-def test_a_new_executor_brings_its_keys_without_changes_elsewhere():
+def test_the_known_keys_are_those_of_the_executors_described_so_a_new_one_adds_its_own():
     with_captions = [*SCHEMAS, ParameterSchema(executor='caption', keys=['max_words'])]
     assert unknown_parameters({'max_words': 12}, SCHEMAS) is not None
     assert unknown_parameters({'max_words': 12, 'caption': {'max_words': 5}}, with_captions) is None

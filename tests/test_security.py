@@ -89,6 +89,14 @@ def transcribe(executor, *uris):
 
 
 @pytest.mark.slow
+def test_a_malformed_uri_is_its_own_documents_error_and_the_rest_of_the_request_is_transcribed(opened_whisper):
+    malformed = ['http://[::1', 'http://127.0.0.1:99999/x', 'http://127.0.0.1:abc/x', 'http://[zz]/', 'clip\x00.wav']
+    for uri, doc in zip(malformed, transcribe(opened_whisper, *malformed)):
+        assert doc.error.startswith(f'malformed audio uri {uri!r}: '), doc.error
+        assert doc.text == ''
+
+
+@pytest.mark.slow
 def test_by_default_no_uri_reads_a_server_file_or_fetches_a_url(default_whisper, audio_server):
     RecordingHandler.seen.clear()
     passwd, relative, file_uri, url, other_scheme = transcribe(

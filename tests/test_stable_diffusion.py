@@ -235,3 +235,9 @@ def test_warm_up_runs_the_pipeline_once_at_start(tiny_sd_dir, monkeypatch):
     assert len(calls) == 0
     StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', request_defaults={'width': 64, 'height': 64}, warmup=True)
     assert len(calls) == 2  # the warm-up's two denoising steps
+
+
+def test_a_setting_the_executor_does_not_have_stops_it_at_start_naming_it(tiny_sd_dir):
+    # e.g. a config.yml written for the old request-default settings: `steps: 30` instead of `request_defaults`
+    with pytest.raises(TypeError, match='StableDiffusionExecutor has no setting.s. steps: see its config.yml'):
+        StableDiffusionExecutor(model=tiny_sd_dir, device='cpu', steps=30)

@@ -2,9 +2,10 @@
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from docarray import DocList
 
 from executors.whisper.audio import keep_speech
 from executors.whisper.backends import OpenAIWhisperBackend
@@ -14,14 +15,10 @@ from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import to_data_uri
 from s2i.whisper_weights import bundled_ct2_model
 
-from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP
+from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, transcribe
 
 pytestmark = pytest.mark.slow
 SPOKEN = json.loads((DATA / 'speech_clips.json').read_text())  # what each spoken fixture says, and in which language
-
-
-def transcribe(executor, *docs, parameters=None) -> DocList[PromptDoc]:
-    return executor.transcribe(DocList[PromptDoc](docs), parameters or {})
 
 
 def decoded(path) -> np.ndarray:
@@ -102,8 +99,10 @@ def test_one_bad_document_does_not_spoil_the_others_in_a_request(whisper_base):
 
 
 def test_invalid_request_parameters_fail_every_document(whisper_base):
-    docs = transcribe(whisper_base, PromptDoc(blob=ENGLISH_CLIP.read_bytes()), parameters={'language': 'english'})
-    assert docs[0].error.startswith('invalid parameters: language must be an ISO 639-1 code')
+    docs = transcribe(whisper_base, PromptDoc(blob=ENGLISH_CLIP.read_bytes()), PromptDoc(blob=GERMAN_CLIP.read_bytes()),
+                      parameters={'language': 'english'})
+    for doc in docs:
+        assert doc.error.startswith('invalid parameters: language must be an ISO 639-1 code') and doc.text == ''
 
 
 def test_a_language_hint_skips_detection(whisper_base):
@@ -113,12 +112,11 @@ def test_a_language_hint_skips_detection(whisper_base):
 
 
 def test_bundled_base_weights_are_joined_into_one_model_folder_that_later_calls_reuse():
-    folder = bundled_ct2_model('base')
-    assert folder is not None
-    assert sorted(p.name for p in __import__('pathlib').Path(folder).iterdir()) == [
-        'config.json', 'model.bin', 'tokenizer.json', 'vocabulary.txt',
-    ]
-    assert bundled_ct2_model('base') == folder
+    folder = Path(bundled_ct2_model('base'))
+    assert sorted(p.name for p in folder.iterdir()) == ['config.json', 'model.bin', 'tokenizer.json', 'vocabulary.txt']
+    joined_at = (folder / 'model.bin').stat().st_mtime_ns
+    assert Path(bundled_ct2_model('base')) == folder
+    assert (folder / 'model.bin').stat().st_mtime_ns == joined_at  # not written again
 
 
 def test_tiny_en_resolves_to_the_bundled_english_model_and_transcribes():
@@ -275,7 +273,7 @@ def test_misheard_reversed_and_cut_speech_gets_an_error_not_a_prompt(whisper_bas
 
 
 def test_speech_that_says_the_same_sentences_three_times_is_transcribed(whisper_base):
-    # The benchmark's "en+de x3" clip: both examples with silence between them, three times over (28 s).
+    # The benchmark's "en+de x3" clip: both examples with silence between them, three times over (30.5 s).
     pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
     examples = [decoded(ENGLISH_CLIP), decoded(GERMAN_CLIP)]
     (doc,) = transcribe(whisper_base, PromptDoc(tensor=np.concatenate([part for _ in range(3) for clip in examples for part in (clip, pause)])))

@@ -8,15 +8,13 @@ import torch
 from docarray import DocList
 from jina import Executor, requests
 
-from executors.stable_diffusion.params import MAX_PIXELS, GenerationParams
+from executors.stable_diffusion.params import DEFAULT_MODEL, MAX_PIXELS, GenerationParams, check_seed
 from executors.stable_diffusion.pipelines import apply_fast_paths, build_schedulers, load_pipeline, place_pipeline, truncation
 from s2i.docs import GeneratedImage, ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import encode_png
-from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_seed, describe_parameters
-from s2i.runtime import resolve_device, setting
+from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, describe_parameters
+from s2i.runtime import refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_sd import TINY_WARNING
-
-DEFAULT_MODEL = 'stable-diffusion-v1-5/stable-diffusion-v1-5'  # S2I_SD_MODEL overrides it
 
 Job = Tuple[PromptDoc, int]  # one image to make: the document it is for and its seed
 OUT_OF_MEMORY = 'out of GPU memory'
@@ -46,6 +44,7 @@ class StableDiffusionExecutor(Executor):
         warmup: bool = True,
         **kwargs,
     ):
+        refuse_unknown_settings(type(self), kwargs)
         super().__init__(**kwargs)
         self.model_id = setting(model, 'S2I_SD_MODEL', DEFAULT_MODEL)
         self.device = torch.device(resolve_device(setting(device, 'S2I_DEVICE', 'auto')))
@@ -97,7 +96,7 @@ class StableDiffusionExecutor(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, GenerationParams, self.defaults)
+        return describe_parameters(docs, self.metas.name, self.defaults)
 
     def _prompt_error(self, prompt: str) -> str:
         if not prompt.strip():

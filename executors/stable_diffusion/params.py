@@ -8,11 +8,12 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from s2i.params import MAX_SEED, Integer, Number, ParameterError, RequestParams, Text, check_range, check_seed
+from s2i.params import MAX_SEED, Integer, Number, ParameterError, RequestParams, Text
 
 Scheduler = Literal['default', 'euler', 'euler_a', 'ddim', 'dpm++']  # 'default': the model's own
 MIN_SIZE, MAX_SIZE = 64, 2048  # pixels, per side
 MAX_PIXELS = MAX_SIZE * MAX_SIZE  # width * height; the executor's max_pixels is usually lower
+DEFAULT_MODEL = 'stable-diffusion-v1-5/stable-diffusion-v1-5'  # the executor's model unless S2I_SD_MODEL says otherwise
 
 
 class GenerationParams(RequestParams):
@@ -38,3 +39,18 @@ class GenerationParams(RequestParams):
             raise ParameterError(
                 f'width x height must be at most {max_pixels} pixels (max_pixels), got {self.width}x{self.height}'
             )
+
+
+def check_range(key: str, value, low, high) -> None:
+    """For limits an executor sets in its configuration (e.g. max_num_images), after parsing."""
+    if not low <= value <= high:
+        raise ParameterError(f'{key} must be between {low} and {high}, got {value}')
+
+
+def check_seed(seed: int, num_images: int) -> None:
+    """Image i gets seed + i, and every one of them must fit the int32 that carries it."""
+    check_range('seed', seed, 0, MAX_SEED)
+    if seed + num_images - 1 > MAX_SEED:
+        raise ParameterError(
+            f'seed + num_images - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {seed} with num_images {num_images}'
+        )

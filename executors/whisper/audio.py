@@ -38,7 +38,12 @@ class AudioPolicy:
 
 def audio_bytes(blob: Optional[bytes], uri: Optional[str], policy: AudioPolicy) -> bytes:
     """The audio file of a document (its blob, or what its uri points at), within the policy."""
-    data = blob if blob is not None else _read_uri(uri, policy)
+    try:
+        data = blob if blob is not None else _read_uri(uri, policy)
+    except AudioError:
+        raise
+    except ValueError as e:  # a malformed uri: "http://[::1", a port over 65535, a NUL in a path, ...
+        raise AudioError(f'malformed audio uri {uri[:200]!r}: {e}') from e
     if not data:
         raise AudioError('empty audio: the file has 0 bytes')
     check_size(len(data), policy)

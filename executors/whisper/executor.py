@@ -11,10 +11,10 @@ from jina import Executor, requests
 from executors.whisper.audio import AudioError, AudioPolicy, Timeline, document_audio, keep_speech, to_original_time
 from executors.whisper.backends import BACKENDS, Transcription
 from executors.whisper.params import TranscriptionParams
-from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge  # noqa: F401 (documented errors)
+from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge
 from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc, Segment, mark_failed
 from s2i.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters
-from s2i.runtime import resolve_device, setting
+from s2i.runtime import refuse_unknown_settings, resolve_device, setting
 
 # Settings that flow.yml and containers give through the environment; an argument wins over them.
 DEFAULT_BACKEND, BACKEND_VARIABLE = 'faster-whisper', 'S2I_WHISPER_BACKEND'
@@ -74,6 +74,7 @@ class WhisperExecutor(Executor):
         translate_with_turbo: bool = False,
         **kwargs,
     ):
+        refuse_unknown_settings(type(self), kwargs)
         super().__init__(**kwargs)
         backend = setting(backend, BACKEND_VARIABLE, DEFAULT_BACKEND)
         model = setting(model, MODEL_VARIABLE, DEFAULT_MODEL)
@@ -103,7 +104,7 @@ class WhisperExecutor(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, TranscriptionParams, self.defaults)
+        return describe_parameters(docs, self.metas.name, self.defaults)
 
     @requests(on='/generate')
     def transcribe(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
@@ -152,8 +153,13 @@ class WhisperExecutor(Executor):
             foreign = []
         translations = self._decode(foreign, 'translate', [clip.doc.language for clip in foreign], params)
         for clip, translation in zip(foreign, translations):
-            if translation is not None:
+            if translation is None:
+                continue
+            if translation.text:
                 clip.doc.text = translation.text
+            else:  # never the untranslated transcript, and never an empty prompt passed on as if it were one
+                clip.doc.error = f'{UNUSABLE_SPEECH}: the translation to English came out empty'
+                clip.doc.text = ''
         # 3. Log what each document became.
         for clip in clips:
             doc = clip.doc

@@ -33,4 +33,4 @@ class StyleExecutor(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, StyleParams, self.defaults)
+        return describe_parameters(docs, self.metas.name, self.defaults)
