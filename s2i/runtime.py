@@ -1,4 +1,4 @@
-"""Where things run and where they are cached: shared by the executors."""
+"""Settings, devices, caches and the token: what the executors, the gateway and the client share."""
 
 import inspect
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 # When set, the gateway refuses requests without "authorization: Bearer <token>" (gateway/gateway.py),
-# and the client sends it (client.py).
+# and the client sends it (s2i/client.py).
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 # What a refused request is told, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.
 UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (S2I_AUTH_TOKEN)'
