@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 class Server:
@@ -75,3 +75,20 @@ def listening(port: int, host: str = '127.0.0.1') -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         return sock.connect_ex((host, port)) == 0
+
+
+def only_these_settings(**settings: str) -> Dict[str, str]:
+    """This process's environment without its own S2I_* variables, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}
+    env.update(settings)
+    return env
+
+
+def flow_on_free_ports(command: Sequence[str], **settings: str) -> Tuple[Server, Dict[str, str]]:
+    """``command`` (a Flow) started from the repository root on free S2I_PORT / S2I_HTTP_PORT with
+    ``settings``, and its hosts: {'grpc': 'grpc://127.0.0.1:P', 'http': 'http://127.0.0.1:Q'}."""
+    from conftest import ROOT, free_port
+
+    grpc_port, http_port = free_port(), free_port()
+    env = only_these_settings(S2I_PORT=str(grpc_port), S2I_HTTP_PORT=str(http_port), **settings)
+    return Server(command, env=env, cwd=ROOT), {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}

@@ -16,7 +16,7 @@ from s2i.encoding import read_png_parameters
 from s2i.serve import READY_LINE
 
 from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, ROOT, free_port, pixels
-from servers import Server
+from servers import flow_on_free_ports
 
 pytestmark = pytest.mark.slow
 SMALL = {'width': 64, 'height': 64, 'steps': 2}
@@ -25,13 +25,10 @@ SMALL = {'width': 64, 'height': 64, 'steps': 2}
 @pytest.fixture(scope='module')
 def flow(tiny_sd_dir):
     """`python -m s2i.serve` (flow.yml) with the tiny SD model, on free ports, in its own process."""
-    grpc_port, http_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}
-    env.update(S2I_SD_MODEL=tiny_sd_dir, S2I_DEVICE='cpu', S2I_PORT=str(grpc_port), S2I_HTTP_PORT=str(http_port))
-    server = Server([sys.executable, '-m', 's2i.serve'], env=env, cwd=ROOT)
+    server, hosts = flow_on_free_ports([sys.executable, '-m', 's2i.serve'], S2I_SD_MODEL=tiny_sd_dir, S2I_DEVICE='cpu')
     try:
         server.wait_for(READY_LINE)
-        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+        yield hosts
     finally:
         server.kill()
 

@@ -1,7 +1,6 @@
 """The gateway component (gateway/): the unknown-parameter check, images over HTTP, and flow.yml
 started by Jina's own command with the S2I_* settings and the token."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from s2i.docs import ParameterSchema, PromptDoc
 from s2i.encoding import from_data_uri, read_png_parameters
 from s2i.runtime import UNAUTHENTICATED
 
-from conftest import ROOT, free_port
+from conftest import ROOT
 from recording_flow import received, running_recording_flow
-from servers import Server, listening, wait_until_ready
+from servers import Server, flow_on_free_ports, listening, only_these_settings, wait_until_ready
 
 TOKEN = 'jina-flow-token-3b9e'
 SCHEMAS = [ParameterSchema(executor='whisper', keys=['beam_size', 'language']),
@@ -141,18 +140,13 @@ def test_http_answers_carry_images_as_data_uris_and_grpc_as_bytes(open_flow):
 
 # --- flow.yml through `jina flow` ------------------------------------------------------------------------
 
-def jina_flow(env_settings) -> Server:
-    """`jina flow --uses flow.yml` from the repository root, with the tiny models and ``env_settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}
-    env.update(S2I_WHISPER_MODEL='tiny.en', S2I_DEVICE='cpu', **env_settings)
-    return Server([str(Path(sys.executable).parent / 'jina'), 'flow', '--uses', 'flow.yml'], env=env, cwd=ROOT)
+JINA_FLOW = [str(Path(sys.executable).parent / 'jina'), 'flow', '--uses', 'flow.yml']  # run from the repository root
+TINY_MODELS = {'S2I_WHISPER_MODEL': 'tiny.en', 'S2I_DEVICE': 'cpu'}  # and S2I_SD_MODEL: the tiny_sd_dir fixture
 
 
 @pytest.fixture(scope='module')
 def jina_flow_with_token(tiny_sd_dir):
-    grpc_port, http_port = free_port(), free_port()
-    server = jina_flow({'S2I_SD_MODEL': tiny_sd_dir, 'S2I_AUTH_TOKEN': TOKEN, 'S2I_PORT': str(grpc_port), 'S2I_HTTP_PORT': str(http_port)})
-    hosts = {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+    server, hosts = flow_on_free_ports(JINA_FLOW, S2I_SD_MODEL=tiny_sd_dir, S2I_AUTH_TOKEN=TOKEN, **TINY_MODELS)
     try:
         wait_until_ready(server, hosts['grpc'])
         yield hosts
@@ -179,7 +173,7 @@ def test_jina_flow_without_settings_uses_the_documented_defaults(tiny_sd_dir):
     ports = int(DEFAULTS['S2I_PORT']), int(DEFAULTS['S2I_HTTP_PORT'])
     if any(listening(port) for port in ports):
         pytest.skip(f'something already listens on the default ports {ports}')
-    server = jina_flow({'S2I_SD_MODEL': tiny_sd_dir})
+    server = Server(JINA_FLOW, env=only_these_settings(S2I_SD_MODEL=tiny_sd_dir, **TINY_MODELS), cwd=ROOT)
     try:
         wait_until_ready(server, f'grpc://127.0.0.1:{ports[0]}')
         assert Client(host=f'http://127.0.0.1:{ports[1]}').is_flow_ready()

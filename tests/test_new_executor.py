@@ -3,7 +3,6 @@
 tests/styled_executor/ is such an executor (config.yml, executor.py, params.py with one key,
 ``style``), put in a Flow with the real gateway and Stable Diffusion executor, unchanged."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 from s2i import client
 from s2i.encoding import read_png_parameters
 
-from conftest import ROOT, free_port
-from servers import Server, wait_until_ready
+from servers import flow_on_free_ports, wait_until_ready
 
 pytestmark = pytest.mark.slow
 SMALL = {'steps': 1, 'width': 64, 'height': 64}
@@ -21,14 +19,11 @@ SMALL = {'steps': 1, 'width': 64, 'height': 64}
 
 @pytest.fixture(scope='module')
 def styled_flow(tiny_sd_dir):
-    grpc_port, http_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}
-    env.update(S2I_SD_MODEL=tiny_sd_dir, S2I_DEVICE='cpu', S2I_PORT=str(grpc_port), S2I_HTTP_PORT=str(http_port))
     command = [str(Path(sys.executable).parent / 'jina'), 'flow', '--uses', 'tests/styled_flow.yml']
-    server = Server(command, env=env, cwd=ROOT)
+    server, hosts = flow_on_free_ports(command, S2I_SD_MODEL=tiny_sd_dir, S2I_DEVICE='cpu')
     try:
-        wait_until_ready(server, f'grpc://127.0.0.1:{grpc_port}')
-        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+        wait_until_ready(server, hosts['grpc'])
+        yield hosts
     finally:
         server.kill()
 
