@@ -6,7 +6,7 @@
 #   jina executor --uses executors/stable_diffusion/config.yml ...   the executor's folder as workdir)
 #
 #   docker build -t s2i:latest .
-#   docker run --gpus all -p 54321:54321 -p 54322:54322 -v s2i-models:/models -e S2I_AUTH_TOKEN=... s2i:latest
+#   docker run --gpus all -p 8321:8321 -p 8322:8322 -v s2i-models:/models -e S2I_AUTH_TOKEN=... s2i:latest
 #
 # Model weights are not in the image: they download into the /models volume on first start.
 # --build-arg PRELOAD_MODELS=1 bakes the weights of S2I_SD_MODEL and S2I_WHISPER_MODEL (build args
@@ -68,8 +68,8 @@ RUN if [ -n "${PRELOAD_MODELS}" ]; then python deploy/preload.py; fi
 COPY flow.yml client.py ./
 
 VOLUME /models
-EXPOSE 54321 54322
+EXPOSE 8321 8322
 # The default command's Flow; a gateway started on that port answers it too.
 HEALTHCHECK --interval=30s --timeout=20s --start-period=10m --retries=3 \
-    CMD ["sh", "-c", "jina ping flow grpc://127.0.0.1:${S2I_PORT:-54321} --timeout 10000"]
+    CMD ["sh", "-c", "jina ping flow grpc://127.0.0.1:${S2I_PORT:-8321} --timeout 10000"]
 CMD ["python", "-m", "s2i.serve"]

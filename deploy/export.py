@@ -9,7 +9,8 @@ probes, a longer start-up allowance for the first weight download, GPU toleratio
 security context, each component's working directory (Jina runs `--uses config.yml` there), the
 gateway's token, and one GPU per Compose replica.
 
-The token: the gateway reads S2I_AUTH_TOKEN. In Kubernetes it comes from the key `token` of the
+The token: every component reads S2I_AUTH_TOKEN (the gateway checks it, the executors check the key
+the gateway derives from it, so that their ports answer nobody else). In Kubernetes it comes from the key `token` of the
 Secret `s2i-auth` (optional: without the Secret there is no check), e.g.
 `kubectl -n s2i create secret generic s2i-auth --from-literal=token=...`; with Compose, from
 S2I_AUTH_TOKEN in the shell or an .env file when running `docker compose up`.
@@ -91,6 +92,7 @@ def export_flow_yaml(flow: Dict[str, Any], image: str, extra_env: Dict[str, str]
     gateway.pop('py_modules', None)  # gateway/defaults.py: the manifests are written with the settings filled in
     for executor in flow['executors']:
         executor.pop('jcloud', None)
+        executor.pop('host', None)  # loopback in a local run; in a container, the internal network (not published)
         executor['uses'] = f'docker://{image}'
         executor['port_monitoring'] = MONITORING_PORT
         if extra_env:
@@ -147,9 +149,10 @@ def complete_kubernetes_deployment(deployment: Dict[str, Any], executor: Dict[st
     }
     pod['securityContext'] = {'runAsNonRoot': True, 'runAsUser': USER_ID, 'runAsGroup': USER_ID, 'fsGroup': USER_ID}
     container['workingDir'] = working_dir(executor)
+    # The gateway checks the token; the executors check the key the gateway derives from it.
+    secret = {'secretKeyRef': {'name': TOKEN_SECRET, 'key': 'token', 'optional': True}}
+    container['env'] = [*container.get('env', []), {'name': 'S2I_AUTH_TOKEN', 'valueFrom': secret}]
     if is_gateway:
-        secret = {'secretKeyRef': {'name': TOKEN_SECRET, 'key': 'token', 'optional': True}}
-        container['env'] = [*container.get('env', []), {'name': 'S2I_AUTH_TOKEN', 'valueFrom': secret}]
         return
     startup = container['startupProbe']
     startup['failureThreshold'] = STARTUP_MINUTES * 60 // startup['periodSeconds']
@@ -183,9 +186,10 @@ def complete_compose(compose: Dict[str, Any], flow: Dict[str, Any]) -> None:
     replica_index = {}
     for service in compose['services'].values():
         command = service['command']
+        # From `docker compose up`'s shell: the gateway checks the token, the executors the key derived from it.
+        service['environment'] = [*service.get('environment', []), 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}']
         if command[0] == 'gateway':
             service['working_dir'] = working_dir(None)
-            service['environment'] = [*service.get('environment', []), 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}']  # from `docker compose up`'s shell
             continue
         name = command[command.index('--name') + 1].split('/')[0]
         service['working_dir'] = working_dir(executors[name])

@@ -6,10 +6,16 @@ in deploy/. What it adds to Jina's own gateway, in the order a request meets it:
 
 1. **Token.** With S2I_AUTH_TOKEN set when the gateway starts, every request needs
    ``authorization: Bearer <token>`` (gRPC metadata or HTTP header); health checks stay open.
-2. **Parameters.** A key that no executor of the Flow owns is refused, naming it. Each executor
+   Unknown gRPC methods get the same answer, so that a caller without the token learns nothing.
+2. **Limits** (limits.py): documents per request, request bytes, and over HTTP what Jina's
+   transport cannot carry (NaN, lone surrogates, deep nesting, out-of-range fields), refused
+   whole with a status that names the limit, before any executor works.
+3. **Parameters.** A key that no executor of the Flow owns is refused, naming it. Each executor
    lists its keys on ``/parameters``; the gateway asks once, on the first request with parameters.
-3. **Images over HTTP.** JSON cannot carry bytes: HTTP answers get each image's PNG as a
+4. **Images over HTTP.** JSON cannot carry bytes: HTTP answers get each image's PNG as a
    ``data:`` URI in ``data_uri`` instead of bytes in ``png``. gRPC answers keep the bytes.
+5. **Failures.** An executor's traceback goes to the gateway's log; the client gets the
+   exception's name, the executor and the request id, never server paths.
 
 HTTP routes of later features go into ``HTTPServer.app``, behind the same token check.
 """
@@ -18,7 +24,7 @@ import asyncio
 import hmac
 import os
 import time
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 from docarray import DocList
@@ -28,10 +34,11 @@ from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
+from gateway.limits import SHORT, LimitBody, RequestLimits, invalid_document, quoted, unsendable
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
 from s2i.params import PARAMETERS_ENDPOINT
-from s2i.runtime import AUTH_TOKEN_VARIABLE, UNAUTHENTICATED
+from s2i.runtime import AUTH_TOKEN_VARIABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
 
 OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewayDryRunRPC/dry_run'})  # readiness, jina ping
 OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness probe, jina ping
@@ -43,18 +50,71 @@ RETRY_SECONDS = 10  # after the executors could not be asked for their parameter
 class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
     """One server per protocol of the Flow (gRPC and HTTP), sharing the token and the parameter check."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, max_documents: int = RequestLimits.max_documents,
+                 max_request_bytes: int = RequestLimits.max_request_bytes, max_depth: int = RequestLimits.max_depth,
+                 **kwargs):
         super().__init__(**kwargs)
         token = os.environ.get(AUTH_TOKEN_VARIABLE) or None  # None: no check
-        parameters = FlowParameters(self._request_handler.streamer, self.logger)
+        guard = Guard(token, RequestLimits(max_documents, max_request_bytes, max_depth),
+                      FlowParameters(self._request_handler.streamer, self.logger), self.logger)
         servers = {ProtocolType.GRPC: GRPCServer, ProtocolType.HTTP: HTTPServer}
         self.servers = []
         for server_kwargs in self._server_kwargs:
             protocol = server_kwargs['runtime_args']['protocol']
             if protocol not in servers:
                 raise ValueError(f'the speech-to-image gateway serves grpc and http, not {protocol}')
-            self.servers.append(servers[protocol](token=token, parameters=parameters, **server_kwargs))
+            self.servers.append(servers[protocol](guard=guard, **server_kwargs))
         self.gateways = self.servers  # what Jina's composite servers call them too
+
+
+class Guard:
+    """What both servers check and hide: the token, the limits, the parameters, internal errors."""
+
+    def __init__(self, token: Optional[str], limits: RequestLimits, parameters: 'FlowParameters', logger):
+        self.token = token
+        self.limits = limits
+        self.parameters = parameters
+        self.logger = logger
+        self.internal_key = internal_key()  # from the same token: the executors expect it
+
+    def signed(self, parameters: Optional[Mapping[str, Any]]) -> dict:
+        """``parameters`` with the key that lets the request past the executors' own check."""
+        parameters = dict(parameters or {})
+        parameters.pop(INTERNAL_KEY_PARAMETER, None)  # a client's own guess never travels on
+        if self.internal_key:
+            parameters[INTERNAL_KEY_PARAMETER] = self.internal_key
+        return parameters
+
+    def answer(self, response) -> None:
+        """A response as the client may see it: without the internal key, and failures without details."""
+        if INTERNAL_KEY_PARAMETER in response.parameters:
+            parameters = response.parameters
+            del parameters[INTERNAL_KEY_PARAMETER]
+            response.parameters = parameters
+        self._hide_internal_error(response)
+
+    def _hide_internal_error(self, response) -> None:
+        """An executor's failure as the client sees it: its name, where and which request; the
+        arguments and traceback (server paths, other callers' data) go to the log only."""
+        from jina.proto import jina_pb2
+
+        status = response.header.status
+        if status.code != jina_pb2.StatusProto.ERROR:
+            return
+        exception = status.exception
+        where = exception.executor or 'the Flow'
+        self.logger.error(
+            f'request {response.header.request_id} failed in {where}: {exception.name} {list(exception.args)} '
+            f'{status.description}\n' + '\n'.join(exception.stacks)
+        )
+        status.description = internal_failure(exception.name, where, response.header.request_id)
+        del exception.args[:]
+        del exception.stacks[:]
+
+
+def internal_failure(name: str, where: str, request_id: str) -> str:
+    return (f'the service failed on this request ({name or "error"} in {where}, request {request_id}); '
+            f'the details are in the server log')
 
 
 # 1. The token
@@ -164,61 +224,72 @@ class FlowParameters:
 # 3. The servers
 
 class GRPCServer(GRPCGateway):
-    """Jina's gRPC gateway, with the token and the parameter check as a server interceptor."""
+    """Jina's gRPC gateway, with the token, the limits and the parameter check as a server interceptor."""
 
-    def __init__(self, token: Optional[str], parameters: FlowParameters, **kwargs):
-        self.guard = GRPCGuard(token, parameters)  # before super(): its constructor asks for the interceptors
-        super().__init__(**kwargs)
+    def __init__(self, guard: Guard, **kwargs):
+        self.guard = GRPCGuard(guard)  # before super(): its constructor asks for the interceptors
+        # gRPC itself refuses a larger message (RESOURCE_EXHAUSTED) before parsing it.
+        options = {**(kwargs.pop('grpc_server_options', None) or {}), 'grpc.max_receive_message_length': guard.limits.max_request_bytes}
+        super().__init__(grpc_server_options=options, **kwargs)
 
     def aio_tracing_server_interceptors(self):
         return [self.guard, *(super().aio_tracing_server_interceptors() or [])]
 
 
 class GRPCGuard(grpc.aio.ServerInterceptor):
-    """UNAUTHENTICATED without the token, INVALID_ARGUMENT for unknown parameters; no executor sees either."""
+    """UNAUTHENTICATED without the token (for unknown methods too), RESOURCE_EXHAUSTED over the
+    document limit, INVALID_ARGUMENT for unknown parameters: no executor sees any of them."""
 
-    def __init__(self, token: Optional[str], parameters: FlowParameters):
-        self.token = token
-        self.parameters = parameters
+    def __init__(self, guard: Guard):
+        self.guard = guard
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method in OPEN_GRPC_METHODS:
+        if method in OPEN_GRPC_METHODS:
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if not is_authorized(metadata.get('authorization'), self.token):
+        if not is_authorized(metadata.get('authorization'), self.guard.token):
             return refusing(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
-        if method in CHECKED_GRPC_METHODS:
-            return self._checking_parameters(handler)
-        return handler
+        if handler is not None and method in CHECKED_GRPC_METHODS:
+            return self._checking(handler)
+        return handler  # None: gRPC answers UNIMPLEMENTED
 
-    def _checking_parameters(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        async def refusal(request) -> Optional[str]:
-            return await self.parameters.refusal(request.header.exec_endpoint, request.parameters)
+    async def _refusal(self, request) -> Optional[Tuple[grpc.StatusCode, str]]:
+        if problem := self.guard.limits.too_many_documents(document_count(request)):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, problem
+        if problem := await self.guard.parameters.refusal(request.header.exec_endpoint, request.parameters):
+            return grpc.StatusCode.INVALID_ARGUMENT, problem
+        return None
 
+    def _checking(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def call(request_iterator, context):
             refused = None
 
             async def checked():
                 nonlocal refused
                 async for request in request_iterator:
-                    refused = await refusal(request)
+                    refused = await self._refusal(request)
                     if refused:
                         async for _ in request_iterator:  # see drain_then_abort
                             pass
                         return
+                    request.parameters = self.guard.signed(request.parameters)
                     yield request
 
             async for response in handler.stream_stream(checked(), context):
+                self.guard.answer(response)
                 yield response
             if refused:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
+                await context.abort(*refused)
 
         async def single(request, context):
-            if refused := await refusal(request):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
-            return await handler.unary_unary(request, context)
+            if refused := await self._refusal(request):
+                await context.abort(*refused)
+            request.parameters = self.guard.signed(request.parameters)
+            response = await handler.unary_unary(request, context)
+            self.guard.answer(response)
+            return response
 
         if handler.request_streaming:
             return grpc.stream_stream_rpc_method_handler(
@@ -229,8 +300,22 @@ class GRPCGuard(grpc.aio.ServerInterceptor):
         )
 
 
-def refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts with ``code``, never parsing the request."""
+def document_count(request) -> int:
+    """How many documents a DataRequest carries, from its protobuf (without building documents)."""
+    from docarray.proto import DocListProto
+
+    content = request.proto_with_data.data
+    kind = content.WhichOneof('documents')
+    if kind == 'docs':
+        return len(content.docs.docs)
+    if kind == 'docs_bytes':
+        return len(DocListProto.FromString(content.docs_bytes).docs)
+    return 0
+
+
+def refusing(handler: Optional[grpc.RpcMethodHandler], code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as ``handler`` that aborts with ``code``, never parsing the
+    request. For a method the server does not have (``handler`` None), one that takes any kind of call."""
 
     async def abort(request_or_iterator, context):
         await context.abort(code, message)
@@ -248,43 +333,79 @@ def refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
         (False, True): grpc.unary_stream_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    behaviour = drain_then_abort if handler.request_streaming else abort
-    return make(behaviour, request_deserializer=lambda message: None, response_serializer=handler.response_serializer)
+    streaming = (True, True) if handler is None else (handler.request_streaming, handler.response_streaming)
+    behaviour = drain_then_abort if streaming[0] else abort
+    serializer = None if handler is None else handler.response_serializer
+    return kinds[streaming](behaviour, request_deserializer=lambda message: None, response_serializer=serializer)
 
 
 class HTTPServer(HTTPGateway):
-    """Jina's HTTP routes (a POST per executor endpoint, /dry_run, /status) and ours, behind the token."""
+    """Jina's HTTP routes (a POST per executor endpoint, /dry_run, /status) and ours, behind the token
+    and the body limit."""
 
-    def __init__(self, token: Optional[str], parameters: FlowParameters, **kwargs):
-        self.token = token
-        self.parameters = parameters
+    def __init__(self, guard: Guard, **kwargs):
+        self.guard = guard
         super().__init__(**kwargs)
 
     @property
     def app(self):
+        from fastapi.exceptions import RequestValidationError
         from jina.helper import extend_rest_interface
         from jina.serve.runtimes.gateway.http_fastapi_app_docarrayv2 import get_fastapi_app
 
         app = extend_rest_interface(get_fastapi_app(
-            streamer=HTTPStreamer(self.streamer, self.parameters),
+            streamer=HTTPStreamer(self.streamer, self.guard),
             title=self.title, description=self.description, no_crud_endpoints=self.no_crud_endpoints,
             no_debug_endpoints=self.no_debug_endpoints, expose_endpoints=self.expose_endpoints,
             expose_graphql_endpoint=self.expose_graphql_endpoint, cors=self.cors, logger=self.logger,
             tracing=self.tracing, tracer_provider=self.tracer_provider,
         ))
-        # Routers of later features go here: app.include_router(...). The token check covers them too.
-        app.add_middleware(RequireToken, token=self.token)
+        app.add_exception_handler(RequestValidationError, invalid_request)
+        app.add_exception_handler(RecursionError, too_deep)
+        for error in (TypeError, ValueError):  # docarray's own field parsing, e.g. a 200-deep tensor
+            app.add_exception_handler(error, unparsable_body)
+        # Routers of later features go here: app.include_router(...). The checks below cover them too.
+        # The last middleware added runs first: the token, then the body limit.
+        app.add_middleware(LimitBody, limits=self.guard.limits)
+        app.add_middleware(RequireToken, token=self.guard.token)
         return app
 
 
-class HTTPStreamer:
-    """Jina's streamer as the HTTP routes see it: unknown parameters are refused (422), and PNG
-    bytes in the answers become data URIs."""
+async def invalid_request(request, error):
+    """FastAPI's 422, without its echo of the input (twice, whole): the first problem, quoted short."""
+    from starlette.responses import JSONResponse
 
-    def __init__(self, streamer, parameters: FlowParameters):
+    first = error.errors()[0]
+    where = '.'.join(str(part) for part in first['loc'])
+    return JSONResponse({'detail': f'invalid request: {where}: {first["msg"]}, got {quoted(first.get("input"))}'}, status_code=422)
+
+
+async def too_deep(request, error):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({'detail': 'invalid request: the JSON is nested too deeply'}, status_code=400)
+
+
+async def unparsable_body(request, error):
+    """A 400 for what docarray raised while FastAPI read the body into documents; anything else stays a 500."""
+    import traceback
+
+    from starlette.responses import JSONResponse
+
+    frames = traceback.walk_tb(error.__traceback__)
+    if not any(frame.f_globals.get('__name__') == 'fastapi.dependencies.utils' for frame, _ in frames):
+        raise error
+    return JSONResponse({'detail': f'invalid request: {type(error).__name__}: {str(error)[:SHORT]}'}, status_code=400)
+
+
+class HTTPStreamer:
+    """Jina's streamer as the HTTP routes see it: requests over the limits (413), with unknown
+    parameters (422) or with what Jina's transport cannot carry (400) are refused; every document
+    travels in one request; PNG bytes in the answers become data URIs; failures hide their details."""
+
+    def __init__(self, streamer, guard: Guard):
         self.streamer = streamer
-        self.parameters = parameters
+        self.guard = guard
 
     def __getattr__(self, name):
         return getattr(self.streamer, name)  # everything else is Jina's streamer
@@ -292,14 +413,31 @@ class HTTPStreamer:
     async def stream_docs(self, docs, exec_endpoint: Optional[str] = None, parameters: Optional[dict] = None,
                           return_results: bool = False, **kwargs):
         from fastapi import HTTPException
+        from jina.excepts import InternalNetworkError
 
-        if refused := await self.parameters.refusal(exec_endpoint, parameters):
+        if refused := self.guard.limits.too_many_documents(len(docs)):
+            raise HTTPException(status_code=413, detail=refused)
+        if refused := self._unsendable(docs, parameters):
+            raise HTTPException(status_code=400, detail=refused)
+        if refused := await self.guard.parameters.refusal(exec_endpoint, parameters):
             raise HTTPException(status_code=422, detail=refused)
-        async for answer in self.streamer.stream_docs(docs, exec_endpoint=exec_endpoint, parameters=parameters,
-                                                      return_results=return_results, **kwargs):
-            if return_results:  # a whole response, as the POST routes ask for; else documents (/dry_run)
-                images_as_data_uris(answer)
-            yield answer
+        # One request for all the documents: Jina's route answers with the first request's only.
+        kwargs['request_size'] = max(len(docs), 1)
+        try:
+            async for answer in self.streamer.stream_docs(docs, exec_endpoint=exec_endpoint, parameters=self.guard.signed(parameters),
+                                                          return_results=return_results, **kwargs):
+                if return_results:  # a whole response, as the POST routes ask for; else documents (/dry_run)
+                    self.guard.answer(answer)
+                    images_as_data_uris(answer)
+                yield answer
+        except InternalNetworkError as e:  # Jina's route would answer with its own traceback
+            self.guard.logger.error(f'an executor could not be reached: {e.details()}')
+            raise HTTPException(status_code=503, detail='an executor of the Flow could not be reached; try again') from None
+
+    def _unsendable(self, docs, parameters: Optional[dict]) -> Optional[str]:
+        max_depth = self.guard.limits.max_depth
+        problems = (invalid_document(doc, index, max_depth) for index, doc in enumerate(docs))
+        return unsendable(parameters or {}, 'parameters', max_depth) or next(filter(None, problems), None)
 
 
 def images_as_data_uris(response) -> None:

@@ -29,7 +29,7 @@ from s2i.encoding import from_data_uri, to_data_uri
 from s2i.params import MAX_SEED
 from s2i.runtime import AUTH_TOKEN_VARIABLE, UNAUTHENTICATED
 
-DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "54321")}'
+DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "8321")}'
 
 
 def build_docs(audio_files: Iterable[Union[str, Path]] = (), prompts: Iterable[str] = ()) -> DocList[PromptDoc]:
@@ -148,7 +148,7 @@ class Connection:
     ``generate()`` keeps one per host for the whole process; make your own to choose when it
     closes, or to set a ``timeout`` (seconds per request)::
 
-        with Connection('grpc://127.0.0.1:54321') as flow:
+        with Connection('grpc://127.0.0.1:8321') as flow:
             for prompt in prompts:
                 docs = flow.generate(prompts=[prompt], parameters={'seed': 7})
 

@@ -1,5 +1,7 @@
 """Settings, devices, caches and the token: what the executors, the gateway and the client share."""
 
+import hashlib
+import hmac
 import inspect
 import os
 from pathlib import Path
@@ -10,6 +12,22 @@ from typing import Optional
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 # What a refused request is told, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.
 UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (S2I_AUTH_TOKEN)'
+# With a token, the gateway puts a key derived from it into the parameters of every request it
+# forwards, and the executors refuse requests without it: a caller that reaches an executor's port
+# directly, around the gateway, gets nothing. Derived, so the key is not the token itself.
+INTERNAL_KEY_PARAMETER = '__s2i_internal_key__'
+
+
+def internal_key() -> Optional[str]:
+    """The key the gateway sends and the executors expect; None without a token (nothing to check)."""
+    token = os.environ.get(AUTH_TOKEN_VARIABLE)
+    return hmac.new(token.encode(), b'speech-to-image executors', hashlib.sha256).hexdigest() if token else None
+
+
+def from_the_gateway(parameters: dict) -> bool:
+    """Whether a request reached an executor through the gateway (always, without a token)."""
+    key = internal_key()
+    return key is None or hmac.compare_digest(str(parameters.get(INTERNAL_KEY_PARAMETER, '')).encode(), key.encode())
 
 
 def setting(value: Optional[str], variable: str, default: str) -> str:

@@ -20,8 +20,8 @@ READY_LINE = 'speech-to-image Flow ready'
 # own variables (S2I_SD_MODEL, S2I_WHISPER_*, S2I_DEVICE) with their defaults beside their code.
 DEFAULTS = {
     'S2I_HOST': '127.0.0.1',  # 0.0.0.0 to serve other machines: set S2I_AUTH_TOKEN, put TLS in front
-    'S2I_PORT': '54321',  # gRPC
-    'S2I_HTTP_PORT': '54322',
+    'S2I_PORT': '8321',  # gRPC
+    'S2I_HTTP_PORT': '8322',
     'S2I_SD_REPLICAS': '1',
 }
 

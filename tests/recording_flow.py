@@ -1,7 +1,7 @@
 """The real gateway component (gateway/config.yml) in front of two tiny executors that record what
 reaches them, in its own process (tests/servers.py says why):
 
-    [S2I_AUTH_TOKEN=...] python tests/recording_flow.py LOG GRPC_PORT HTTP_PORT
+    [S2I_AUTH_TOKEN=...] python tests/recording_flow.py LOG GRPC_PORT HTTP_PORT [GATEWAY_SETTINGS_JSON]
     python tests/recording_flow.py --executors-only LOG WHISPER_PORT SD_PORT
 
 The second form starts only the two executors, as bare executors named like flow.yml's (whisper,
@@ -9,9 +9,11 @@ stable_diffusion) on the given ports, for a gateway started on its own (as the m
 
 ``tagger`` owns the request key ``tag`` and ``painter`` owns ``size``; each serves /parameters the
 way the real executors do. ``painter`` appends one line per document to LOG (proof of what reached
-an executor) and gives each document a small PNG, which HTTP answers carry as a data URI.
+an executor) and gives each document a small PNG, which HTTP answers carry as a data URI; a
+document whose text is FAIL makes it raise, with a server path in the message.
 """
 
+import json
 import os
 import sys
 import threading
@@ -29,6 +31,7 @@ from s2i.params import PARAMETERS_ENDPOINT, Integer, RequestParams, Text, descri
 from s2i.serve import FLOW_YML
 
 READY = 'recording flow ready'
+FAIL = 'painter, raise'
 GATEWAY_CONFIG = FLOW_YML.parent / 'gateway' / 'config.yml'
 
 
@@ -61,6 +64,8 @@ class Painter(Executor):
     @requests(on=['/generate', '/text2image'])
     def paint(self, docs: DocList[PromptDoc], parameters: dict, **kwargs) -> DocList[PromptDoc]:
         params = PaintParams.from_request(PaintParams(), parameters)
+        if any(doc.text == FAIL for doc in docs):
+            raise RuntimeError(f'asked to fail, in {__file__}')
         with open(self.log, 'a') as file:
             file.writelines(f'{doc.text}\n' for doc in docs)
         for doc in docs:
@@ -73,10 +78,10 @@ class Painter(Executor):
         return describe_parameters(docs, self.metas.name, PaintParams())
 
 
-def main(log: str, grpc_port: str, http_port: str) -> None:
+def main(log: str, grpc_port: str, http_port: str, gateway_settings: str = '{}') -> None:
     flow = (
         Flow(protocol=['grpc', 'http'], port=[int(grpc_port), int(http_port)], host='127.0.0.1')
-        .config_gateway(uses=str(GATEWAY_CONFIG))
+        .config_gateway(uses=str(GATEWAY_CONFIG), uses_with=json.loads(gateway_settings))
         .add(name='tagger', uses=Tagger, uses_metas={'name': 'tagger'})
         .add(name='painter', uses=Painter, uses_with={'log': log}, uses_metas={'name': 'painter'})
     )
@@ -97,8 +102,9 @@ def executors_only(log: str, whisper_port: str, sd_port: str) -> None:
 
 
 @contextmanager
-def running_recording_flow(log: Path, token: Optional[str]) -> Iterator[Dict]:
-    """This Flow in a subprocess on free ports, with ``token`` as its S2I_AUTH_TOKEN (None: no token).
+def running_recording_flow(log: Path, token: Optional[str], **gateway_settings) -> Iterator[Dict]:
+    """This Flow in a subprocess on free ports, with ``token`` as its S2I_AUTH_TOKEN (None: no token)
+    and ``gateway_settings`` over those of gateway/config.yml.
 
     Yields its hosts ({'grpc': ..., 'http': ...}) and its 'log'; ``received(flow)`` reads the log."""
     from conftest import ROOT, free_port
@@ -109,7 +115,8 @@ def running_recording_flow(log: Path, token: Optional[str]) -> Iterator[Dict]:
     env = {k: v for k, v in os.environ.items() if k != 'S2I_AUTH_TOKEN'}
     if token is not None:
         env['S2I_AUTH_TOKEN'] = token
-    server = Server([sys.executable, __file__, str(log), str(grpc_port), str(http_port)], env=env, cwd=ROOT)
+    command = [sys.executable, __file__, str(log), str(grpc_port), str(http_port), json.dumps(gateway_settings)]
+    server = Server(command, env=env, cwd=ROOT)
     try:
         server.wait_for(READY, limit=180)
         yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}

@@ -123,13 +123,14 @@ def test_every_deployment_runs_the_image_with_probes_and_resource_requests():
         assert deployment['spec']['template']['spec']['securityContext']['runAsNonRoot'] is True
 
 
-def test_the_gateway_runs_the_gateway_component_with_the_token_from_an_optional_secret():
+def test_the_gateway_runs_the_gateway_component_and_every_part_gets_the_token_from_an_optional_secret():
     spec = container(deployments()['gateway'])
     assert spec['args'][spec['args'].index('--uses') + 1] == 'config.yml'
     assert spec['workingDir'] == '/app/gateway'
     assert yaml.safe_load((ROOT / 'gateway' / 'config.yml').read_text())['jtype'] == 'SpeechToImageGateway'  # what it loads there
-    (token,) = [variable for variable in spec['env'] if variable['name'] == 'S2I_AUTH_TOKEN']
-    assert token['valueFrom'] == {'secretKeyRef': {'name': 's2i-auth', 'key': 'token', 'optional': True}}
+    for name, deployment in deployments().items():  # the executors check the key the gateway derives from it
+        (token,) = [variable for variable in container(deployment)['env'] if variable['name'] == 'S2I_AUTH_TOKEN']
+        assert token['valueFrom'] == {'secretKeyRef': {'name': 's2i-auth', 'key': 'token', 'optional': True}}, name
 
 
 def test_executors_mount_the_model_cache_and_run_from_their_config_folder():
@@ -202,10 +203,12 @@ def test_compose_file_runs_each_part_from_the_image_with_the_model_cache():
             assert (ROOT / service['working_dir'].replace('/app/', '', 1) / 'config.yml').is_file()
     devices = services['stable-diffusion']['deploy']['resources']['reservations']['devices']
     assert devices == [{'driver': 'nvidia', 'capabilities': ['gpu'], 'device_ids': ['0']}]
-    assert services['gateway']['ports'] == ['54321:54321', '54322:54322']
+    assert services['gateway']['ports'] == ['8321:8321', '8322:8322']
     gateway = services['gateway']
     assert gateway['command'][gateway['command'].index('--uses') + 1] == 'config.yml' and gateway['working_dir'] == '/app/gateway'
-    assert 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}' in gateway['environment']  # from `docker compose up`'s environment
+    for service in services.values():  # from `docker compose up`'s environment; only the gateway publishes ports
+        assert 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}' in service['environment']
+        assert 'ports' not in service or service is gateway
 
 
 @pytest.mark.slow

@@ -91,6 +91,25 @@ def test_a_connection_kept_open_answers_like_generate(flow):
     assert np.array_equal(pixels(again.matches[0]), pixels(reference.matches[0]))
 
 
+def test_threads_sharing_a_channel_to_an_unreachable_flow_each_get_connection_error():
+    # One thread's failure must not close the shared channel under the others' calls ("Channel closed!").
+    from concurrent.futures import ThreadPoolExecutor
+
+    host = f'grpc://127.0.0.1:{free_port()}'
+
+    def one_call(_):
+        try:
+            client.generate(prompts=['a fox'], host=host, token='')
+        except Exception as e:
+            return type(e).__name__
+        return 'answered'
+
+    first = one_call(0)  # in the main thread: Jina sets its signal handlers when first imported
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = [first, *pool.map(one_call, range(96))]
+    assert set(outcomes) == {'ConnectionError'}
+
+
 def test_a_connection_names_an_unreachable_flow_and_refuses_http():
     with pytest.raises(ConnectionError, match='127.0.0.1'):
         client.Connection(f'grpc://127.0.0.1:{free_port()}').generate(prompts=['a fox'])

@@ -17,6 +17,7 @@ from jina import Client
 from s2i import client
 from executors.whisper.executor import WhisperExecutor
 from s2i.docs import PromptDoc
+from s2i.params import quote
 from s2i.runtime import UNAUTHENTICATED
 from s2i.serve import DEFAULTS, load_flow
 
@@ -89,10 +90,13 @@ def transcribe(executor, *uris):
 
 
 @pytest.mark.slow
-def test_a_malformed_uri_is_its_own_documents_error_and_the_rest_of_the_request_is_transcribed(opened_whisper):
-    malformed = ['http://[::1', 'http://127.0.0.1:99999/x', 'http://127.0.0.1:abc/x', 'http://[zz]/', 'clip\x00.wav']
+def test_a_malformed_uri_is_its_own_documents_error_and_the_rest_of_the_request_is_transcribed(opened_whisper, audio_server):
+    malformed = [
+        'http://[::1', 'http://127.0.0.1:99999/x', 'http://127.0.0.1:abc/x', 'http://[zz]/', 'clip\x00.wav',
+        f'http://{audio_server}/a b.wav', f'http://{audio_server}/x\r\nHost: evil',  # allowed hosts, unsendable paths
+    ]
     for uri, doc in zip(malformed, transcribe(opened_whisper, *malformed)):
-        assert doc.error.startswith(f'malformed audio uri {uri!r}: '), doc.error
+        assert doc.error.startswith(f'malformed audio uri {quote(uri)}: '), doc.error
         assert doc.text == ''
 
 
@@ -132,7 +136,7 @@ def test_urls_are_fetched_only_from_allowed_hosts_and_redirects_are_not_followed
     assert allowed.error == '' and 'fox' in allowed.text.lower()
     assert redirect.error == 'audio URL redirects (HTTP 302); redirects are not followed'
     assert not_allowed.error == f"audio URL host '{other_port}' is not allowed (allowed_url_hosts: {audio_server})"
-    assert RecordingHandler.seen == ['/clip.wav', '/redirect']
+    assert sorted(RecordingHandler.seen) == ['/clip.wav', '/redirect']  # fetched side by side: in either order
 
 
 # --- token authentication ----------------------------------------------------------------------------
@@ -169,6 +173,23 @@ def test_the_token_is_checked_before_the_parameters(token_flow):
     with pytest.raises(Exception) as refused:
         client.generate(prompts=['unknown key, no token'], parameters={'step': 1}, host=token_flow['grpc'], token='wrong-token')
     assert UNAUTHENTICATED in str(refused.value)  # a caller without the token learns nothing about the keys
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('token, code', [(None, 'UNAUTHENTICATED'), (TOKEN, 'UNIMPLEMENTED')], ids=['no token', 'token'])
+def test_an_unknown_grpc_method_answers_as_if_it_existed_until_the_token_is_right(token_flow, token, code):
+    import grpc
+
+    metadata = [('authorization', f'Bearer {token}')] if token else []
+    with grpc.insecure_channel(token_flow['grpc'].removeprefix('grpc://')) as channel:
+        unary = channel.unary_unary('/jina.NoSuchService/call')
+        streaming = channel.stream_stream('/jina.JinaRPC/NoSuchMethod')
+        for call in (lambda: unary(b'', metadata=metadata, timeout=30), lambda: list(streaming(iter([b'']), metadata=metadata, timeout=30))):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code().name == code, refused.value.details()
+            if token is None:
+                assert refused.value.details() == UNAUTHENTICATED  # nothing about the server's methods or internals
 
 
 @pytest.mark.slow
@@ -226,7 +247,15 @@ def unset_settings(monkeypatch):
         monkeypatch.setenv(name, '')  # empty is unset to apply_defaults; monkeypatch restores the real value
 
 
-def test_serve_binds_loopback_unless_told_otherwise(unset_settings, monkeypatch):
+def test_the_default_ports_are_outside_linuxs_ephemeral_port_range():
+    # 32768-60999 (net.ipv4.ip_local_port_range): an outgoing connection may hold such a port at start-up.
+    assert all(int(DEFAULTS[name]) < 32768 for name in ('S2I_PORT', 'S2I_HTTP_PORT'))
+
+
+def test_serve_binds_loopback_unless_told_otherwise_and_the_executors_always(unset_settings, monkeypatch):
     assert load_flow().host == '127.0.0.1'
     monkeypatch.setenv('S2I_HOST', '0.0.0.0')
-    assert load_flow().host == '0.0.0.0'
+    flow = load_flow()
+    assert flow.host == '0.0.0.0'
+    assert {name: deployment.args.host for name, deployment in flow._deployment_nodes.items()} == {
+        'whisper': ['127.0.0.1'], 'stable_diffusion': ['127.0.0.1']}  # only the gateway serves other machines
