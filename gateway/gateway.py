@@ -34,9 +34,10 @@ from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
-from gateway.limits import SHORT, LimitBody, RequestLimits, invalid_document, quoted, unsendable
+from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendable
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
+from s2i.params import MAX_QUOTED_CHARS, quote
 from s2i.params import PARAMETERS_ENDPOINT
 from s2i.runtime import AUTH_TOKEN_VARIABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
 
@@ -377,7 +378,7 @@ async def invalid_request(request, error):
 
     first = error.errors()[0]
     where = '.'.join(str(part) for part in first['loc'])
-    return JSONResponse({'detail': f'invalid request: {where}: {first["msg"]}, got {quoted(first.get("input"))}'}, status_code=422)
+    return JSONResponse({'detail': f'invalid request: {where}: {first["msg"]}, got {quote(first.get("input"))}'}, status_code=422)
 
 
 async def too_deep(request, error):
@@ -395,7 +396,7 @@ async def unparsable_body(request, error):
     frames = traceback.walk_tb(error.__traceback__)
     if not any(frame.f_globals.get('__name__') == 'fastapi.dependencies.utils' for frame, _ in frames):
         raise error
-    return JSONResponse({'detail': f'invalid request: {type(error).__name__}: {str(error)[:SHORT]}'}, status_code=400)
+    return JSONResponse({'detail': f'invalid request: {type(error).__name__}: {str(error)[:MAX_QUOTED_CHARS]}'}, status_code=400)
 
 
 class HTTPStreamer:

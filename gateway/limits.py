@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from s2i.docs import PromptDoc
-
-SHORT = 60  # characters of a client's value quoted back in an error: enough to recognise it, never an echo
+from s2i.params import MAX_QUOTED_CHARS, quote
 
 
 @dataclass(frozen=True)
@@ -38,12 +37,6 @@ class RequestLimits:
         return f'request too large: more than {self.max_request_bytes} bytes (max_request_bytes)'
 
 
-def quoted(value: Any) -> str:
-    """``repr(value)``, cut to its first SHORT characters, with the full length when it was cut."""
-    text = repr(value)
-    return text if len(text) <= SHORT else f'{text[:SHORT]}... ({len(text)} characters)'
-
-
 def unsendable(value: Any, where: str, max_depth: int, depth: int = 0) -> Optional[str]:
     """Why ``value`` (JSON read from a client) cannot travel to the executors; None when it can.
 
@@ -51,11 +44,11 @@ def unsendable(value: Any, where: str, max_depth: int, depth: int = 0) -> Option
     parse back) and documents as protobuf messages (strings are UTF-8): without this check, each of
     these failed deep in Jina's serialiser as an HTTP 500 without a message."""
     if depth > max_depth:
-        return f'{where[:SHORT]}... is nested more than {max_depth} levels deep (max_depth)'
+        return f'{where[:MAX_QUOTED_CHARS]}... is nested more than {max_depth} levels deep (max_depth)'
     if isinstance(value, float) and not math.isfinite(value):
         return f'{where} must be a finite number, got {value!r}'  # NaN, Infinity, or 1e400 read as infinity
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
-        return f'{where} is too large a number ({quoted(value)}): integers travel as doubles'
+        return f'{where} is too large a number ({quote(value)}): integers travel as doubles'
     if isinstance(value, str):
         try:
             value.encode('utf-8')
@@ -87,9 +80,9 @@ def invalid_document(doc: Any, index: int, max_depth: int) -> Optional[str]:
     except ValidationError as e:
         first = e.errors()[0]
         field = '.'.join(str(part) for part in first['loc'])
-        return f'data[{index}].{field}: {first["msg"]}, got {quoted(first.get("input"))}'
+        return f'data[{index}].{field}: {first["msg"]}, got {quote(first.get("input"))}'
     except (ValueError, TypeError) as e:  # docarray's own tensor parsing
-        return f'data[{index}]: {type(e).__name__}: {str(e)[:SHORT]}'
+        return f'data[{index}]: {type(e).__name__}: {str(e)[:MAX_QUOTED_CHARS]}'
     return None
 
 

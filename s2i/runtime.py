@@ -18,9 +18,10 @@ UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" 
 INTERNAL_KEY_PARAMETER = '__s2i_internal_key__'
 
 
-def internal_key() -> Optional[str]:
-    """The key the gateway sends and the executors expect; None without a token (nothing to check)."""
-    token = os.environ.get(AUTH_TOKEN_VARIABLE)
+def internal_key(token: Optional[str] = None) -> Optional[str]:
+    """The key the gateway sends and the executors expect, from ``token`` (default: S2I_AUTH_TOKEN);
+    None without a token (nothing to check)."""
+    token = token or os.environ.get(AUTH_TOKEN_VARIABLE)
     return hmac.new(token.encode(), b'speech-to-image executors', hashlib.sha256).hexdigest() if token else None
 
 

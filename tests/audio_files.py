@@ -1,5 +1,6 @@
-"""Small audio files made in the test that needs them: WAV bytes with chosen headers and samples."""
+"""Small audio files made in the test that needs them: WAV bytes with chosen headers and samples, and a FLAC bomb."""
 
+import io
 import struct
 
 import numpy as np
@@ -25,3 +26,23 @@ def silence(seconds: float) -> np.ndarray:
 
 def white_noise(seconds: float, seed: int = 0, level: float = 0.3) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE)) * level).astype(np.float32)
+
+
+def flac_bomb() -> bytes:
+    """8 kB of FLAC: two 65535-sample frames at 1 Hz (18 hours each), with STREAMINFO's total-samples
+    field zeroed so that the header announces no length. One frame resampled to 16 kHz is 2 GB."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, 'w', format='flac') as container:
+        stream = container.add_stream('flac', rate=1, layout='mono', format='s16')
+        stream.codec_context.options = {'frame_size': '65535'}
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 2 * 65535), dtype=np.int16), format='s16', layout='mono')
+        frame.sample_rate = 1
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = bytearray(out.getvalue())
+    # "fLaC", a 4-byte block header, then STREAMINFO, whose bytes 13-17 end in the 36-bit total-samples field
+    data[8 + 13] &= 0xF0
+    data[8 + 14 : 8 + 18] = bytes(4)
+    return bytes(data)

@@ -149,7 +149,7 @@ def jina_flow_with_token(tiny_sd_dir):
     server, hosts = flow_on_free_ports(JINA_FLOW, S2I_SD_MODEL=tiny_sd_dir, S2I_AUTH_TOKEN=TOKEN, **TINY_MODELS)
     try:
         wait_until_ready(server, hosts['grpc'])
-        yield hosts
+        yield {**hosts, 'server': server}
     finally:
         server.kill()
 
@@ -164,6 +164,35 @@ def test_jina_flow_serves_flow_yml_on_the_s2i_ports_and_enforces_the_token(jina_
     (doc,) = client.generate(prompts=['a red fox'], parameters=small, host=jina_flow_with_token[protocol], token=TOKEN)
     assert doc.error == '' and len(doc.matches) == 1
     assert read_png_parameters(doc.matches[0].png)['prompt'] == 'a red fox'
+
+
+@pytest.mark.slow
+def test_with_a_token_the_executors_answer_only_the_gateway(jina_flow_with_token):
+    """A caller who reaches an executor's port directly, around the gateway, gets no work done."""
+    import grpc
+    import psutil
+    from jina.proto.serializer import DataRequestProto
+    from jina.types.request.data import DataRequest
+
+    root = psutil.Process(jina_flow_with_token['server'].process.pid)
+    listening_ports = {connection.laddr.port for process in (root, *root.children(recursive=True))
+                       for connection in process.net_connections(kind='tcp') if connection.status == psutil.CONN_LISTEN}
+    gateway_ports = {int(jina_flow_with_token[protocol].rsplit(':', 1)[1]) for protocol in ('grpc', 'http')}
+    executor_ports = listening_ports - gateway_ports
+    assert len(executor_ports) == 2, listening_ports  # whisper and stable_diffusion
+    for port in executor_ports:
+        request = DataRequest()
+        request.header.exec_endpoint = '/generate'
+        request.parameters = {'steps': 1, 'width': 64, 'height': 64}
+        request.data.docs = DocList[PromptDoc]([PromptDoc(text='around the gateway')])
+        with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
+            call = channel.unary_unary('/jina.JinaSingleDataRequestRPC/process_single_data',
+                                       request_serializer=DataRequestProto.SerializeToString,
+                                       response_deserializer=DataRequestProto.FromString)
+            response = call(request, timeout=60)
+        response.document_array_cls = DocList[PromptDoc]
+        (doc,) = response.docs
+        assert doc.error == UNAUTHENTICATED and len(doc.matches) == 0, port
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ Nothing here asserts how long anything takes: the only limits are far beyond any
 turn a hang into a failure instead of a stuck suite."""
 
 import os
+import random
 import signal
 import sys
 import time
@@ -23,8 +24,11 @@ from jina import Client
 from s2i import client
 from s2i.docs import PromptDoc
 from s2i.encoding import read_png_parameters
+from executors.stable_diffusion.executor import INTERRUPTED
+from s2i.runtime import INTERNAL_KEY_PARAMETER, internal_key
 from s2i.serve import READY_LINE
 
+from audio_files import flac_bomb
 from conftest import ENGLISH_CLIP, ROOT, free_port
 from servers import Server
 
@@ -134,8 +138,8 @@ class SpeechToImageServer(Server):
     def image_drawing_processes(self) -> List[int]:
         """The server's processes that answer a text prompt with an image when asked directly: its SD replicas.
 
-        Each executor serves the same gRPC protocol as the gateway, on a port of its own (and checks
-        no token: the gateway does)."""
+        Each executor serves the same gRPC protocol as the gateway, on a port of its own, and answers
+        only requests that carry the key the gateway derives from the token."""
         gateway_ports = {int(host.rsplit(':', 1)[1]) for host in self.hosts.values()}
         drawing = []
         for process in psutil.Process(self.process.pid).children(recursive=True):
@@ -143,7 +147,8 @@ class SpeechToImageServer(Server):
             for port in listening - gateway_ports:
                 with client.Connection(f'grpc://127.0.0.1:{port}', token='', timeout=HANG_LIMIT) as executor:
                     try:
-                        (doc,) = executor.generate(prompts=['which process draws?'], parameters=SMALL)
+                        (doc,) = executor.generate(prompts=['which process draws?'],
+                                                   parameters={**SMALL, INTERNAL_KEY_PARAMETER: internal_key(TOKEN)})
                     except RuntimeError:  # an executor without /text2image may refuse the request
                         continue
                 if doc.matches:
@@ -171,6 +176,158 @@ def test_500_mixed_requests_at_concurrency_16_each_get_their_own_answer_exactly_
     assert problems == []
     answered = [r.results[0].id for r in requests]
     assert len(set(answered)) == len(requests)  # no duplicates, none missing
+
+
+# --- hostile load: every attack of issue 10 mixed with good requests ------------------------------------
+
+MALFORMED_URIS = ['http://[::1', 'http://h:99999/x', 'http://h:abc/x', 'http://[zz]/', '/audio\x00.wav', 'http://h/a b\r\nX: y']
+ONE_MB = 'x' * 2**20
+
+
+def attack(number: int) -> Request:
+    """One request of an attacker: each kind's documented error is in ATTACKS."""
+    kinds = list(ATTACKS)
+    kind = kinds[number % len(kinds)]
+    doc, parameters, protocol = ATTACKS[kind][0](number), SMALL, 'grpc'
+    if kind == 'huge negative prompt':
+        parameters = {**SMALL, 'negative_prompt': ONE_MB}
+    elif kind == 'huge bad scheduler':
+        parameters = {**SMALL, 'scheduler': 's' * 200_000}
+    elif kind.endswith('over http'):
+        protocol = 'http'
+    return Request(number, kind, doc, parameters, protocol)
+
+
+def too_many_documents(number: int) -> DocList[PromptDoc]:
+    return DocList[PromptDoc](PromptDoc(text=f'attacker {number}, document {i}') for i in range(101))
+
+
+URI_REFUSALS = ('malformed audio uri', 'audio URL host', 'server-side audio paths are off')  # the defaults allow no URL or path
+ATTACKS = {  # kind: (its document(s), what its answer must say)
+    'malformed uri': (lambda n: PromptDoc(uri=MALFORMED_URIS[n % len(MALFORMED_URIS)]), URI_REFUSALS),
+    'huge prompt': (lambda n: PromptDoc(text=ONE_MB), 'prompt too long: 1048576 characters'),
+    'huge negative prompt': (lambda n: PromptDoc(text=f'attacker {n}'), 'negative_prompt'),
+    'huge bad scheduler': (lambda n: PromptDoc(text=f'attacker {n}'), 'invalid parameters: scheduler must be'),
+    'flac bomb': (lambda n: PromptDoc(blob=flac_bomb()), 'audio too long'),
+    'too many documents': (too_many_documents, 'too many documents: 101 in one request'),
+    'too many documents over http': (too_many_documents, 'too many documents: 101 in one request'),
+    'NaN over raw http': (lambda n: None, None),  # RAW_HTTP holds their bodies and answers
+    'body over the limit over raw http': (lambda n: None, None),
+}
+
+
+RAW_HTTP = {  # kind: (its body, the status and the words of the answer)
+    'NaN over raw http': (b'{"data": [{"text": "a"}], "parameters": {"steps": NaN}}', 400, 'parameters.steps must be a finite number'),
+    'body over the limit over raw http': (b'{"data": [{"text": "' + b'x' * 64 * 2**20 + b'"}]}', 413, 'request too large'),
+}
+
+
+def send_attack(request: Request, hosts: Dict[str, str]) -> Request:
+    if request.kind in RAW_HTTP:
+        return send_raw(request, hosts)
+    docs = request.doc if isinstance(request.doc, DocList) else DocList[PromptDoc]([request.doc])
+    started = time.perf_counter()
+    try:
+        request.results = list(client.generate(docs=docs, parameters=request.parameters, host=hosts[request.protocol],
+                                               token=TOKEN, request_size=len(docs)))
+    except Exception as e:
+        request.failure = f'{type(e).__name__}: {e}'
+    request.seconds = time.perf_counter() - started
+    return request
+
+
+def send_raw(request: Request, hosts: Dict[str, str]) -> Request:
+    import requests
+
+    body, status, words = RAW_HTTP[request.kind]
+    answer = requests.post(f'{hosts["http"]}/text2image', data=body, timeout=HANG_LIMIT,
+                           headers={'Content-Type': 'application/json', 'Authorization': f'Bearer {TOKEN}'})
+    if answer.status_code != status or words not in answer.json()['detail']:
+        request.failure = f'HTTP {answer.status_code}: {answer.text[:300]}'
+    request.results = []
+    return request
+
+
+def attack_problems(request: Request) -> List[str]:
+    """An attacker must get its documented error, short, for its own documents only."""
+    if request.kind in RAW_HTTP:
+        return [f'{request.number} {request.kind}: {request.failure}'] if request.failure else []
+    expected = ATTACKS[request.kind][1]
+    if request.kind.startswith('too many documents'):
+        return [] if expected in request.failure else [f'{request.number} {request.kind}: {request.failure[:300] or "answered"}']
+    if request.failure or len(request.results) != 1:
+        return [f'{request.number} {request.kind}: {request.failure[:300] or len(request.results)}']
+    (doc,) = request.results
+    said = any(e in doc.error for e in expected) if isinstance(expected, tuple) else expected in doc.error
+    if doc.id != request.doc.id or doc.matches or not said or len(doc.error) > 400:
+        return [f'{request.number} {request.kind}: {doc.error[:300]!r}, {len(doc.matches)} images']
+    return []
+
+
+class MemoryWatch:
+    """The peak of the server's total resident memory (all its processes), sampled while a load runs."""
+
+    def __init__(self, server: Server):
+        import threading
+
+        self.root = psutil.Process(server.process.pid)
+        self.peak = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stopped.wait(0.1):
+            total = 0
+            for process in (self.root, *self.root.children(recursive=True)):
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> 'MemoryWatch':
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def run_mixed(requests: List[Request], hosts: Dict[str, str]) -> List[Request]:
+    pool = ThreadPoolExecutor(CONCURRENCY)
+    futures = [pool.submit(send_attack if r.kind in ATTACKS else send, r, hosts) for r in requests]
+    _, not_done = wait(futures, timeout=HANG_LIMIT)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert not not_done, f'{len(not_done)} requests still unanswered after {HANG_LIMIT} s: the server hangs'
+    return requests
+
+
+MEMORY_LIMIT = 3 * 2**30  # bytes, the whole server (gateway, Whisper, two SD replicas) under attack: 2.1 GiB measured
+
+
+def test_hostile_load_good_requests_get_their_images_attackers_their_errors_and_memory_stays_bounded(server, capsys):
+    good = 160
+    with MemoryWatch(server) as calm:
+        alone = run_load([make_request(number) for number in range(good)], server.hosts)
+    assert [problem for request in alone for problem in problems_with(request)] == []
+    mixed = [make_request(number) for number in range(good, 2 * good)] + [attack(number) for number in range(good)]
+    random.Random(0).shuffle(mixed)  # attackers interleaved with good requests
+    with MemoryWatch(server) as memory:
+        run_mixed(mixed, server.hosts)
+    goods = [r for r in mixed if r.kind not in ATTACKS]
+    attackers = [r for r in mixed if r.kind in ATTACKS]
+    with capsys.disabled():
+        print(f'\ngood requests alone: {latency_report(alone)}')
+        print(f'good requests among {len(attackers)} attackers: {latency_report(goods)}')
+        print(f'peak memory of the server: {calm.peak / 2**30:.2f} GiB under good load, {memory.peak / 2**30:.2f} GiB under attack')
+    assert [problem for request in goods for problem in problems_with(request)] == []
+    assert [problem for request in attackers for problem in attack_problems(request)] == []
+    answered = [doc.id for r in mixed if r.results for doc in r.results]
+    assert len(answered) == len(set(answered))  # nothing duplicated
+    assert memory.peak < MEMORY_LIMIT
+    after = run_load([Request(n, 'text', PromptDoc(text=f'after the attack {n}'), SMALL) for n in range(16)], server.hosts)
+    assert [problem for request in after for problem in problems_with(request)] == []
 
 
 def is_alive(pid: int) -> bool:
@@ -231,6 +388,8 @@ def test_sigterm_mid_request_finishes_or_fails_each_request_with_unavailable_and
         for request in requests:  # each one finished, or its client was told the server went away
             if request.failure:
                 assert 'StatusCode.UNAVAILABLE' in request.failure, request.failure
+            elif request.results and request.results[0].error == INTERRUPTED:  # stopped between two steps
+                assert len(request.results[0].matches) == 0
             else:
                 assert problems_with(request) == []
         assert server.process.returncode == 0, server.output()[-3000:]

@@ -1,5 +1,7 @@
 """Stable Diffusion's limits: prompt length, image size, GPU memory. Each answers its own document."""
 
+from typing import Optional
+
 import pytest
 import torch
 
@@ -43,6 +45,16 @@ def test_a_prompt_over_max_prompt_chars_is_rejected_and_the_other_document_still
     assert fine.error == '' and len(fine.matches) == 1
 
 
+def test_a_negative_prompt_over_max_prompt_chars_fails_every_document_before_any_work(sd, monkeypatch):
+    # 1 MB of negative prompt once cost 3 s per 64x64 image, and requests batched with it waited.
+    calls = pipeline_calls(sd, monkeypatch)
+    docs = draw(sd, ['a fox', 'a barn'], {'negative_prompt': 'blurry ' * 150_000})
+    for doc in docs:
+        assert doc.error == 'invalid parameters: negative_prompt too long: 1050000 characters, the limit is 12000 (max_prompt_chars)'
+        assert len(doc.matches) == 0
+    assert calls == []
+
+
 def test_sizes_over_max_pixels_are_invalid_parameters(sd):
     (doc,) = draw(sd, ['a fox'], {'width': 128, 'height': 128})
     assert doc.error == 'invalid parameters: width x height must be at most 9216 pixels (max_pixels), got 128x128'
@@ -50,15 +62,15 @@ def test_sizes_over_max_pixels_are_invalid_parameters(sd):
     assert doc.error == '' and doc.matches[0].width == 96
 
 
-def out_of_memory_above(max_images: int, sd, monkeypatch) -> list:
-    """Makes the pipeline raise CUDA out-of-memory (constructible on the CPU) for batches above
-    ``max_images``; returns the list of the batch sizes it is called with."""
+def pipeline_calls(sd, monkeypatch, out_of_memory_above: Optional[int] = None) -> list:
+    """The batch sizes the pipeline is called with from now on. Batches of more than
+    ``out_of_memory_above`` images raise CUDA out-of-memory (constructible on the CPU)."""
     pipeline_class = type(sd.pipe)
     real_call, batch_sizes = pipeline_class.__call__, []
 
     def call(pipe, prompt, **kwargs):
         batch_sizes.append(len(prompt))
-        if len(prompt) > max_images:
+        if out_of_memory_above is not None and len(prompt) > out_of_memory_above:
             raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
         return real_call(pipe, prompt=prompt, **kwargs)
 
@@ -67,7 +79,7 @@ def out_of_memory_above(max_images: int, sd, monkeypatch) -> list:
 
 
 def test_out_of_memory_retries_the_batch_in_halves_and_every_document_gets_its_images(sd, monkeypatch):
-    batch_sizes = out_of_memory_above(1, sd, monkeypatch)
+    batch_sizes = pipeline_calls(sd, monkeypatch, out_of_memory_above=1)
     docs = draw(sd, ['a fox', 'a barn', 'a boat', 'a tree'], {'seed': 5})
     assert batch_sizes == [4, 2, 1, 1, 2, 1, 1]
     for doc in docs:
@@ -76,7 +88,7 @@ def test_out_of_memory_retries_the_batch_in_halves_and_every_document_gets_its_i
 
 def test_out_of_memory_on_one_image_is_a_clear_error_and_the_executor_keeps_serving(sd, monkeypatch):
     with monkeypatch.context() as patch:
-        out_of_memory_above(0, sd, patch)
+        pipeline_calls(sd, patch, out_of_memory_above=0)
         first, second = draw(sd, ['a fox', 'a barn'])
     for doc in (first, second):
         assert doc.error.startswith(f'{OUT_OF_MEMORY} for a 64x64 image: ask for a smaller width and height')

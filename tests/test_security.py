@@ -18,7 +18,7 @@ from s2i import client
 from executors.whisper.executor import WhisperExecutor
 from s2i.docs import PromptDoc
 from s2i.params import quote
-from s2i.runtime import UNAUTHENTICATED
+from s2i.runtime import INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
 from s2i.serve import DEFAULTS, load_flow
 
 from conftest import ENGLISH_CLIP, ROOT, free_port
@@ -140,6 +140,16 @@ def test_urls_are_fetched_only_from_allowed_hosts_and_redirects_are_not_followed
 
 
 # --- token authentication ----------------------------------------------------------------------------
+
+def test_with_a_token_an_executor_works_only_for_requests_that_carry_the_gateways_key(default_whisper, monkeypatch):
+    monkeypatch.setenv('S2I_AUTH_TOKEN', TOKEN)
+    clip = lambda: DocList[PromptDoc]([PromptDoc(blob=ENGLISH_CLIP.read_bytes())])  # noqa: E731
+    for parameters in ({}, {INTERNAL_KEY_PARAMETER: internal_key('another token')}, {INTERNAL_KEY_PARAMETER: TOKEN}):
+        (refused,) = default_whisper.transcribe(clip(), parameters)
+        assert refused.error == UNAUTHENTICATED and refused.text == ''
+    (heard,) = default_whisper.transcribe(clip(), {INTERNAL_KEY_PARAMETER: internal_key()})
+    assert heard.error == '' and 'fox' in heard.text.lower()
+
 
 @pytest.fixture(scope='module')
 def token_flow(tmp_path_factory):

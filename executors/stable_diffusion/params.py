@@ -1,14 +1,15 @@
 """The Stable Diffusion executor's request parameters: the one home of their defaults and ranges.
 
 The executor's ``request_defaults`` setting (config.yml) overrides these defaults; its
-``max_num_images`` and ``max_pixels`` settings narrow the ranges further (``check_limits``).
+``max_num_images``, ``max_pixels`` and ``max_prompt_chars`` settings narrow the ranges further
+(``check_limits``).
 """
 
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from s2i.params import MAX_SEED, Integer, Number, ParameterError, RequestParams, Text
+from s2i.params import MAX_SEED, Integer, Number, ParameterError, RequestParams, Text, quote
 
 Scheduler = Literal['default', 'euler', 'euler_a', 'ddim', 'dpm++']  # 'default': the model's own
 MIN_SIZE, MAX_SIZE = 64, 2048  # pixels, per side
@@ -32,19 +33,26 @@ class GenerationParams(RequestParams):
             check_seed(self.seed, self.num_images)
         return self
 
-    def check_limits(self, max_num_images: int, max_pixels: int) -> None:
+    def check_limits(self, max_num_images: int, max_pixels: int, max_prompt_chars: int) -> None:
         """The executor's own limits, from its configuration."""
         check_range('num_images', self.num_images, 1, max_num_images)
         if self.width * self.height > max_pixels:
             raise ParameterError(
                 f'width x height must be at most {max_pixels} pixels (max_pixels), got {self.width}x{self.height}'
             )
+        if len(self.negative_prompt) > max_prompt_chars:
+            raise ParameterError(too_long('negative_prompt', self.negative_prompt, max_prompt_chars))
+
+
+def too_long(key: str, text: str, max_prompt_chars: int) -> str:
+    """The error for a text over max_prompt_chars, whichever field it is in."""
+    return f'{key} too long: {len(text)} characters, the limit is {max_prompt_chars} (max_prompt_chars)'
 
 
 def check_range(key: str, value, low, high) -> None:
     """For limits an executor sets in its configuration (e.g. max_num_images), after parsing."""
     if not low <= value <= high:
-        raise ParameterError(f'{key} must be between {low} and {high}, got {value}')
+        raise ParameterError(f'{key} must be between {low} and {high}, got {quote(value)}')
 
 
 def check_seed(seed: int, num_images: int) -> None:
@@ -52,5 +60,5 @@ def check_seed(seed: int, num_images: int) -> None:
     check_range('seed', seed, 0, MAX_SEED)
     if seed + num_images - 1 > MAX_SEED:
         raise ParameterError(
-            f'seed + num_images - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {seed} with num_images {num_images}'
+            f'seed + num_images - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {seed} with num_images {quote(num_images)}'
         )

@@ -4,27 +4,52 @@ accepts, how it is decoded, and which parts of it are speech.
 Clients send audio inline: ``blob`` bytes, a waveform ``tensor`` or a ``data:`` URI. A ``uri``
 never makes the server read an arbitrary file or fetch an arbitrary URL: server-side paths are
 read only under a configured input directory (after resolving ``..`` and symlinks), and http(s)
-only from configured hosts, without redirects. Everything ends up as bytes that are checked
-against the byte limit before anything decodes them; the duration limit is checked from the
-container's header before decoding, and again while decoding (see ``decode_bounded``).
+only from configured hosts, without redirects or credentials, within one deadline. Everything
+ends up as bytes that are checked against the byte limit before anything decodes them; the duration
+limit is checked from the container's header before decoding, and again while decoding, frame by
+frame (see ``decode_bounded``).
+
+Errors quote only the start of a client's value (s2i.params.quote), and of an exception only its
+type and the first line of its message, cut short and without server paths: the details go to the log.
 """
 
+import http.client
 import io
 import os
-import urllib.error
-import urllib.request
+import re
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import from_data_uri
+from s2i.params import quote
+
+MAX_MESSAGE_CHARS = 100  # of an exception's message, in an error a client sees
+SERVER_PATH = re.compile(r'(?:[A-Za-z]:)?(?:[\\/][\w.~-]+){2,}[\\/]?')  # /home/me/x.py, C:\models\x
+NOT_IN_A_REQUEST_LINE = re.compile(r'[^\x21-\x7e]')  # http.client refuses spaces, control characters and non-ASCII
 
 
 class AudioError(ValueError):
     """The document's audio is missing, too big, not allowed, undecodable or malformed."""
+
+
+def described(error: BaseException) -> str:
+    """``Type: first line of the message``: what a client sees of an exception (the log has the rest)."""
+    message = first_line(error)
+    return f'{type(error).__name__}: {message}' if message else type(error).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, cut short and without server paths."""
+    message = getattr(error, 'strerror', None) or str(error)  # an OSError's strerror leaves out its file name
+    message = SERVER_PATH.sub('<path>', (message.strip().splitlines() or [''])[0])
+    message = message.encode('utf-8', 'backslashreplace').decode('utf-8')  # lone surrogates cannot travel in protobuf
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + '…'
 
 
 @dataclass(frozen=True)
@@ -33,7 +58,7 @@ class AudioPolicy:
     max_seconds: float = 300.0  # longer audio is rejected, from its header when it has one
     input_dir: Optional[str] = None  # server-side paths are read only under here; None: no paths
     allowed_url_hosts: Tuple[str, ...] = ()  # "host" or "host:port" that http(s) URIs may name; (): none
-    url_timeout: float = 10.0  # seconds, per fetch
+    url_timeout: float = 10.0  # seconds for a whole fetch (connecting, the headers and the body), not per read
 
 
 def audio_bytes(blob: Optional[bytes], uri: Optional[str], policy: AudioPolicy) -> bytes:
@@ -43,7 +68,7 @@ def audio_bytes(blob: Optional[bytes], uri: Optional[str], policy: AudioPolicy) 
     except AudioError:
         raise
     except ValueError as e:  # a malformed uri: "http://[::1", a port over 65535, a NUL in a path, ...
-        raise AudioError(f'malformed audio uri {uri[:200]!r}: {e}') from e
+        raise AudioError(f'malformed audio uri {quote(uri)}: {first_line(e)}') from e
     if not data:
         raise AudioError('empty audio: the file has 0 bytes')
     check_size(len(data), policy)
@@ -69,12 +94,12 @@ def _read_uri(uri: str, policy: AudioPolicy) -> bytes:
         try:
             return from_data_uri(uri)
         except ValueError as e:
-            raise AudioError(f'bad audio data URI: {e}') from e
+            raise AudioError(f'bad audio data URI: {first_line(e)}') from e
     if scheme in ('http', 'https'):
         return _fetch_url(uri, policy)
     if scheme == '':
         return _read_server_path(uri, policy)
-    raise AudioError(f'audio uri scheme {scheme!r} is not accepted: send the audio inline (blob, tensor or a data: URI)')
+    raise AudioError(f'audio uri scheme {quote(scheme)} is not accepted: send the audio inline (blob, tensor or a data: URI)')
 
 
 def _read_server_path(path: str, policy: AudioPolicy) -> bytes:
@@ -86,38 +111,86 @@ def _read_server_path(path: str, policy: AudioPolicy) -> bytes:
     # realpath resolves "..", and symlinks anywhere on the way, before the containment check
     resolved = os.path.realpath(os.path.join(root, path))
     if os.path.commonpath([resolved, root]) != root:
-        raise AudioError(f'audio path {path!r} is outside the input directory')
+        raise AudioError(f'audio path {quote(path)} is outside the input directory')
     if not os.path.isfile(resolved):
-        raise AudioError(f'audio path {path!r} is not a file in the input directory')
+        raise AudioError(f'audio path {quote(path)} is not a file in the input directory')
     check_size(os.path.getsize(resolved), policy)
     with open(resolved, 'rb') as file:
         return file.read(policy.max_bytes + 1)
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect could lead to a host that is not allowed: fail instead of following it."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise AudioError(f'audio URL redirects (HTTP {code}); redirects are not followed')
-
-
 def _fetch_url(url: str, policy: AudioPolicy) -> bytes:
     parts = urlsplit(url)
-    host = (parts.hostname or '').lower()
-    host_port = f'{host}:{parts.port}' if parts.port else host
+    if '@' in parts.netloc:  # "http://allowed.example@127.0.0.1/": which host is meant depends on who parses it
+        raise AudioError('audio URL must not hold a user name or password (user:password@host); they are never sent')
+    host, port = (parts.hostname or '').lower(), parts.port  # the host checked is the host connected to
+    host_port = f'{host}:{port}' if port else host
     allowed = {h.lower() for h in policy.allowed_url_hosts}
     if host not in allowed and host_port not in allowed:
         raise AudioError(
-            f'audio URL host {host_port!r} is not allowed (allowed_url_hosts: {", ".join(sorted(allowed)) or "none"})'
+            f'audio URL host {quote(host_port)} is not allowed (allowed_url_hosts: {", ".join(sorted(allowed)) or "none"})'
         )
-    opener = urllib.request.build_opener(_RefuseRedirects)
+    target = urlunsplit(('', '', parts.path or '/', parts.query, ''))
+    if NOT_IN_A_REQUEST_LINE.search(target):
+        raise ValueError('a URL path holds only printable ASCII: no spaces, control characters or other letters')
+    # http.client, not urllib: it connects to exactly this host and port and follows no redirect
+    connection_type = http.client.HTTPSConnection if parts.scheme.lower() == 'https' else http.client.HTTPConnection
+    connection = connection_type(host, port, timeout=policy.url_timeout)
+    deadline = _Deadline(policy.url_timeout)
     try:
-        with opener.open(url, timeout=policy.url_timeout) as response:
+        with deadline:
+            connection.connect()
+            deadline.watch(connection.sock)
+            connection.request('GET', target)
+            response = connection.getresponse()
+            if 300 <= response.status < 400:
+                raise AudioError(f'audio URL redirects (HTTP {response.status}); redirects are not followed')
+            if response.status != 200:
+                raise AudioError(f'could not fetch audio URL: HTTP {response.status} {response.reason[:MAX_MESSAGE_CHARS]}')
             data = response.read(policy.max_bytes + 1)
-    except (urllib.error.URLError, OSError) as e:
-        raise AudioError(f'could not fetch audio URL: {e}') from e
+            deadline.check()  # a hung-up answer without a Content-Length reads as a short one
+    except (OSError, http.client.HTTPException) as e:
+        deadline.check()
+        raise AudioError(f'could not fetch audio URL: {described(e)}') from e
+    finally:
+        connection.close()
     check_size(len(data), policy)
     return data
+
+
+class _Deadline:
+    """Hangs up a connection when its time is up, whatever it waits for. A socket timeout applies to
+    each read: a server sending a byte every 2 s held a fetch with a 10 s timeout for as long as it liked."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.sock, self.passed = seconds, None, threading.Event()
+        self.timer = threading.Timer(seconds, self._hang_up)
+        self.timer.daemon = True
+
+    def __enter__(self):
+        self.timer.start()
+
+    def __exit__(self, *exc_info):
+        self.timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        # The socket itself: an HTTP/1.0 answer passes it to the response and leaves connection.sock None
+        self.sock = sock
+        self.check()  # the time may have run out while connecting, before there was a socket to hang up
+
+    def check(self) -> None:
+        if self.passed.is_set():
+            raise AudioError(f'could not fetch audio URL: no complete answer within {self.seconds:g} s (url_timeout)')
+
+    def _hang_up(self) -> None:
+        self.passed.set()
+        if self.sock is not None:
+            try:
+                # wakes a blocked read at once (close() would not); socket.socket's own shutdown, as
+                # SSLSocket's would pull its TLS state from under the reading thread
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def header_duration(data: bytes) -> Optional[float]:
@@ -137,25 +210,37 @@ def header_duration(data: bytes) -> Optional[float]:
 
 
 def decode_bounded(data: bytes, policy: AudioPolicy) -> np.ndarray:
-    """Mono float32 at SAMPLE_RATE, like faster-whisper's decode_audio, but stopping as soon as the
-    audio passes ``max_seconds``: a file whose header lies about its length is not decoded whole."""
+    """Mono float32 at SAMPLE_RATE, like faster-whisper's decode_audio, but never more than
+    ``max_seconds`` of it, whatever the header says and whatever the container.
+
+    Each decoded frame is measured before the resampler multiplies its samples: an 8 kB FLAC at
+    1 Hz holds one 65535 s frame, which resampled to 16 kHz is 2 GB. So the output (int16, then
+    float32) never passes ``max_seconds`` at SAMPLE_RATE: 9.6 MB and 19 MB for 300 s."""
     import av
 
     limit = int(policy.max_seconds * SAMPLE_RATE)
     resampler = av.audio.resampler.AudioResampler(format='s16', layout='mono', rate=SAMPLE_RATE)
-    chunks, total = [], 0
+    chunks, seconds, total = [], 0.0, 0
     with av.open(io.BytesIO(data), mode='r', metadata_errors='ignore') as container:
         for frame in _frames_then_flush(container):
+            if frame is not None:
+                if frame.sample_rate <= 0:
+                    raise AudioError('could not decode audio: a frame without a sample rate')
+                seconds += frame.samples / frame.sample_rate
+                if seconds > policy.max_seconds:
+                    raise _too_long(policy)
             for resampled in resampler.resample(frame):
                 chunk = resampled.to_ndarray().reshape(-1)
-                chunks.append(chunk)
                 total += chunk.size
-            if total > limit:
-                raise AudioError(
-                    f'audio too long: more than {policy.max_seconds:g} s (max_audio_seconds); decoding stopped there'
-                )
+                if total > limit:  # the resampler's own output, which its delay can stretch a little
+                    raise _too_long(policy)
+                chunks.append(chunk)
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
     return pcm.astype(np.float32) / 32768.0
+
+
+def _too_long(policy: AudioPolicy) -> AudioError:
+    return AudioError(f'audio too long: more than {policy.max_seconds:g} s (max_audio_seconds); decoding stopped there')
 
 
 def _frames_then_flush(container):
@@ -185,7 +270,7 @@ def document_audio(doc: PromptDoc, policy: AudioPolicy, decode: Callable[[bytes,
     except AudioError:
         raise
     except Exception as e:
-        raise AudioError(f'could not decode audio: {type(e).__name__}: {e}') from e
+        raise AudioError(f'could not decode audio: {described(e)}') from e
     if not audio.size:
         raise AudioError('could not decode audio: no audio samples found')
     check_duration(len(audio) / SAMPLE_RATE, policy)  # for containers without a duration
@@ -200,7 +285,7 @@ def waveform_from_tensor(tensor: np.ndarray, sample_rate: int, policy: AudioPoli
     if tensor.ndim == 2 and min(tensor.shape) <= 2:  # (channels, samples) or (samples, channels)
         tensor = tensor.mean(axis=int(np.argmin(tensor.shape)))
     if tensor.ndim != 1 or not tensor.size:
-        raise AudioError(f'waveform tensor must be mono (samples,) or (channels<=2, samples), got shape {tensor.shape}')
+        raise AudioError(f'waveform tensor must be mono (samples,) or (channels<=2, samples), got shape {quote(tensor.shape)}')
     check_duration(tensor.size / SAMPLE_RATE, policy)
     if not np.isfinite(tensor).all():
         raise AudioError('waveform tensor holds NaN or infinite values')

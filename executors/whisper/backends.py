@@ -5,7 +5,6 @@ per clip. To add one (e.g. a GPU batch backend): implement ``WhisperBackend`` an
 class in ``BACKENDS``; the executor picks it by name (its ``backend`` setting).
 """
 
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Sequence, Set, Tuple, Type
@@ -95,7 +94,8 @@ class FasterWhisperBackend:
         self.is_multilingual = self.model.model.is_multilingual
         self.languages = set(self.model.supported_languages)
 
-    def load_audio(self, data: bytes, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
+    @staticmethod
+    def load_audio(data: bytes, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
         return decode_bounded(data, policy)  # PyAV, as faster-whisper's decode_audio, stopping at the limit
 
     def transcribe(self, audio: np.ndarray, task: str, language: Optional[str], beam_size: int) -> Transcription:
@@ -228,15 +228,13 @@ class OpenAIWhisperBackend:
         self.is_multilingual = self.model.is_multilingual
         self.languages = set(whisper.tokenizer.LANGUAGES) if self.is_multilingual else {'en'}
 
-    def load_audio(self, data: bytes, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
-        import whisper
-
-        # whisper.load_audio runs ffmpeg on a path; a real file lets ffmpeg seek (mp4/m4a need that).
-        # It decodes the whole file: the executor checks the header's duration before calling this.
-        with tempfile.NamedTemporaryFile(suffix='.audio') as file:
-            file.write(data)
-            file.flush()
-            return whisper.load_audio(file.name)
+    @staticmethod
+    def load_audio(data: bytes, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
+        # Not whisper.load_audio: its ffmpeg decodes the whole file and the executor reads all it
+        # writes. Even with -t, ffmpeg's resampler grew to 2.1 GB on an 8 kB FLAC holding one 65535 s
+        # frame at 1 Hz before -t could cut anything. decode_bounded is the same FFmpeg (PyAV),
+        # measuring each frame before it is resampled; both backends hear the same waveform.
+        return decode_bounded(data, policy)
 
     def transcribe(self, audio: np.ndarray, task: str, language: Optional[str], beam_size: int) -> Transcription:
         probability = 1.0

@@ -1,6 +1,7 @@
 """WhisperExecutor: speech in any language -> transcript, detected language and English text."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -8,18 +9,23 @@ import numpy as np
 from docarray import DocList
 from jina import Executor, requests
 
-from executors.whisper.audio import AudioError, AudioPolicy, Timeline, document_audio, keep_speech, to_original_time
+from executors.whisper.audio import (
+    AudioError, AudioPolicy, Timeline, described, document_audio, keep_speech, to_original_time,
+)
 from executors.whisper.backends import BACKENDS, Transcription
 from executors.whisper.params import TranscriptionParams
 from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge
 from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc, Segment, mark_failed
-from s2i.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters
-from s2i.runtime import refuse_unknown_settings, resolve_device, setting
+from s2i.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters, quote
+from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, resolve_device, setting
 
 # Settings that flow.yml and containers give through the environment; an argument wins over them.
 DEFAULT_BACKEND, BACKEND_VARIABLE = 'faster-whisper', 'S2I_WHISPER_BACKEND'
 DEFAULT_MODEL, MODEL_VARIABLE = 'base', 'S2I_WHISPER_MODEL'
 DEFAULT_DEVICE, DEVICE_VARIABLE = 'auto', 'S2I_DEVICE'
+# Documents whose audio is read side by side: a slow URL holds only its own document, so a batch
+# waits one url_timeout for up to this many URLs, not one after another.
+READERS = 8
 
 
 def trained_to_translate(model: str) -> bool:
@@ -64,6 +70,7 @@ class WhisperExecutor(Executor):
         max_audio_seconds: float = AudioPolicy.max_seconds,
         input_dir: Optional[str] = None,
         allowed_url_hosts: Optional[List[str]] = None,
+        url_timeout: float = AudioPolicy.url_timeout,
         max_no_speech_prob: Optional[float] = SpeechChecks.max_no_speech_prob,
         min_avg_logprob: Optional[float] = SpeechChecks.min_avg_logprob,
         max_compression_ratio: Optional[float] = SpeechChecks.max_compression_ratio,
@@ -83,6 +90,8 @@ class WhisperExecutor(Executor):
             raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
         if batch_size < 1:
             raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+        if url_timeout <= 0:
+            raise ValueError(f'url_timeout must be a positive number of seconds, got {url_timeout}')
         self.defaults = TranscriptionParams.with_defaults(request_defaults or {})
         started = time.perf_counter()
         self.backend = BACKENDS[backend](model, device, compute_type, cpu_threads)
@@ -92,7 +101,7 @@ class WhisperExecutor(Executor):
         self.batch_size = batch_size
         self.policy = AudioPolicy(
             max_bytes=max_audio_bytes, max_seconds=max_audio_seconds, input_dir=input_dir or None,
-            allowed_url_hosts=tuple(allowed_url_hosts or ()),
+            allowed_url_hosts=tuple(allowed_url_hosts or ()), url_timeout=url_timeout,
         )
         self.checks = SpeechChecks(
             max_no_speech_prob, min_avg_logprob, max_compression_ratio,
@@ -108,28 +117,42 @@ class WhisperExecutor(Executor):
 
     @requests(on='/generate')
     def transcribe(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        if not from_the_gateway(parameters):  # a caller around the gateway, without the token
+            mark_failed(docs, UNAUTHENTICATED)
+            return docs
         try:
             params = TranscriptionParams.from_request(self.defaults, parameters)
         except ParameterError as e:
             mark_failed(docs, f'invalid parameters: {e}')
             return docs
-        clips = [clip for doc in docs if doc.has_audio and not doc.error and (clip := self._speech_of(doc, params))]
+        with_audio = [doc for doc in docs if doc.has_audio and not doc.error]
+        with ThreadPoolExecutor(max_workers=min(READERS, len(with_audio) or 1)) as readers:
+            clips = [clip for clip in readers.map(lambda doc: self._speech_of(doc, params), with_audio) if clip]
         for start in range(0, len(clips), self.batch_size):
             self._transcribe_clips(clips[start : start + self.batch_size], params)
         return docs
 
     def _speech_of(self, doc: PromptDoc, params: TranscriptionParams) -> Optional[Clip]:
-        """The document's speech, ready to decode; None, with ``doc.error`` set, when there is none to decode."""
+        """The document's speech, ready to decode; None, with ``doc.error`` set, when there is none to decode.
+
+        Whatever goes wrong stays this document's error: it never fails the batch, which dynamic
+        batching may have merged from other callers' requests."""
+        try:
+            return self._read_speech(doc, params)
+        except AudioError as e:
+            doc.error = str(e)
+        except Exception as e:  # a value nobody anticipated: the client gets its type, the log the details
+            self.logger.error("reading a document's audio failed", exc_info=True)
+            doc.error = f'could not read the audio: {type(e).__name__}'
+        return None
+
+    def _read_speech(self, doc: PromptDoc, params: TranscriptionParams) -> Optional[Clip]:
         started = time.perf_counter()
         language = doc.language or params.language
         if language is not None and language not in self.backend.languages:
-            doc.error = f'unknown language {language!r}; known: {", ".join(sorted(self.backend.languages))}'
+            doc.error = f'unknown language {quote(language)}; known: {", ".join(sorted(self.backend.languages))}'
             return None
-        try:
-            audio = document_audio(doc, self.policy, self.backend.load_audio)
-        except AudioError as e:
-            doc.error = str(e)
-            return None
+        audio = document_audio(doc, self.policy, self.backend.load_audio)
         speech, timeline = keep_speech(audio) if self.vad_filter else (audio, None)
         if not speech.size:
             doc.error = NO_SPEECH
@@ -141,7 +164,11 @@ class WhisperExecutor(Executor):
         transcriptions = self._decode(clips, 'transcribe', [clip.language for clip in clips], params)
         for clip, transcription in zip(clips, transcriptions):
             if transcription is not None:
-                self._accept(clip, transcription)
+                try:
+                    self._accept(clip, transcription)
+                except Exception as e:  # this document's error, never the batch's
+                    self.logger.error('accepting a transcription failed', exc_info=True)
+                    clip.doc.error = f'transcription failed: {type(e).__name__}'
         # 2. Translate the rest to English: a second pass over the same speech, batched the same way.
         foreign = [c for c in clips if not c.doc.error and c.doc.language != 'en' and self.backend.is_multilingual]
         if not self.translates:
@@ -184,7 +211,7 @@ class WhisperExecutor(Executor):
                 alone = (self._decode([clip], task, [language], params) for clip, language in zip(clips, languages))
                 return [result for results in alone for result in results]
             self.logger.error(f'{task} failed', exc_info=True)
-            clips[0].doc.error = f'{"transcription" if task == "transcribe" else "translation"} failed: {type(e).__name__}: {e}'
+            clips[0].doc.error = f'{"transcription" if task == "transcribe" else "translation"} failed: {described(e)}'
             return [None]
 
     def _accept(self, clip: Clip, result: Transcription) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 from pydantic import Field, field_validator
 
-from s2i.params import Integer, RequestParams, Text
+from s2i.params import Integer, RequestParams, Text, quote
 
 
 class TranscriptionParams(RequestParams):
@@ -18,5 +18,5 @@ class TranscriptionParams(RequestParams):
     @classmethod
     def _iso_639_1(cls, value: Optional[str]) -> Optional[str]:
         if value is not None and not (value.isalpha() and 2 <= len(value) <= 3):
-            raise ValueError(f'must be an ISO 639-1 code such as "en" or "de", got {value!r}')
+            raise ValueError(f'must be an ISO 639-1 code such as "en" or "de", got {quote(value)}')
         return value
