@@ -23,6 +23,7 @@ HTTP routes of later features go into ``HTTPServer.app``, behind the same token 
 import asyncio
 import hmac
 import os
+import re
 import time
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
@@ -37,9 +38,8 @@ from jina.serve.runtimes.servers.composite import CompositeBaseServer
 from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendable
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
-from s2i.params import MAX_QUOTED_CHARS, quote
-from s2i.params import PARAMETERS_ENDPOINT
-from s2i.runtime import AUTH_TOKEN_VARIABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
+from s2i.params import MAX_QUOTED_CHARS, PARAMETERS_ENDPOINT, quote
+from s2i.runtime import AUTH_TOKEN_VARIABLE, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
 
 OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewayDryRunRPC/dry_run'})  # readiness, jina ping
 OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness probe, jina ping
@@ -433,12 +433,18 @@ class HTTPStreamer:
                 yield answer
         except InternalNetworkError as e:  # Jina's route would answer with its own traceback
             self.guard.logger.error(f'an executor could not be reached: {e.details()}')
-            raise HTTPException(status_code=503, detail='an executor of the Flow could not be reached; try again') from None
+            raise HTTPException(status_code=503, detail=f'the {unreachable_executor(e.details())} {EXECUTOR_UNAVAILABLE}') from None
 
     def _unsendable(self, docs, parameters: Optional[dict]) -> Optional[str]:
         max_depth = self.guard.limits.max_depth
         problems = (invalid_document(doc, index, max_depth) for index, doc in enumerate(docs))
         return unsendable(parameters or {}, 'parameters', max_depth) or next(filter(None, problems), None)
+
+
+def unreachable_executor(details: str) -> str:
+    """The executor's name in Jina's "Communication error with deployment <name> at address(es) ..." ('' if none)."""
+    found = re.search(r'deployment (\w+) at', details or '')
+    return found.group(1) if found else ''
 
 
 def images_as_data_uris(response) -> None:

@@ -27,9 +27,24 @@ from docarray import DocList
 from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri, to_data_uri
 from s2i.params import MAX_SEED
-from s2i.runtime import AUTH_TOKEN_VARIABLE, UNAUTHENTICATED
+from s2i.runtime import AUTH_TOKEN_VARIABLE, EXECUTOR_UNAVAILABLE, UNAUTHENTICATED
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "8321")}'
+
+
+class ExecutorUnavailable(ConnectionError):
+    """The gateway answered, but an executor behind it is down: this request failed, later ones may not."""
+
+
+def executor_unavailable(host: str, details: str) -> Optional[ExecutorUnavailable]:
+    """The error for a gateway's answer that names a deployment it cannot reach; None for other failures.
+
+    gRPC: Jina's "Communication error with deployment <name> at ..."; HTTP: the gateway's 503."""
+    found = re.search(r'deployment (\w+) at|the (\w*) ?' + re.escape(EXECUTOR_UNAVAILABLE), details)
+    if not found:
+        return None
+    name = found.group(1) or found.group(2) or 'an'
+    return ExecutorUnavailable(f'{host}: the gateway answered, but its {name} executor is down or restarting; try again')
 
 
 def build_docs(audio_files: Iterable[Union[str, Path]] = (), prompts: Iterable[str] = ()) -> DocList[PromptDoc]:
@@ -67,15 +82,18 @@ def generate(
             raise
     docs, parameters = seed_on_documents(docs, parameters)
     docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
-    results = _http_client(host).post(
-        endpoint_for(docs),
-        inputs=docs,
-        parameters=parameters,
-        request_size=request_size,
-        results_in_order=True,
-        return_type=DocList[PromptDoc],
-        **auth_options(token, over_http=True),
-    )
+    try:
+        results = _http_client(host).post(
+            endpoint_for(docs),
+            inputs=docs,
+            parameters=parameters,
+            request_size=request_size,
+            results_in_order=True,
+            return_type=DocList[PromptDoc],
+            **auth_options(token, over_http=True),
+        )
+    except (ValueError, ConnectionError) as e:  # Jina's HTTP client: the status's body as the message
+        raise executor_unavailable(host, str(e)) or e
     for image in (image for doc in results for image in doc.matches):
         if image.data_uri:
             image.png, image.data_uri = from_data_uri(image.data_uri), None
@@ -210,7 +228,7 @@ class Connection:
             response = answer.result()
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
-                raise ConnectionError(f'{self.host}: {e.code()}: {e.details()}') from e
+                raise executor_unavailable(self.host, e.details() or '') or ConnectionError(f'{self.host}: {e.code()}: {e.details()}') from e
             raise RuntimeError(f'the Flow at {self.host} refused the request: {e.code()}: {e.details()}') from e
         if response.header.status.code == jina_pb2.StatusProto.ERROR:
             raise RuntimeError(f'the Flow at {self.host} failed the request: {response.header.status.description}')
@@ -309,6 +327,9 @@ def run_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argpars
         return result
     try:
         (doc,) = generate(docs=docs, parameters=parameters, host=args.host, token=args.token or '')
+    except ExecutorUnavailable as e:  # this input's error; the next ones may find it back
+        result['error'] = str(e)
+        return result
     except ConnectionError as e:
         raise SystemExit(f'cannot reach the Flow at {args.host} ({e}); start it with `make serve` or `jina flow --uses flow.yml`')
     except Exception as e:

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import inspect
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -12,6 +13,8 @@ from typing import Optional
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 # What a refused request is told, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.
 UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (S2I_AUTH_TOKEN)'
+# What the gateway answers (HTTP 503) when an executor behind it is down; the client recognises it.
+EXECUTOR_UNAVAILABLE = 'executor of the Flow could not be reached; try again'
 # With a token, the gateway puts a key derived from it into the parameters of every request it
 # forwards, and the executors refuse requests without it: a caller that reaches an executor's port
 # directly, around the gateway, gets nothing. Derived, so the key is not the token itself.
@@ -51,12 +54,36 @@ def refuse_unknown_settings(executor: type, settings: dict) -> None:
 
 
 def resolve_device(device: Optional[str]) -> str:
-    """'auto' (or empty) picks CUDA when a GPU is visible, else the CPU; anything else is used as given."""
-    if device in (None, '', 'auto'):
-        import torch
+    """'auto' (or empty) picks CUDA when a GPU is usable, else the CPU; anything else is used as given.
 
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    A GPU asked for by name that CUDA cannot use stops the start (no silent CPU run); 'auto' in a
+    container that was given GPUs but cannot use them runs on the CPU with a warning. The usual cause
+    of both: an NVIDIA driver older than the CUDA that torch was built for."""
+    import torch
+
+    if device in (None, '', 'auto'):
+        if torch.cuda.is_available():
+            return 'cuda'
+        if os.environ.get('NVIDIA_VISIBLE_DEVICES', 'void') not in ('', 'void', 'none'):  # set by NVIDIA's runtime
+            logging.getLogger(__name__).warning(f'this container was given GPUs but runs on the CPU: {cuda_problem()}')
+        return 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError(f'device {device!r} was asked for, but CUDA cannot be used here: {cuda_problem()}')
     return device
+
+
+def cuda_problem() -> str:
+    """Why torch cannot use CUDA, in its own words, with the CUDA version it was built for."""
+    import torch
+
+    built_for = f'torch {torch.__version__} is built for CUDA {torch.version.cuda}' if torch.version.cuda else \
+        f'torch {torch.__version__} is a CPU-only build'
+    try:
+        torch.cuda.init()
+        reason = 'no GPU is visible'
+    except Exception as e:  # e.g. "The NVIDIA driver on your system is too old (found version 12020)"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f'{reason}; {built_for} (a newer NVIDIA driver, or an image built with another torch: README, "Deploy")'
 
 
 def cache_dir() -> Path:

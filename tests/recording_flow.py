@@ -106,7 +106,7 @@ def running_recording_flow(log: Path, token: Optional[str], **gateway_settings) 
     """This Flow in a subprocess on free ports, with ``token`` as its S2I_AUTH_TOKEN (None: no token)
     and ``gateway_settings`` over those of gateway/config.yml.
 
-    Yields its hosts ({'grpc': ..., 'http': ...}) and its 'log'; ``received(flow)`` reads the log."""
+    Yields its hosts ({'grpc': ..., 'http': ...}), its 'log' and its 'server'; ``received(flow)`` reads the log."""
     from conftest import ROOT, free_port
     from servers import Server
 
@@ -119,7 +119,7 @@ def running_recording_flow(log: Path, token: Optional[str], **gateway_settings) 
     server = Server(command, env=env, cwd=ROOT)
     try:
         server.wait_for(READY, limit=180)
-        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log}
+        yield {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}', 'log': log, 'server': server}
     finally:
         server.kill()
 

@@ -77,6 +77,22 @@ def listening(port: int, host: str = '127.0.0.1') -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def executor_ports(server: Server, hosts: Dict[str, str]) -> Dict[int, int]:
+    """The Flow's processes that listen on a port other than its gateway's (``hosts``): {pid: port}."""
+    import psutil
+
+    gateway_ports = {int(host.rsplit(':', 1)[1]) for name, host in hosts.items() if name in ('grpc', 'http')}
+    found = {}
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            connections = process.net_connections('tcp')
+        except psutil.NoSuchProcess:
+            continue
+        for port in {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN} - gateway_ports:
+            found[process.pid] = port
+    return found
+
+
 def only_these_settings(**settings: str) -> Dict[str, str]:
     """This process's environment without its own S2I_* variables, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}

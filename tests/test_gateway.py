@@ -17,7 +17,7 @@ from s2i.runtime import UNAUTHENTICATED
 
 from conftest import ROOT
 from recording_flow import received, running_recording_flow
-from servers import Server, flow_on_free_ports, listening, only_these_settings, wait_until_ready
+from servers import Server, executor_ports, flow_on_free_ports, listening, only_these_settings, wait_until_ready
 
 TOKEN = 'jina-flow-token-3b9e'
 SCHEMAS = [ParameterSchema(executor='whisper', keys=['beam_size', 'language']),
@@ -170,17 +170,12 @@ def test_jina_flow_serves_flow_yml_on_the_s2i_ports_and_enforces_the_token(jina_
 def test_with_a_token_the_executors_answer_only_the_gateway(jina_flow_with_token):
     """A caller who reaches an executor's port directly, around the gateway, gets no work done."""
     import grpc
-    import psutil
     from jina.proto.serializer import DataRequestProto
     from jina.types.request.data import DataRequest
 
-    root = psutil.Process(jina_flow_with_token['server'].process.pid)
-    listening_ports = {connection.laddr.port for process in (root, *root.children(recursive=True))
-                       for connection in process.net_connections(kind='tcp') if connection.status == psutil.CONN_LISTEN}
-    gateway_ports = {int(jina_flow_with_token[protocol].rsplit(':', 1)[1]) for protocol in ('grpc', 'http')}
-    executor_ports = listening_ports - gateway_ports
-    assert len(executor_ports) == 2, listening_ports  # whisper and stable_diffusion
-    for port in executor_ports:
+    ports = executor_ports(jina_flow_with_token['server'], jina_flow_with_token).values()
+    assert len(ports) == 2, ports  # whisper and stable_diffusion
+    for port in ports:
         request = DataRequest()
         request.header.exec_endpoint = '/generate'
         request.parameters = {'steps': 1, 'width': 64, 'height': 64}

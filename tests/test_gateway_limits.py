@@ -5,6 +5,10 @@ Against tests/recording_flow.py (the real gateway component in front of two smal
 the limits set low so that crossing them is cheap."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -14,7 +18,9 @@ from docarray import DocList
 from s2i import client
 from s2i.docs import PromptDoc
 
+from conftest import ROOT
 from recording_flow import FAIL, received, running_recording_flow
+from servers import executor_ports
 
 MAX_DOCUMENTS = 150  # over Jina's own 100 documents per request, to show that none are dropped
 MAX_REQUEST_BYTES = 2**20
@@ -153,3 +159,20 @@ def test_a_grpc_response_to_an_executor_failure_carries_no_stacks(flow):
     assert status.code == jina_pb2.StatusProto.ERROR
     assert list(status.exception.stacks) == [] and list(status.exception.args) == []
     assert status.exception.name == 'RuntimeError' and status.exception.executor == 'Painter'
+
+
+# --- an executor down ------------------------------------------------------------------------------
+
+def test_with_an_executor_down_the_client_names_it_for_each_input_and_tries_the_next(tmp_path):
+    with running_recording_flow(tmp_path / 'requests.log', token=None) as flow:
+        for pid in executor_ports(flow['server'], flow):
+            os.kill(pid, signal.SIGKILL)
+        for protocol in ('grpc', 'http'):
+            with pytest.raises(client.ExecutorUnavailable, match='the gateway answered, but its tagger executor is down'):
+                client.generate(prompts=['an executor is down'], host=flow[protocol], token='')
+        cli = subprocess.run([sys.executable, str(ROOT / 'client.py'), '--host', flow['grpc'], '--json', '--out', str(tmp_path),
+                              '--text', 'first', '--text', 'second'], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    answers = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert [answer['input'] for answer in answers] == ['first', 'second']  # the second input was still tried
+    assert all('its tagger executor is down or restarting' in answer['error'] for answer in answers)
+    assert cli.returncode == 1 and 'cannot reach the Flow' not in cli.stderr

@@ -30,7 +30,7 @@ from s2i.serve import READY_LINE
 
 from audio_files import flac_bomb
 from conftest import ENGLISH_CLIP, ROOT, free_port
-from servers import Server
+from servers import Server, executor_ports
 
 pytestmark = pytest.mark.slow
 TOKEN = 'load-test-token'
@@ -140,19 +140,16 @@ class SpeechToImageServer(Server):
 
         Each executor serves the same gRPC protocol as the gateway, on a port of its own, and answers
         only requests that carry the key the gateway derives from the token."""
-        gateway_ports = {int(host.rsplit(':', 1)[1]) for host in self.hosts.values()}
         drawing = []
-        for process in psutil.Process(self.process.pid).children(recursive=True):
-            listening = {c.laddr.port for c in process.net_connections('tcp') if c.status == psutil.CONN_LISTEN}
-            for port in listening - gateway_ports:
-                with client.Connection(f'grpc://127.0.0.1:{port}', token='', timeout=HANG_LIMIT) as executor:
-                    try:
-                        (doc,) = executor.generate(prompts=['which process draws?'],
-                                                   parameters={**SMALL, INTERNAL_KEY_PARAMETER: internal_key(TOKEN)})
-                    except RuntimeError:  # an executor without /text2image may refuse the request
-                        continue
-                if doc.matches:
-                    drawing.append(process.pid)
+        for pid, port in executor_ports(self, self.hosts).items():
+            with client.Connection(f'grpc://127.0.0.1:{port}', token='', timeout=HANG_LIMIT) as executor:
+                try:
+                    (doc,) = executor.generate(prompts=['which process draws?'],
+                                               parameters={**SMALL, INTERNAL_KEY_PARAMETER: internal_key(TOKEN)})
+                except RuntimeError:  # an executor without /text2image may refuse the request
+                    continue
+            if doc.matches:
+                drawing.append(pid)
         return drawing
 
 
