@@ -7,6 +7,8 @@ and checked for what Jina's export leaves out; the Dockerfile is linted.
 
 import importlib.util
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -44,6 +46,35 @@ def deployments(folder: Path = DEPLOY):
 def container(deployment):
     (only,) = deployment['spec']['template']['spec']['containers']
     return only
+
+
+def read_compose(folder: Path = DEPLOY):
+    return yaml.safe_load((folder / 'docker-compose.yml').read_text())
+
+
+def parsed_ping(command):
+    """A health check's `jina ping` command as Jina parses it (an argument it cannot parse fails the test)."""
+    from jina.parsers.ping import set_ping_parser
+
+    assert command[:2] == ['jina', 'ping'], command
+    return set_ping_parser().parse_args(command[2:])
+
+
+def seconds(duration: str) -> int:
+    """A Compose duration of one unit ('30s', '30m') in seconds."""
+    number, unit = re.fullmatch(r'(\d+)(s|m|h)', duration).groups()
+    return int(number) * {'s': 1, 'm': 60, 'h': 3600}[unit]
+
+
+def uses_gpus(folder: Path) -> bool:
+    """Whether anything in the exported stack asks for a GPU (Compose reservation, Kubernetes limit or toleration, --gpus)."""
+    compose = read_compose(folder)
+    in_compose = any('deploy' in service or '--gpus' in service['command'] for service in compose['services'].values())
+    in_kubernetes = any(
+        'nvidia.com/gpu' in container(d)['resources'].get('limits', {}) or 'tolerations' in d['spec']['template']['spec']
+        or '--gpus' in container(d)['args'] for d in deployments(folder).values()
+    )
+    return in_compose or in_kubernetes
 
 
 @pytest.fixture(scope='module')
@@ -123,6 +154,33 @@ def test_every_deployment_runs_the_image_with_probes_and_resource_requests():
         assert deployment['spec']['template']['spec']['securityContext']['runAsNonRoot'] is True
 
 
+def test_every_deployment_probes_with_sane_timings_and_time_for_a_first_download():
+    """A `jina ping` takes 4-7 s and ~2.7 s of CPU: a probe must outlast the ping's own timeout, not
+    run back to back, and the startup probe must allow a first start that downloads the weights."""
+    minimum_start = {'gateway': 1, 'whisper': 5, 'stable-diffusion': 30}  # minutes
+    for name, deployment in deployments().items():
+        spec = container(deployment)
+        for kind in ('startupProbe', 'livenessProbe', 'readinessProbe'):
+            probe = spec[kind]
+            ping_timeout_s = parsed_ping(probe['exec']['command']).timeout / 1000
+            assert probe['timeoutSeconds'] >= ping_timeout_s + 5, (name, kind)  # + Jina's import
+            assert probe['periodSeconds'] >= probe['timeoutSeconds'] / 2, (name, kind)
+            assert probe.get('initialDelaySeconds', 0) == 0, (name, kind)  # the startup probe covers the start
+        for kind in ('livenessProbe', 'readinessProbe'):
+            assert spec[kind]['periodSeconds'] >= 30 and spec[kind]['failureThreshold'] >= 3, (name, kind)
+        startup = spec['startupProbe']
+        assert startup['periodSeconds'] * startup['failureThreshold'] >= minimum_start[name] * 60, name
+
+
+def test_the_gateway_is_ready_only_when_the_whole_chain_answers_and_restarted_only_when_it_is_wedged():
+    for name, deployment in deployments().items():
+        spec = container(deployment)
+        itself = 'gateway' if name == 'gateway' else 'executor'
+        assert parsed_ping(spec['startupProbe']['exec']['command']).target == itself, name
+        assert parsed_ping(spec['livenessProbe']['exec']['command']).target == itself, name
+        assert parsed_ping(spec['readinessProbe']['exec']['command']).target == ('flow' if name == 'gateway' else 'executor'), name
+
+
 def test_the_gateway_runs_the_gateway_component_and_every_part_gets_the_token_from_an_optional_secret():
     spec = container(deployments()['gateway'])
     assert spec['args'][spec['args'].index('--uses') + 1] == 'config.yml'
@@ -177,7 +235,7 @@ def test_settings_set_when_exporting_reach_every_executor_and_the_token_no_file(
 
 def test_replicas_image_and_namespace_come_from_configuration(export_with):
     out = export_with('--image', 'registry.example.com/s2i:0.1', '--namespace', 'speech',
-                      S2I_SD_REPLICAS='3', S2I_SD_MODEL='tiny')
+                      S2I_SD_REPLICAS='3', S2I_SD_MODEL='stabilityai/sd-turbo')
     found = deployments(out)
     assert found['stable-diffusion']['spec']['replicas'] == 3
     assert {container(d)['image'] for d in found.values()} == {'registry.example.com/s2i:0.1'}
@@ -197,18 +255,159 @@ def test_compose_file_runs_each_part_from_the_image_with_the_model_cache():
     assert compose['volumes'] == {'models': {}}
     for name, service in services.items():
         assert service['image'] == 's2i:latest'
-        assert service['healthcheck']['test'].startswith('jina ping')
         if name != 'gateway':
             assert service['volumes'] == ['models:/models']  # and nothing mounted over the image's /app
             assert (ROOT / service['working_dir'].replace('/app/', '', 1) / 'config.yml').is_file()
     devices = services['stable-diffusion']['deploy']['resources']['reservations']['devices']
     assert devices == [{'driver': 'nvidia', 'capabilities': ['gpu'], 'device_ids': ['0']}]
-    assert services['gateway']['ports'] == ['8321:8321', '8322:8322']
     gateway = services['gateway']
     assert gateway['command'][gateway['command'].index('--uses') + 1] == 'config.yml' and gateway['working_dir'] == '/app/gateway'
     for service in services.values():  # from `docker compose up`'s environment; only the gateway publishes ports
         assert 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}' in service['environment']
         assert 'ports' not in service or service is gateway
+
+
+def test_compose_health_checks_are_spaced_out_and_allow_a_first_download():
+    """Jina's export checked every 2 s with no timeout and no start period: an idle stack used ~2 cores."""
+    services = read_compose()['services']
+    for name, service in services.items():
+        check = service['healthcheck']
+        assert check['test'][0] == 'CMD', name
+        ping_timeout_s = parsed_ping(check['test'][1:]).timeout / 1000
+        assert seconds(check['timeout']) >= ping_timeout_s + 5, name  # + Jina's import
+        assert seconds(check['interval']) >= 30 and check['retries'] >= 3, name
+    start = {name: seconds(service['healthcheck']['start_period']) for name, service in services.items()}
+    assert start['stable-diffusion'] >= 30 * 60  # downloads ~5 GB of weights on a first start
+    assert start['whisper'] >= 5 * 60
+    assert start['gateway'] >= max(start.values())  # its check waits for the whole chain
+
+
+def test_every_compose_service_is_restarted_after_a_crash():
+    for name, service in read_compose()['services'].items():
+        assert service['restart'] == 'unless-stopped', name
+
+
+def test_the_compose_gateway_is_healthy_only_when_the_whole_chain_answers():
+    for name, service in read_compose()['services'].items():
+        target = parsed_ping(service['healthcheck']['test'][1:]).target
+        assert target == ('flow' if name == 'gateway' else 'executor'), name
+
+
+def test_compose_publishes_the_gateway_on_loopback_unless_told_otherwise(export_with):
+    assert read_compose()['services']['gateway']['ports'] == ['127.0.0.1:8321:8321', '127.0.0.1:8322:8322']
+    opened = read_compose(export_with('--publish-host', '0.0.0.0'))
+    assert opened['services']['gateway']['ports'] == ['0.0.0.0:8321:8321', '0.0.0.0:8322:8322']
+
+
+# GPUs or none
+
+def test_the_default_stack_reserves_gpus():
+    assert uses_gpus(DEPLOY)
+
+
+@pytest.mark.parametrize('argv, settings', [
+    ((), {'S2I_DEVICE': 'cpu'}),
+    ((), {'S2I_SD_MODEL': 'tiny', 'S2I_DEVICE': 'cpu'}),  # what the container test exports
+    ((), {'S2I_SD_MODEL': 'tiny'}),  # no device given: the tiny model needs no GPU
+    (('--env', 'S2I_DEVICE=cpu'), {}),
+    (('--gpus', 'none'), {}),
+], ids=['cpu-device', 'tiny-on-cpu', 'tiny', 'env-cpu-device', 'gpus-none'])
+def test_a_cpu_only_export_asks_for_no_gpu_anywhere(export_with, argv, settings):
+    import kubernetes_validate
+    from kubernetes_validate.utils import latest_version
+
+    out = export_with(*argv, **settings)
+    assert not uses_gpus(out)
+    for name, service in read_compose(out)['services'].items():
+        if name != 'gateway':
+            assert 'S2I_DEVICE=cpu' in service['environment'], name
+    for document in kubernetes_documents(out):
+        kubernetes_validate.validate(document, latest_version(), strict=True)
+
+
+@pytest.mark.parametrize('argv, settings', [
+    ((), {'S2I_SD_MODEL': 'tiny', 'S2I_DEVICE': 'cuda'}),
+    (('--gpus', 'flow'), {'S2I_SD_MODEL': 'tiny'}),
+], ids=['tiny-on-cuda', 'gpus-flow'])
+def test_the_tiny_model_gets_gpus_when_asked(export_with, argv, settings):
+    assert uses_gpus(export_with(*argv, **settings))
+
+
+def test_a_cpu_only_stack_with_a_cuda_device_is_refused(export_with):
+    with pytest.raises(SystemExit, match='S2I_DEVICE=cuda'):
+        export_with('--gpus', 'none', S2I_DEVICE='cuda')
+
+
+# README's Kubernetes commands
+
+def readme_section(heading: str) -> str:
+    text = (ROOT / 'README.md').read_text()
+    start = text.index(f'\n{heading}\n')
+    following = re.search(r'\n##+ ', text[start + len(heading) + 2:])
+    return text[start: start + len(heading) + 2 + following.start()] if following else text[start:]
+
+
+def shell_commands(section: str):
+    """The commands of a section's ```sh blocks, split as the shell does (continuations joined, comments dropped)."""
+    for block in re.findall(r'```sh\n(.*?)```', section, re.S):
+        for line in block.replace('\\\n', ' ').splitlines():
+            words = [w for w in shlex.split(line, comments=True) if w != '&']  # run in the background
+            if words:
+                yield words
+
+
+def test_the_readme_kubernetes_commands_use_the_files_the_export_writes(export_with):
+    section = readme_section('### Kubernetes with GPU nodes')
+    commands = list(shell_commands(section))
+    (export_command,) = [c for c in commands if any(w.endswith('deploy/export.py') for w in c)]
+    at = next(i for i, w in enumerate(export_command) if w.endswith('deploy/export.py'))
+    settings = dict(w.split('=', 1) for w in export_command[:at] if '=' in w)
+    argv = export_command[at + 1:]
+    out_name = argv[argv.index('--out') + 1]
+    del argv[argv.index('--out'): argv.index('--out') + 2]
+    out = export_with(*argv, **settings)
+
+    documents = kubernetes_documents(out)
+    namespaces = {d['metadata']['namespace'] for d in documents}
+    found = deployments(out)
+    services = {d['metadata']['name']: d for d in documents if d['kind'] == 'Service'}
+    secret_refs = {(v['valueFrom']['secretKeyRef']['name'], v['valueFrom']['secretKeyRef']['key'])
+                   for d in found.values() for v in container(d)['env'] if 'secretKeyRef' in v.get('valueFrom', {})}
+    for path in re.findall(r'(?<![\w/.-])(deploy/[\w./-]+)', section):
+        assert (ROOT / path).exists(), path
+    for path in re.findall(rf'(?<![\w/.-]){re.escape(out_name)}/([\w./-]*\w)', section):
+        assert (out / path).exists(), f'{out_name}/{path}'
+    for name in re.findall(r'\bdeployment/([\w-]+)', section):
+        assert name in found, name
+    for name in re.findall(r'\bsvc/([\w-]+)', section):
+        assert name in services, name
+
+    kubectl = [c for c in commands if c[0] == 'kubectl']
+    assert kubectl
+    for words in kubectl:
+        if '-n' in words:
+            assert {words[words.index('-n') + 1]} == namespaces, words
+        if words[1:3] == ['create', 'namespace']:
+            assert {words[3]} == namespaces, words
+        if '-f' in words:
+            path = words[words.index('-f') + 1]
+            assert path.startswith(f'{out_name}/') and (out / path.split('/', 1)[1]).exists(), path
+            if (out / path.split('/', 1)[1]).is_dir():
+                assert '-R' in words, words  # the manifests are in subfolders
+        if 'secret' in words:
+            name = words[words.index('generic') + 1]
+            (literal,) = [w for w in words if w.startswith('--from-literal=')]
+            assert (name, literal.split('=')[1]) in secret_refs, words
+        if 'rollout' in words:
+            deployment = found[next(w for w in words if w.startswith('deployment/')).split('/')[1]]
+            startup = container(deployment)['startupProbe']
+            (timeout,) = [w.split('=')[1] for w in words if w.startswith('--timeout=')]
+            assert seconds(timeout) >= startup['periodSeconds'] * startup['failureThreshold'], words  # waits out a first start
+        if 'port-forward' in words:
+            service = services[next(w for w in words if w.startswith('svc/')).split('/')[1]]
+            (ports,) = [w for w in words if re.fullmatch(r'\d+:\d+', w)]
+            remote = int(ports.split(':')[1])
+            assert remote in {p['port'] for p in service['spec']['ports']}, words
 
 
 @pytest.mark.slow
