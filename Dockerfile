@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every part of the service: the whole Flow in one container (the default command),
 # or one part per container, as deploy/docker-compose.yml and deploy/kubernetes/ run it:
 #   jina gateway --uses config.yml ...    (workdir gateway/)  the gateway, with the token check
@@ -12,18 +11,27 @@
 # --build-arg PRELOAD_MODELS=1 bakes the weights of S2I_SD_MODEL and S2I_WHISPER_MODEL (build args
 # too, defaulting to the service's defaults) into /models instead; see README, "Deploy".
 # PyPI's torch wheel for Linux bundles its CUDA libraries, so a slim Python base runs on the GPU
-# wherever the container is given one (--gpus, or nvidia.com/gpu in Kubernetes).
+# wherever the container is given one (--gpus, or nvidia.com/gpu in Kubernetes). PyPI's torch 2.13.0
+# is built for CUDA 13.0 and needs a recent NVIDIA driver on the host; for an older driver, or a
+# CPU-only image, take another build from PyTorch's index (README, "Deploy"):
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   (or .../whl/cpu)
+# Nothing here needs BuildKit, so the legacy builder (DOCKER_BUILDKIT=0) builds it offline too.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# ffmpeg: openai-whisper decodes audio through it. A fixed uid, so volumes and securityContext agree.
+# Both Whisper backends decode audio with PyAV (FFmpeg's libraries in its wheel), so the ffmpeg
+# program is not needed; --build-arg INSTALL_FFMPEG=1 adds it (683 MB) for code of your own that
+# calls it. A fixed uid, so volumes and securityContext agree.
+ARG INSTALL_FFMPEG=""
 # hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ffmpeg \
- && rm -rf /var/lib/apt/lists/* \
+RUN if [ -n "${INSTALL_FFMPEG}" ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends ffmpeg \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
  && groupadd --gid 1000 s2i \
  && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin s2i \
  && mkdir -p /models \
@@ -40,9 +48,12 @@ COPY executors/stable_diffusion/requirements.txt executors/stable_diffusion/requ
 # keeps the torch layer (several GB) cached.
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip
+# TORCH_INDEX_URL: another torch build of the same version, e.g. https://download.pytorch.org/whl/cu126
+# (pick the CUDA build your driver supports), or .../whl/cpu for a CPU-only image (several GB smaller).
 ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=""
 # hadolint ignore=DL3059
-RUN pip install "torch==${TORCH_VERSION}" -c constraints.txt
+RUN pip install "torch==${TORCH_VERSION}" ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} -c constraints.txt
 # hadolint ignore=DL3059
 RUN pip install -r requirements.txt -c constraints.txt
 COPY pyproject.toml ./

@@ -1,10 +1,11 @@
 # make demo   set up .venv, start the Flow, turn the example audio into images in outputs/
 # make test   set up .venv, run the test suite
 # make serve  set up .venv, start the Flow (S2I_* variables configure it; see README)
+# make container-test  build the image, run the Compose stack and one container, send requests (root, Docker; README)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test serve
+.PHONY: setup demo test serve container-test
 setup: $(STAMP)
 
 $(STAMP): scripts/setup.sh constraints.txt requirements.txt requirements-dev.txt executors/whisper/requirements.txt executors/stable_diffusion/requirements.txt pyproject.toml
@@ -18,3 +19,6 @@ test: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/python -m s2i.serve
+
+container-test: $(STAMP)
+	$(VENV)/bin/python scripts/container_test.py
