@@ -44,6 +44,7 @@ WORKDIR /app
 COPY constraints.txt requirements.txt ./
 COPY executors/whisper/requirements.txt executors/whisper/requirements.txt
 COPY executors/stable_diffusion/requirements.txt executors/stable_diffusion/requirements.txt
+COPY executors/store/requirements.txt executors/store/requirements.txt
 # DL3013: setup.sh upgrades pip unpinned too. DL3059: one layer per step, so a requirements change
 # keeps the torch layer (several GB) cached.
 # hadolint ignore=DL3013
@@ -62,9 +63,12 @@ COPY gateway/ gateway/
 COPY executors/ executors/
 RUN pip install --no-deps -e .
 
+# Results (the store executor) go into the same volume as the weights unless S2I_STORE says otherwise
+# (an s3:// bucket, another mounted folder, or none).
 ENV HF_HOME=/models/huggingface \
     XDG_CACHE_HOME=/models/cache \
     S2I_CACHE=/models/s2i \
+    S2I_STORE=/models/results \
     S2I_HOST=0.0.0.0
 
 # Off by default: weights belong in the volume. PRELOAD_MODELS=1 bakes them in (an offline cluster).

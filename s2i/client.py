@@ -319,7 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
-    result = {'input': label, 'language': None, 'transcript': '', 'text': '', 'images': [], 'error': ''}
+    result = {'input': label, 'language': None, 'transcript': '', 'text': '', 'images': [], 'stored': [], 'record': '',
+              'error': ''}
     try:
         docs = build_docs([label]) if is_file else build_docs(prompts=[label])
     except OSError as e:
@@ -336,8 +337,9 @@ def run_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argpars
         if UNAUTHENTICATED in str(e):  # the same words over gRPC (UNAUTHENTICATED) and HTTP (401)
             raise SystemExit(f'the Flow at {args.host} refused the request: {UNAUTHENTICATED}')
         raise
-    result.update(language=doc.language, transcript=doc.transcript, text=doc.text, error=doc.error)
+    result.update(language=doc.language, transcript=doc.transcript, text=doc.text, error=doc.error, record=doc.result_url)
     result['images'] = save_images(doc, args.out, input_stem(label, is_file))
+    result['stored'] = [image.url for image in doc.matches if image.url]  # where the Flow's store keeps them
     return result
 
 
@@ -355,6 +357,8 @@ def report(result: Dict[str, Any], number: int, total: int, as_json: bool) -> No
             print(f'    English: {result["text"]}')
     for path in result['images']:
         print(f'    -> {path}', flush=True)
+    if result['record']:
+        print(f'    kept by the service: {result["record"]}', flush=True)
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ class GeneratedImage(BaseDoc):
     png: Optional[bytes] = None
     data_uri: Optional[str] = None  # data:image/png;base64,... (HTTP answers)
     url: str = ''  # where the image is stored, once results are stored; '' until then
+    presigned_url: str = ''  # an HTTPS URL that fetches it, when a request asks (presign_seconds; S3 stores only)
     width: Int32 = 0
     height: Int32 = 0
     seed: Int32 = 0
@@ -73,6 +74,9 @@ class PromptDoc(BaseDoc):
 
     # --- set by the Stable Diffusion executor ---
     matches: DocList[GeneratedImage] = DocList[GeneratedImage]()
+
+    # --- set by the result store: where this document's JSON record is (s3://... or a path) ---
+    result_url: str = ''
 
     @field_validator('tensor', mode='before')
     @classmethod

@@ -254,7 +254,7 @@ class Stack:
             check(service.get('restart') in ('always', 'unless-stopped', 'on-failure'), f'{name}: no restart policy')
             for port in service.get('ports', []):
                 check(str(port).startswith('127.0.0.1:'), f'{name}: port {port} is not published on 127.0.0.1 only')
-            check(f'S2I_AUTH_TOKEN=${{S2I_AUTH_TOKEN:-}}' in service.get('environment', []), f'{name}: no S2I_AUTH_TOKEN from the shell')
+            check('S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}' in service.get('environment', []), f'{name}: no S2I_AUTH_TOKEN from the shell')
         published = {p for s in stack['services'].values() for p in s.get('ports', [])}
         check(published == {f'127.0.0.1:{p}:{p}' for p in (self.grpc_port, self.http_port)}, f'published ports: {published}')
         return stack
@@ -322,6 +322,10 @@ def speech_and_bad_file(host: str, token: str, parameters: dict = PARAMETERS) ->
           f'  not audio: {bad.error!r}', flush=True)
     check_images(f'{host} English clip', english, parameters)
     check('fox' in english.text.lower(), f'{host}: English clip heard as {english.text!r}')
+    # The image's store: the results volume, a record per document (the failed one's too).
+    for label, doc in (('English', english), ('not audio', bad)):
+        check(doc.result_url.startswith('/models/results/') and doc.result_url.endswith('/result.json'),
+              f'{host} {label}: kept at {doc.result_url!r}, expected a record under /models/results/')
     check_images(f'{host} German clip', german, parameters)
     # Whisper base hears "Ein kleiner Hund spielt im Schnee" but translates it as "A small one ... in the
     # snow": the checks of tests/test_whisper.py, not "dog".

@@ -3,6 +3,7 @@ real Whisper weights, free ports, and the few helpers several test files use (on
 
 import io
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
@@ -20,6 +21,10 @@ from s2i.runtime import free_port  # noqa: F401  (tests import it from here)
 settings.register_profile('ci', derandomize=True, database=None)
 settings.register_profile('explore')
 settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
+
+# The Flows the tests start store their results here, not in the checkout's results/ (tests of the
+# store itself choose their own).
+os.environ.setdefault('S2I_STORE', tempfile.mkdtemp(prefix='s2i-test-results-'))
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / 'tests' / 'data'

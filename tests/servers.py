@@ -94,8 +94,8 @@ def executor_ports(server: Server, hosts: Dict[str, str]) -> Dict[int, int]:
 
 
 def only_these_settings(**settings: str) -> Dict[str, str]:
-    """This process's environment without its own S2I_* variables, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_')}
+    """This process's environment without its own S2I_* variables (but the tests' S2I_STORE), plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('S2I_') or k == 'S2I_STORE'}
     env.update(settings)
     return env
 

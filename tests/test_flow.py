@@ -54,6 +54,18 @@ def test_text_prompts_skip_whisper(flow):
     assert doc.text == 'a lighthouse' and len(doc.matches) == 1
 
 
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+def test_every_answer_is_kept_in_the_store_with_its_record(flow, protocol):
+    # conftest points S2I_STORE at a folder of this test session; the default is results/ (README).
+    (doc,) = client.generate([ENGLISH_CLIP], parameters={**SMALL, 'seed': 5}, host=flow[protocol])
+    (image,) = doc.matches
+    stored = Path(image.url)
+    assert stored.is_relative_to(os.environ['S2I_STORE']) and stored.read_bytes() == image.png
+    record = json.loads(Path(doc.result_url).read_text())
+    assert record['input'] == 'audio' and record['language'] == 'en' and record['text'] == doc.text
+    assert record['images'][0]['seed'] == 5 and record['images'][0]['url'] == image.url
+
+
 def test_text_only_requests_through_the_client(flow):
     (doc,) = client.generate(prompts=['a lighthouse in a storm'], parameters=SMALL, host=flow['http'])
     assert doc.error == '' and doc.transcript == ''

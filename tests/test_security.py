@@ -268,4 +268,4 @@ def test_serve_binds_loopback_unless_told_otherwise_and_the_executors_always(uns
     flow = load_flow()
     assert flow.host == '0.0.0.0'
     assert {name: deployment.args.host for name, deployment in flow._deployment_nodes.items()} == {
-        'whisper': ['127.0.0.1'], 'stable_diffusion': ['127.0.0.1']}  # only the gateway serves other machines
+        'whisper': ['127.0.0.1'], 'stable_diffusion': ['127.0.0.1'], 'store': ['127.0.0.1']}  # only the gateway serves other machines

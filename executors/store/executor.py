@@ -1,0 +1,213 @@
+"""ResultStoreExecutor: keeps every answer, its PNGs and one JSON record, in a folder or an S3 bucket."""
+
+import json
+import mimetypes
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional, Tuple
+
+from botocore.exceptions import BotoCoreError, ClientError
+from docarray import DocList
+from jina import Executor, requests
+
+from executors.store.params import StoreParams
+from executors.store.stores import LocalFolder, S3Bucket, describe_failure, open_store
+from s2i.docs import ParameterSchema, PromptDoc, mark_failed
+from s2i.encoding import from_data_uri
+from s2i.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters
+from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, setting
+
+STORE_VARIABLE = 'S2I_STORE'
+# A folder beside the checkout: relative paths are resolved against the working directory at
+# start-up, and the Flow is started from the repository root. The absolute path is logged.
+DEFAULT_STORE = 'results'
+STORE_FAILED = 'could not store the result'  # a document's error: "could not store the result: <where>: <why>"
+RECORD = 'result.json'  # written last: a result whose record is there is complete
+RETENTION_INTERVAL = 3600  # seconds between two sweeps of max_age_days
+STORE_ERRORS = (OSError, BotoCoreError, ClientError)  # the store itself failed, not one document
+# The input audio's file type from its first bytes, for the stored file's extension.
+AUDIO_SIGNATURES = ((b'RIFF', 'wav'), (b'fLaC', 'flac'), (b'OggS', 'ogg'), (b'ID3', 'mp3'), (b'\xff\xfb', 'mp3'))
+
+
+class ResultStoreExecutor(Executor):
+    """Stores each document's images and a JSON record of it, and tells the client where.
+
+    Every document is stored, failed ones included (their record says why). Each image gets its
+    ``url``, the document its ``result_url``. A store that fails gives the document the error
+    "could not store the result: ..." and leaves its images inline: nothing the client asked for is lost.
+    """
+
+    def __init__(
+        self,
+        store: Optional[str] = None,
+        store_audio: bool = False,
+        max_age_days: Optional[int] = None,
+        request_defaults: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ):
+        refuse_unknown_settings(type(self), kwargs)
+        super().__init__(**kwargs)
+        if max_age_days is not None and max_age_days < 1:
+            raise ValueError(f'max_age_days must be at least 1 (or null: keep forever), got {max_age_days}')
+        self.store = open_store(setting(store, STORE_VARIABLE, DEFAULT_STORE))
+        self.store_audio = store_audio
+        self.max_age_days = max_age_days
+        self.defaults = StoreParams.with_defaults(request_defaults or {})
+        self._swept_at: Optional[float] = None
+        self._sweeping = threading.Lock()
+        self._announce()
+        self._remove_old_days()
+
+    def _announce(self) -> None:
+        if self.store is None:
+            self.logger.info(f'results are not stored ({STORE_VARIABLE}=none)')
+            return
+        self.logger.info(f'storing results in {self.store.location}')
+        try:  # a store that is not usable yet is reported per document, not a reason to stop the Flow
+            if isinstance(self.store, S3Bucket):
+                self.store.check()
+            else:
+                self.store.root.mkdir(parents=True, exist_ok=True)
+        except Exception as e:
+            self.logger.warning(f'the store {self.store.location} is not usable now: {describe_failure(e)}')
+        if self.max_age_days and isinstance(self.store, S3Bucket):
+            self.logger.warning('max_age_days applies to local folders only: give the bucket a lifecycle rule instead')
+
+    @requests(on=PARAMETERS_ENDPOINT)
+    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, self.defaults)
+
+    @requests(on=['/generate', '/text2image'])
+    def store_results(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        if not from_the_gateway(parameters):  # a caller around the gateway, without the token
+            mark_failed(docs, UNAUTHENTICATED)
+            return docs
+        try:
+            params = StoreParams.from_request(self.defaults, parameters)
+        except ParameterError as e:
+            mark_failed(docs, f'invalid parameters: {e}')
+            return docs
+        if self.store is None:
+            return docs
+        self._remove_old_days()
+        store_failure = ''
+        for doc in docs:
+            if store_failure:  # the store just failed: the rest of the batch does not wait on it again
+                mark_failed([doc], store_failure)
+            else:
+                store_failure = self._store(doc, params)
+        return docs
+
+    def _store(self, doc: PromptDoc, params: StoreParams) -> str:
+        """Store ``doc``: its audio (if asked), its images, then its record. On failure, undo what was
+        written and give the document the error; returns that error if the store itself failed."""
+        now = datetime.now(timezone.utc)
+        result_id = f'{now:%H%M%S}-{uuid.uuid4().hex}'  # never from the document: nothing it says reaches a key
+        folder = f'{now:%Y-%m-%d}/{result_id}'
+        written: List[str] = []
+
+        def put(name: str, data: bytes, content_type: str) -> str:
+            url = self.store.put(f'{folder}/{name}', data, content_type)
+            written.append(f'{folder}/{name}')
+            return url
+
+        try:
+            audio_url = ''
+            audio = self._audio_of(doc) if self.store_audio else None
+            if audio:
+                audio_url = put(f'input.{audio[1]}', audio[0], mimetypes.guess_type(f'input.{audio[1]}')[0] or 'application/octet-stream')
+            images = []
+            for i, image in enumerate(doc.matches):
+                png = image.png if image.png is not None else from_data_uri(image.data_uri) if image.data_uri else None
+                image.url = put(f'{i}.png', png, 'image/png') if png is not None else ''
+                if params.presign_seconds and image.url:
+                    image.presigned_url = self.store.presign(f'{folder}/{i}.png', params.presign_seconds)
+                images.append({'key': f'{folder}/{i}.png' if image.url else '', **describe_image(image)})
+            record = describe_document(doc, result_id, now, audio_url, images)
+            doc.result_url = put(RECORD, encode_record(record), 'application/json')
+            return ''
+        except Exception as e:
+            if isinstance(e, STORE_ERRORS):
+                self.logger.warning(f'storing document {doc.id} in {self.store.location} failed: {e!r}')
+            else:
+                self.logger.error(f'storing document {doc.id} failed', exc_info=True)
+            self._undo(doc, written)
+            error = f'{STORE_FAILED}: {self.store.location}: {describe_failure(e)}'
+            mark_failed([doc], error)
+            return error if isinstance(e, STORE_ERRORS) else ''
+
+    def _undo(self, doc: PromptDoc, written: List[str]) -> None:
+        """No half result: the document points at nothing stored, and what was written goes (best effort)."""
+        for image in doc.matches:
+            image.url = image.presigned_url = ''
+        doc.result_url = ''
+        for key in reversed(written):
+            try:
+                self.store.delete(key)
+            except Exception as e:
+                self.logger.warning(f'could not remove {key} of a failed result: {describe_failure(e)}')
+
+    def _audio_of(self, doc: PromptDoc) -> Optional[Tuple[bytes, str]]:
+        """The input audio file's bytes (from ``blob`` or a ``data:`` URI) and its extension."""
+        data = doc.blob
+        if data is None and doc.uri and doc.uri.startswith('data:'):
+            try:
+                data = from_data_uri(doc.uri)
+            except ValueError:
+                return None
+        if not data:
+            return None
+        return data, audio_extension(data)
+
+    def _remove_old_days(self) -> None:
+        """Retention: delete the local date folders older than max_age_days, at most once an hour."""
+        if not self.max_age_days or not isinstance(self.store, LocalFolder):
+            return
+        with self._sweeping:
+            if self._swept_at is not None and time.monotonic() - self._swept_at < RETENTION_INTERVAL:
+                return
+            self._swept_at = time.monotonic()
+        oldest_kept = datetime.now(timezone.utc).date() - timedelta(days=self.max_age_days)
+        removed = self.store.remove_days_before(oldest_kept, self.logger)
+        if removed:
+            self.logger.info(f'retention ({self.max_age_days} days): removed {", ".join(sorted(removed))}')
+
+
+def describe_image(image) -> Dict[str, Any]:
+    return {
+        'url': image.url, 'seed': image.seed, 'width': image.width, 'height': image.height,
+        'batch_size': image.batch_size, 'parameters': image.parameters,
+    }
+
+
+def describe_document(doc: PromptDoc, result_id: str, now: datetime, audio_url: str, images: List[dict]) -> Dict[str, Any]:
+    """The JSON record of one result: what came in, what Whisper heard, what was drawn, what failed."""
+    return {
+        'id': result_id,  # the server's; also the name of the result's folder
+        'document_id': doc.id,  # the client's, as given: a field only, never part of a key
+        'stored_at': now.isoformat(timespec='milliseconds'),
+        'input': 'audio' if doc.has_audio else 'text',
+        'audio_url': audio_url,  # '' unless store_audio
+        'language': doc.language,
+        'language_probability': doc.language_probability,
+        'transcript': doc.transcript,
+        'text': doc.text,  # the English prompt
+        'segments': [{'start': s.start, 'end': s.end, 'text': s.text} for s in doc.segments],
+        'error': doc.error,
+        'images': images,
+    }
+
+
+def encode_record(record: Dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(record, ensure_ascii=False, indent=2, default=str).encode('utf-8')
+    except UnicodeEncodeError:  # a lone surrogate in some text: JSON's \\udXXX escapes carry it
+        return json.dumps(record, ensure_ascii=True, indent=2, default=str).encode('ascii')
+
+
+def audio_extension(data: bytes) -> str:
+    if data[4:8] == b'ftyp':
+        return 'm4a'
+    return next((extension for signature, extension in AUDIO_SIGNATURES if data.startswith(signature)), 'bin')
