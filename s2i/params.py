@@ -12,7 +12,7 @@ floats (``5.0``) but not ``5.5``; booleans and strings are never read as numbers
 
 import math
 import sys
-from typing import Annotated, Any, Dict, Mapping, Type, TypeVar
+from typing import Annotated, Any, Callable, Dict, Mapping, Optional, Type, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
@@ -116,6 +116,28 @@ class RequestParams(BaseModel):
             return cls.model_validate(dict(overrides or {}))
         except ValidationError as e:
             raise ValueError(f'request_defaults: {describe_error(e)}') from None
+
+
+def request_parameters(docs, parameters: Mapping[str, Any], defaults: P,
+                       check: Optional[Callable[[P], None]] = None) -> Optional[P]:
+    """An executor endpoint's first step: its parameters for this request (``defaults`` with the
+    request's keys, then ``check``ed against the executor's own limits), or None with every document
+    failed: a request that did not come through the gateway (see s2i.runtime.from_the_gateway), or
+    values of the wrong type or out of range."""
+    from s2i.docs import mark_failed
+    from s2i.runtime import UNAUTHENTICATED, from_the_gateway
+
+    if not from_the_gateway(parameters):  # a caller around the gateway, without the token
+        mark_failed(docs, UNAUTHENTICATED)
+        return None
+    try:
+        params = type(defaults).from_request(defaults, parameters)
+        if check is not None:
+            check(params)
+    except ParameterError as e:
+        mark_failed(docs, f'invalid parameters: {e}')
+        return None
+    return params
 
 
 def describe_error(error: ValidationError) -> str:

@@ -16,8 +16,8 @@ from executors.stable_diffusion.params import DEFAULT_MODEL, MAX_PIXELS, Generat
 from executors.stable_diffusion.pipelines import apply_fast_paths, build_schedulers, load_pipeline, place_pipeline, truncation
 from s2i.docs import GeneratedImage, ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import encode_png
-from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_unicode, describe_parameters
-from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, resolve_device, setting
+from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_unicode, describe_parameters, request_parameters
+from s2i.runtime import refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_sd import TINY_WARNING
 
 Job = Tuple[PromptDoc, int]  # one image to make: the document it is for and its seed
@@ -93,14 +93,9 @@ class StableDiffusionExecutor(Executor):
 
     @requests(on=['/generate', '/text2image'])
     def generate(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
-        if not from_the_gateway(parameters):  # a caller around the gateway, without the token
-            mark_failed(docs, UNAUTHENTICATED)
-            return docs
-        try:
-            params = GenerationParams.from_request(self.defaults, parameters)
-            params.check_limits(self.max_num_images, self.max_pixels, self.max_prompt_chars)
-        except ParameterError as e:
-            mark_failed(docs, f'invalid parameters: {e}')
+        params = request_parameters(docs, parameters, self.defaults,
+                                    check=lambda p: p.check_limits(self.max_num_images, self.max_pixels, self.max_prompt_chars))
+        if params is None:
             return docs
         drawing = [doc for doc in docs if not doc.error]
         jobs = []

@@ -16,8 +16,8 @@ from executors.store.params import StoreParams
 from executors.store.stores import LocalFolder, S3Bucket, describe_failure, open_store
 from s2i.docs import ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import from_data_uri
-from s2i.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters
-from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, setting
+from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
+from s2i.runtime import refuse_unknown_settings, setting
 
 STORE_VARIABLE = 'S2I_STORE'
 # A folder beside the checkout: relative paths are resolved against the working directory at
@@ -81,15 +81,8 @@ class ResultStoreExecutor(Executor):
 
     @requests(on=['/generate', '/text2image'])
     def store_results(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
-        if not from_the_gateway(parameters):  # a caller around the gateway, without the token
-            mark_failed(docs, UNAUTHENTICATED)
-            return docs
-        try:
-            params = StoreParams.from_request(self.defaults, parameters)
-        except ParameterError as e:
-            mark_failed(docs, f'invalid parameters: {e}')
-            return docs
-        if self.store is None:
+        params = request_parameters(docs, parameters, self.defaults)
+        if params is None or self.store is None:
             return docs
         self._remove_old_days()
         store_failure = ''

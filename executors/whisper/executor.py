@@ -16,8 +16,8 @@ from executors.whisper.backends import BACKENDS, Transcription
 from executors.whisper.params import TranscriptionParams
 from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge
 from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc, Segment, mark_failed
-from s2i.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters, quote
-from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, resolve_device, setting
+from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, quote, request_parameters
+from s2i.runtime import refuse_unknown_settings, resolve_device, setting
 
 # Settings that flow.yml and containers give through the environment; an argument wins over them.
 DEFAULT_BACKEND, BACKEND_VARIABLE = 'faster-whisper', 'S2I_WHISPER_BACKEND'
@@ -117,13 +117,8 @@ class WhisperExecutor(Executor):
 
     @requests(on='/generate')
     def transcribe(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
-        if not from_the_gateway(parameters):  # a caller around the gateway, without the token
-            mark_failed(docs, UNAUTHENTICATED)
-            return docs
-        try:
-            params = TranscriptionParams.from_request(self.defaults, parameters)
-        except ParameterError as e:
-            mark_failed(docs, f'invalid parameters: {e}')
+        params = request_parameters(docs, parameters, self.defaults)
+        if params is None:
             return docs
         with_audio = [doc for doc in docs if doc.has_audio and not doc.error]
         with ThreadPoolExecutor(max_workers=min(READERS, len(with_audio) or 1)) as readers:
