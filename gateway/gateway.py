@@ -39,7 +39,7 @@ from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendabl
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
 from s2i.params import MAX_QUOTED_CHARS, PARAMETERS_ENDPOINT, quote
-from s2i.runtime import AUTH_TOKEN_VARIABLE, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
+from s2i.runtime import AUTH_TOKEN_VARIABLE, DETAILS_LOGGED, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
 
 OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewayDryRunRPC/dry_run'})  # readiness, jina ping
 OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness probe, jina ping
@@ -115,7 +115,7 @@ class Guard:
 
 def internal_failure(name: str, where: str, request_id: str) -> str:
     return (f'the service failed on this request ({name or "error"} in {where}, request {request_id}); '
-            f'the details are in the server log')
+            f'{DETAILS_LOGGED}')
 
 
 # 1. The token
@@ -170,15 +170,15 @@ def unknown_parameters(parameters: Mapping[str, Any], schemas: Sequence[Paramete
     for key, value in parameters.items():
         if key in keys_of:  # Jina reads an executor's name as its scoped section, whatever else owns the key
             if not isinstance(value, Mapping):
-                return f'{key!r} names an executor of the Flow: send a dict of its parameters, e.g. {{"{key}": {{...}}}}'
+                return f'{quote(key)} names an executor of the Flow: send a dict of its parameters, e.g. {{"{key}": {{...}}}}'
             scoped += [(key, inner) for inner in value if inner not in keys_of[key]]
         elif not (key.startswith('__') or key in known):
             unknown.append(key)
     if unknown:
-        return f'unknown parameter(s) {", ".join(map(repr, unknown))}; known: {", ".join(known)}'
+        return f'unknown parameter(s) {", ".join(map(quote, unknown))}; known: {", ".join(known)}'
     if scoped:
         executor = scoped[0][0]
-        names = ', '.join(repr(inner) for owner, inner in scoped if owner == executor)
+        names = ', '.join(quote(inner) for owner, inner in scoped if owner == executor)
         return f'unknown parameter(s) {names} for {executor}; known: {", ".join(keys_of[executor])}'
     return None
 
@@ -257,7 +257,13 @@ class GRPCGuard(grpc.aio.ServerInterceptor):
         return handler  # None: gRPC answers UNIMPLEMENTED
 
     async def _refusal(self, request) -> Optional[Tuple[grpc.StatusCode, str]]:
-        if problem := self.guard.limits.too_many_documents(document_count(request)):
+        from google.protobuf.message import DecodeError
+
+        try:
+            count = document_count(request)
+        except DecodeError:
+            return grpc.StatusCode.INVALID_ARGUMENT, "the request's documents could not be read"
+        if problem := self.guard.limits.too_many_documents(count):
             return grpc.StatusCode.RESOURCE_EXHAUSTED, problem
         if problem := await self.guard.parameters.refusal(request.header.exec_endpoint, request.parameters):
             return grpc.StatusCode.INVALID_ARGUMENT, problem

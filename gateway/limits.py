@@ -56,7 +56,8 @@ def unsendable(value: Any, where: str, max_depth: int, depth: int = 0) -> Option
             return f'{where} is not valid text: {e.reason} at position {e.start} (a lone UTF-16 surrogate?)'
     if isinstance(value, Mapping):
         for key, inner in value.items():
-            if problem := unsendable(key, f'{where} key', max_depth, depth + 1) or unsendable(inner, f'{where}.{key}', max_depth, depth + 1):
+            inside = f'{where}.{key}'[:MAX_QUOTED_CHARS * 2]  # a path of keys, as long as the client likes: cut
+            if problem := unsendable(key, f'{where} key', max_depth, depth + 1) or unsendable(inner, inside, max_depth, depth + 1):
                 return problem
     elif isinstance(value, (list, tuple)):
         for index, inner in enumerate(value):

@@ -299,7 +299,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def request_parameters(args: argparse.Namespace) -> Dict[str, Any]:
+def parameters_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     names = ('num_images', 'steps', 'guidance_scale', 'seed', 'width', 'height', 'negative_prompt', 'scheduler', 'language')
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -307,7 +307,7 @@ def request_parameters(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     inputs = [(path, True) for path in args.audio] + [(prompt, False) for prompt in args.text]
-    parameters = request_parameters(args)
+    parameters = parameters_from_args(args)
     failed = 0
     # One request per input: progress shows as each finishes, and one input's failure
     # (even an unreadable local file) never costs the others their results.

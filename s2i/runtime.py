@@ -13,6 +13,8 @@ from typing import Optional
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 # What a refused request is told, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.
 UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (S2I_AUTH_TOKEN)'
+# What a client is told of an internal failure, whose details (a traceback, server paths) are logged.
+DETAILS_LOGGED = 'the details are in the service log'
 # What the gateway answers (HTTP 503) when an executor behind it is down; the client recognises it.
 EXECUTOR_UNAVAILABLE = 'executor of the Flow could not be reached; try again'
 # With a token, the gateway puts a key derived from it into the parameters of every request it

@@ -41,6 +41,11 @@ def test_a_key_no_executor_owns_is_named_with_the_known_keys():
         "unknown parameter(s) 'step', 'seeed'; known: beam_size, guidance_scale, language, steps"
 
 
+def test_a_long_unknown_key_is_quoted_short():
+    refused = unknown_parameters({'x' * 200_000: 1, 'whisper': {'y' * 100_000: 1}}, SCHEMAS)
+    assert refused.startswith("unknown parameter(s) 'xxxx") and '(200000 characters)' in refused and len(refused) < 200
+
+
 def test_a_scoped_key_must_belong_to_that_executor():
     assert unknown_parameters({'stable_diffusion': {'steps': 3, 'beam_size': 1}}, SCHEMAS) == \
         "unknown parameter(s) 'beam_size' for stable_diffusion; known: guidance_scale, steps"

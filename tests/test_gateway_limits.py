@@ -138,7 +138,7 @@ def test_an_executor_failure_reaches_the_client_without_its_traceback_or_server_
         assert answer.status_code == 500
         message = answer.json()['detail']
     assert 'the service failed on this request (RuntimeError in Painter, request ' in message
-    assert 'the details are in the server log' in message
+    assert 'the details are in the service log' in message
     assert '/' not in message.split('request ')[-1] and 'Traceback' not in message and '.py' not in message
 
 

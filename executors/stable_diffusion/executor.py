@@ -17,13 +17,12 @@ from executors.stable_diffusion.pipelines import apply_fast_paths, build_schedul
 from s2i.docs import GeneratedImage, ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import encode_png
 from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_unicode, describe_parameters, request_parameters
-from s2i.runtime import refuse_unknown_settings, resolve_device, setting
+from s2i.runtime import DETAILS_LOGGED, refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_sd import TINY_WARNING
 
 Job = Tuple[PromptDoc, int]  # one image to make: the document it is for and its seed
 OUT_OF_MEMORY = 'out of GPU memory'
 INTERRUPTED = 'interrupted: the service is shutting down; send the request again'
-LOGGED = 'the details are in the service log'  # what a client hears of an internal failure
 
 
 class Interrupted(Exception):
@@ -121,7 +120,7 @@ class StableDiffusionExecutor(Executor):
             yield
         except Exception as e:
             self.logger.error(f'{step} failed for document {doc.id}', exc_info=True)
-            mark_failed([doc], f'{step} failed: {type(e).__name__}; {LOGGED}')
+            mark_failed([doc], f'{step} failed: {type(e).__name__}; {DETAILS_LOGGED}')
 
     def _plan_jobs(self, doc: PromptDoc, params: GenerationParams) -> List[Job]:
         """The images to make for ``doc``: none if it gets an error instead."""
@@ -166,7 +165,7 @@ class StableDiffusionExecutor(Executor):
             out_of_memory = True
         except Exception as e:
             self.logger.error(f'generation of {len(jobs)} image(s) failed', exc_info=True)
-            error = f'image generation failed: {type(e).__name__}; {LOGGED}'
+            error = f'image generation failed: {type(e).__name__}; {DETAILS_LOGGED}'
         if out_of_memory:  # out of the except block, where the failed call's traceback no longer holds its tensors
             self._release_memory()
         if len(jobs) == 1:

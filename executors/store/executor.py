@@ -24,6 +24,7 @@ STORE_VARIABLE = 'S2I_STORE'
 # start-up, and the Flow is started from the repository root. The absolute path is logged.
 DEFAULT_STORE = 'results'
 STORE_FAILED = 'could not store the result'  # a document's error: "could not store the result: <where>: <why>"
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 RECORD = 'result.json'  # written last: a result whose record is there is complete
 RETENTION_INTERVAL = 3600  # seconds between two sweeps of max_age_days
 STORE_ERRORS = (OSError, BotoCoreError, ClientError)  # the store itself failed, not one document
@@ -112,8 +113,10 @@ class ResultStoreExecutor(Executor):
             if audio:
                 audio_url = put(f'input.{audio[1]}', audio[0], mimetypes.guess_type(f'input.{audio[1]}')[0] or 'application/octet-stream')
             images = []
-            for i, image in enumerate(doc.matches):
-                png = image.png if image.png is not None else from_data_uri(image.data_uri) if image.data_uri else None
+            # Stable Diffusion gives a document all its images or an error: the matches of a failed one
+            # are whatever its client sent, which this service does not keep (nor host for anyone).
+            for i, image in enumerate(doc.matches if not doc.error else []):
+                png = image.png if image.png is not None and image.png.startswith(PNG_SIGNATURE) else None
                 image.url = put(f'{i}.png', png, 'image/png') if png is not None else ''
                 if params.presign_seconds and image.url:
                     image.presigned_url = self.store.presign(f'{folder}/{i}.png', params.presign_seconds)

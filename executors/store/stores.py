@@ -25,6 +25,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from s2i.runtime import DETAILS_LOGGED
+
 DISABLED = 'none'  # S2I_STORE=none: results are not stored
 DATE_FOLDER = re.compile(r'\d{4}-\d{2}-\d{2}')  # the first part of every key: one folder per (UTC) day
 # Transient S3 errors (throttling, 5xx, dropped connections) are retried with botocore's standard
@@ -160,4 +162,4 @@ def describe_failure(error: Exception) -> str:
         return str(error)[:MAX_REASON_CHARS]
     if isinstance(error, OSError):
         return error.strerror or type(error).__name__  # "No space left on device", without the file's name
-    return f'{type(error).__name__}; the details are in the service log'
+    return f'{type(error).__name__}; {DETAILS_LOGGED}'
