@@ -23,7 +23,6 @@ HTTP routes of later features go into ``HTTPServer.app``, behind the same token 
 import asyncio
 import hmac
 import os
-import re
 import time
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
@@ -39,7 +38,10 @@ from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendabl
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
 from s2i.params import MAX_QUOTED_CHARS, PARAMETERS_ENDPOINT, quote
-from s2i.runtime import AUTH_TOKEN_VARIABLE, DETAILS_LOGGED, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
+from s2i.runtime import (
+    AUTH_TOKEN_VARIABLE, DETAILS_LOGGED, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key,
+    unreachable_executor,
+)
 
 OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewayDryRunRPC/dry_run'})  # readiness, jina ping
 OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness probe, jina ping
@@ -76,7 +78,7 @@ class Guard:
         self.limits = limits
         self.parameters = parameters
         self.logger = logger
-        self.internal_key = internal_key()  # from the same token: the executors expect it
+        self.internal_key = internal_key(token)  # derived from the token: the executors expect it
 
     def signed(self, parameters: Optional[Mapping[str, Any]]) -> dict:
         """``parameters`` with the key that lets the request past the executors' own check."""
@@ -88,9 +90,8 @@ class Guard:
 
     def answer(self, response) -> None:
         """A response as the client may see it: without the internal key, and failures without details."""
-        if INTERNAL_KEY_PARAMETER in response.parameters:
-            parameters = response.parameters
-            del parameters[INTERNAL_KEY_PARAMETER]
+        parameters = response.parameters  # a dict built from the protobuf on each read: read once
+        if parameters.pop(INTERNAL_KEY_PARAMETER, None) is not None:
             response.parameters = parameters
         self._hide_internal_error(response)
 
@@ -439,18 +440,12 @@ class HTTPStreamer:
                 yield answer
         except InternalNetworkError as e:  # Jina's route would answer with its own traceback
             self.guard.logger.error(f'an executor could not be reached: {e.details()}')
-            raise HTTPException(status_code=503, detail=f'the {unreachable_executor(e.details())} {EXECUTOR_UNAVAILABLE}') from None
+            raise HTTPException(status_code=503, detail=f'the {unreachable_executor(e.details()) or ""} {EXECUTOR_UNAVAILABLE}') from None
 
     def _unsendable(self, docs, parameters: Optional[dict]) -> Optional[str]:
         max_depth = self.guard.limits.max_depth
         problems = (invalid_document(doc, index, max_depth) for index, doc in enumerate(docs))
         return unsendable(parameters or {}, 'parameters', max_depth) or next(filter(None, problems), None)
-
-
-def unreachable_executor(details: str) -> str:
-    """The executor's name in Jina's "Communication error with deployment <name> at address(es) ..." ('' if none)."""
-    found = re.search(r'deployment (\w+) at', details or '')
-    return found.group(1) if found else ''
 
 
 def images_as_data_uris(response) -> None:

@@ -27,7 +27,7 @@ from docarray import DocList
 from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri, to_data_uri
 from s2i.params import MAX_SEED
-from s2i.runtime import AUTH_TOKEN_VARIABLE, EXECUTOR_UNAVAILABLE, UNAUTHENTICATED
+from s2i.runtime import AUTH_TOKEN_VARIABLE, UNAUTHENTICATED, unreachable_executor
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "8321")}'
 
@@ -40,11 +40,10 @@ def executor_unavailable(host: str, details: str) -> Optional[ExecutorUnavailabl
     """The error for a gateway's answer that names a deployment it cannot reach; None for other failures.
 
     gRPC: Jina's "Communication error with deployment <name> at ..."; HTTP: the gateway's 503."""
-    found = re.search(r'deployment (\w+) at|the (\w*) ?' + re.escape(EXECUTOR_UNAVAILABLE), details)
-    if not found:
+    name = unreachable_executor(details)
+    if name is None:
         return None
-    name = found.group(1) or found.group(2) or 'an'
-    return ExecutorUnavailable(f'{host}: the gateway answered, but its {name} executor is down or restarting; try again')
+    return ExecutorUnavailable(f'{host}: the gateway answered, but its {name or "an"} executor is down or restarting; try again')
 
 
 def build_docs(audio_files: Iterable[Union[str, Path]] = (), prompts: Iterable[str] = ()) -> DocList[PromptDoc]:

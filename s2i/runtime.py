@@ -5,6 +5,7 @@ import hmac
 import inspect
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,15 @@ UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" 
 DETAILS_LOGGED = 'the details are in the service log'
 # What the gateway answers (HTTP 503) when an executor behind it is down; the client recognises it.
 EXECUTOR_UNAVAILABLE = 'executor of the Flow could not be reached; try again'
+
+
+def unreachable_executor(details: str) -> Optional[str]:
+    """The executor an error names as unreachable: Jina's "Communication error with deployment <name>
+    at ..." (what the gateway hears, and a gRPC client), or the gateway's "the <name> executor of the
+    Flow could not be reached" (an HTTP client). '' when it names none; None when the error is another."""
+    found = re.search(r'deployment (\w+) at|the (\w*) ?' + re.escape(EXECUTOR_UNAVAILABLE), details or '')
+    return None if found is None else found.group(1) or found.group(2) or ''
+
 # With a token, the gateway puts a key derived from it into the parameters of every request it
 # forwards, and the executors refuse requests without it: a caller that reaches an executor's port
 # directly, around the gateway, gets nothing. Derived, so the key is not the token itself.

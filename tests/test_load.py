@@ -72,10 +72,14 @@ def make_request(number: int) -> Request:
 
 
 def send(request: Request, hosts: Dict[str, str]) -> Request:
+    """The request through the client, all its documents in one request (or, for the raw-HTTP attacks, as bytes)."""
+    if request.kind in RAW_HTTP:
+        return send_raw(request, hosts)
+    docs = request.doc if isinstance(request.doc, DocList) else DocList[PromptDoc]([request.doc])
     started = time.perf_counter()
     try:
         request.results = list(client.generate(
-            docs=DocList[PromptDoc]([request.doc]), parameters=request.parameters, host=hosts[request.protocol], token=TOKEN,
+            docs=docs, parameters=request.parameters, host=hosts[request.protocol], token=TOKEN, request_size=len(docs),
         ))
     except Exception as e:  # the tests judge these: each one must be a documented error, never a silent loss
         request.failure = f'{type(e).__name__}: {e}'
@@ -219,20 +223,6 @@ RAW_HTTP = {  # kind: (its body, the status and the words of the answer)
 }
 
 
-def send_attack(request: Request, hosts: Dict[str, str]) -> Request:
-    if request.kind in RAW_HTTP:
-        return send_raw(request, hosts)
-    docs = request.doc if isinstance(request.doc, DocList) else DocList[PromptDoc]([request.doc])
-    started = time.perf_counter()
-    try:
-        request.results = list(client.generate(docs=docs, parameters=request.parameters, host=hosts[request.protocol],
-                                               token=TOKEN, request_size=len(docs)))
-    except Exception as e:
-        request.failure = f'{type(e).__name__}: {e}'
-    request.seconds = time.perf_counter() - started
-    return request
-
-
 def send_raw(request: Request, hosts: Dict[str, str]) -> Request:
     import requests
 
@@ -291,15 +281,6 @@ class MemoryWatch:
         self.thread.join()
 
 
-def run_mixed(requests: List[Request], hosts: Dict[str, str]) -> List[Request]:
-    pool = ThreadPoolExecutor(CONCURRENCY)
-    futures = [pool.submit(send_attack if r.kind in ATTACKS else send, r, hosts) for r in requests]
-    _, not_done = wait(futures, timeout=HANG_LIMIT)
-    pool.shutdown(wait=False, cancel_futures=True)
-    assert not not_done, f'{len(not_done)} requests still unanswered after {HANG_LIMIT} s: the server hangs'
-    return requests
-
-
 MEMORY_LIMIT = 3 * 2**30  # bytes, the whole server (gateway, Whisper, two SD replicas) under attack: 2.1 GiB measured
 
 
@@ -311,7 +292,7 @@ def test_hostile_load_good_requests_get_their_images_attackers_their_errors_and_
     mixed = [make_request(number) for number in range(good, 2 * good)] + [attack(number) for number in range(good)]
     random.Random(0).shuffle(mixed)  # attackers interleaved with good requests
     with MemoryWatch(server) as memory:
-        run_mixed(mixed, server.hosts)
+        run_load(mixed, server.hosts)
     goods = [r for r in mixed if r.kind not in ATTACKS]
     attackers = [r for r in mixed if r.kind in ATTACKS]
     with capsys.disabled():
