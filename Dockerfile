@@ -42,6 +42,7 @@ WORKDIR /app
 # Dependencies before the code, so a code change reinstalls nothing. The same steps, files and
 # order as scripts/setup.sh, less its test tools.
 COPY constraints.txt requirements.txt ./
+COPY gateway/requirements.txt gateway/requirements.txt
 COPY executors/whisper/requirements.txt executors/whisper/requirements.txt
 COPY executors/stable_diffusion/requirements.txt executors/stable_diffusion/requirements.txt
 COPY executors/store/requirements.txt executors/store/requirements.txt

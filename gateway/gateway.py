@@ -21,10 +21,14 @@ HTTP routes of later features go into ``HTTPServer.app``, behind the same token 
 """
 
 import asyncio
+import hashlib
 import hmac
 import os
 import time
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 from docarray import DocList
@@ -34,12 +38,19 @@ from jina.serve.runtimes.gateway.grpc import GRPCGateway
 from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
+from gateway.errors import APIError, api_error, error_body, is_api_path, refusal
+from gateway.flow_calls import FlowCalls
+from gateway.jobs.routes import jobs_router
+from gateway.jobs.runner import JobLimits, JobRunner
+from gateway.jobs.store import open_store
+from gateway.jobs.webhooks import Webhooks
 from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendable
+from gateway.openai_routes import openai_router
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
 from s2i.params import MAX_QUOTED_CHARS, PARAMETERS_ENDPOINT, quote
 from s2i.runtime import (
-    AUTH_TOKEN_VARIABLE, DETAILS_LOGGED, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key,
+    AUTH_TOKEN_VARIABLE, DETAILS_LOGGED, cache_dir, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key,
     unreachable_executor,
 )
 
@@ -48,6 +59,11 @@ OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness p
 CHECKED_GRPC_METHODS = frozenset({'/jina.JinaRPC/Call', '/jina.JinaSingleDataRequestRPC/process_single_data'})  # requests that carry parameters
 UNCHECKED_ENDPOINTS = frozenset({PARAMETERS_ENDPOINT, '_jina_dry_run_'})
 RETRY_SECONDS = 10  # after the executors could not be asked for their parameters
+# The job store and webhooks, from the environment (README, "Configuration"):
+REDIS_URL_VARIABLE = 'S2I_REDIS_URL'  # redis://host:port/db: gateways share jobs; unset: SQLite in JOBS_DB
+JOBS_DB_VARIABLE = 'S2I_JOBS_DB'  # default: <cache dir>/jobs.sqlite3
+WEBHOOK_HOSTS_VARIABLE = 'S2I_WEBHOOK_HOSTS'  # comma-separated; the gateway's webhook_hosts setting wins
+WEBHOOK_SECRET_VARIABLE = 'S2I_WEBHOOK_SECRET'  # signs each webhook (X-S2I-Signature); unset: unsigned
 
 
 class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
@@ -55,12 +71,20 @@ class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
 
     def __init__(self, max_documents: int = RequestLimits.max_documents,
                  max_request_bytes: int = RequestLimits.max_request_bytes, max_depth: int = RequestLimits.max_depth,
-                 **kwargs):
+                 max_active_jobs: int = JobLimits.max_active_jobs,
+                 max_active_jobs_per_key: int = JobLimits.max_active_jobs_per_key,
+                 max_running_jobs: int = JobLimits.max_running_jobs, max_job_seconds: float = JobLimits.max_job_seconds,
+                 job_ttl_seconds: float = JobLimits.job_ttl_seconds, webhook_hosts: Optional[List[str]] = None,
+                 webhook_attempts: int = 5, **kwargs):
         super().__init__(**kwargs)
         token = os.environ.get(AUTH_TOKEN_VARIABLE) or None  # None: no check
         guard = Guard(token, RequestLimits(max_documents, max_request_bytes, max_depth),
                       FlowParameters(self._request_handler.streamer, self.logger), self.logger)
-        servers = {ProtocolType.GRPC: GRPCServer, ProtocolType.HTTP: HTTPServer}
+        jobs = JobSettings(
+            JobLimits(max_active_jobs, max_active_jobs_per_key, max_running_jobs, max_job_seconds, job_ttl_seconds),
+            webhook_hosts=listed(webhook_hosts, WEBHOOK_HOSTS_VARIABLE), webhook_attempts=webhook_attempts,
+        )
+        servers = {ProtocolType.GRPC: GRPCServer, ProtocolType.HTTP: partial(HTTPServer, jobs=jobs)}
         self.servers = []
         for server_kwargs in self._server_kwargs:
             protocol = server_kwargs['runtime_args']['protocol']
@@ -70,15 +94,41 @@ class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
         self.gateways = self.servers  # what Jina's composite servers call them too
 
 
+def listed(value: Optional[List[str]], variable: str) -> List[str]:
+    """A list setting: as configured, else the environment variable's comma-separated items."""
+    if value is not None:
+        return list(value)
+    return [item.strip() for item in os.environ.get(variable, '').split(',') if item.strip()]
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What the HTTP server needs to run jobs; secrets and addresses come from the environment."""
+
+    limits: JobLimits
+    webhook_hosts: List[str]
+    webhook_attempts: int
+
+    def runner(self, flow: FlowCalls, logger) -> JobRunner:
+        store = open_store(os.environ.get(REDIS_URL_VARIABLE) or None,
+                           Path(os.environ.get(JOBS_DB_VARIABLE) or cache_dir() / 'jobs.sqlite3'), self.limits.job_ttl_seconds)
+        webhooks = Webhooks(self.webhook_hosts, os.environ.get(WEBHOOK_SECRET_VARIABLE) or None, self.webhook_attempts, logger=logger)
+        return JobRunner(flow, store, webhooks, self.limits, logger)
+
+
 class Guard:
     """What both servers check and hide: the token, the limits, the parameters, internal errors."""
 
     def __init__(self, token: Optional[str], limits: RequestLimits, parameters: 'FlowParameters', logger):
-        self.token = token
+        self.keys = api_keys(token)
         self.limits = limits
         self.parameters = parameters
         self.logger = logger
         self.internal_key = internal_key(token)  # derived from the token: the executors expect it
+
+    def owner(self, authorization: Optional[str]) -> Optional[str]:
+        """Who sends a request with this ``authorization`` (header or metadata): see key_owner."""
+        return key_owner(authorization, self.keys)
 
     def signed(self, parameters: Optional[Mapping[str, Any]]) -> dict:
         """``parameters`` with the key that lets the request past the executors' own check."""
@@ -121,41 +171,79 @@ def internal_failure(name: str, where: str, request_id: str) -> str:
 
 # 1. The token
 
-def is_authorized(authorization: Optional[str], token: Optional[str]) -> bool:
-    """Whether an ``authorization`` header or metadata value carries ``token`` (always, without a token)."""
-    if token is None:
-        return True
+ANONYMOUS = 'anonymous'  # the owner of every job when the service has no token
+
+
+def api_keys(token: Optional[str]) -> Dict[str, str]:
+    """The keys S2I_AUTH_TOKEN holds (one, or several separated by commas), each with its name: the
+    start of its SHA-256, so that logs and job records never hold a key itself."""
+    keys = [key.strip() for key in (token or '').split(',') if key.strip()]
+    return {key: 'key-' + hashlib.sha256(key.encode()).hexdigest()[:12] for key in keys}
+
+
+def key_owner(authorization: Optional[str], keys: Dict[str, str]) -> Optional[str]:
+    """The name of the key an ``authorization`` value (``Bearer <key>``) carries, None if none of
+    ``keys``; ANONYMOUS when there are no keys. Jobs belong to their key, and limits count per key."""
+    if not keys:
+        return ANONYMOUS
     scheme, _, given = (authorization or '').partition(' ')
-    # compare_digest: the time taken does not reveal how much of a guess was right.
-    return scheme.lower() == 'bearer' and hmac.compare_digest(given.strip().encode(), token.encode())
+    if scheme.lower() != 'bearer':
+        return None
+    given = given.strip().encode()
+    # compare_digest, against every key: the time taken does not reveal how much of a guess was right.
+    matches = [name for key, name in keys.items() if hmac.compare_digest(given, key.encode())]
+    return matches[0] if matches else None
+
+
+def is_authorized(authorization: Optional[str], token: Optional[str]) -> bool:
+    """Whether an ``authorization`` value carries ``token``, or one of its keys (always, without a token)."""
+    return key_owner(authorization, api_keys(token)) is not None
 
 
 class RequireToken:
-    """ASGI middleware: HTTP requests and WebSocket connections without the token are refused."""
+    """ASGI middleware: HTTP requests and WebSocket connections without the token are refused; the
+    routes read who sent them from ``scope['state']['owner']``."""
 
-    def __init__(self, app, token: Optional[str]):
+    def __init__(self, app, guard: Guard):
         self.app = app
-        self.token = token
+        self.guard = guard
 
     async def __call__(self, scope, receive, send):
-        if scope['type'] in ('http', 'websocket') and not self._allowed(scope):
-            from starlette.responses import JSONResponse
-            from starlette.websockets import WebSocketClose
-
-            if scope['type'] == 'websocket':
-                refusal = WebSocketClose(code=1008, reason=UNAUTHENTICATED)  # 1008: policy violation
-            else:
-                refusal = JSONResponse({'detail': UNAUTHENTICATED}, status_code=401, headers={'WWW-Authenticate': 'Bearer'})
-            await refusal(scope, receive, send)
-            return
+        if scope['type'] in ('http', 'websocket'):
+            owner = self._owner(scope)
+            if owner is None:
+                await self._refuse(scope, receive, send)
+                return
+            scope.setdefault('state', {})['owner'] = owner
         await self.app(scope, receive, send)
 
-    def _allowed(self, scope) -> bool:
+    def _owner(self, scope) -> Optional[str]:
         # CORS preflights carry no credentials by design; the request they precede does.
         if (scope.get('method'), scope['path']) in OPEN_HTTP_ROUTES or scope.get('method') == 'OPTIONS':
-            return True
+            return ANONYMOUS
         headers = dict(scope['headers'])  # lower-case byte names
-        return is_authorized(headers.get(b'authorization', b'').decode('latin-1'), self.token)
+        authorization = headers.get(b'authorization', b'').decode('latin-1')
+        if not authorization and scope['type'] == 'websocket':
+            # Browsers cannot set headers on a WebSocket: they may send the token as a subprotocol instead.
+            authorization = bearer_subprotocol(headers.get(b'sec-websocket-protocol', b'').decode('latin-1'))
+        return self.guard.owner(authorization)
+
+    async def _refuse(self, scope, receive, send):
+        from starlette.websockets import WebSocketClose
+
+        if scope['type'] == 'websocket':
+            await WebSocketClose(code=1008, reason=UNAUTHENTICATED)(scope, receive, send)  # 1008: policy violation
+            return
+        refused = refusal(scope['path'], 401, UNAUTHENTICATED, code='invalid_api_key', headers={'WWW-Authenticate': 'Bearer'})
+        await refused(scope, receive, send)
+
+
+def bearer_subprotocol(protocols: str) -> str:
+    """``bearer.<token>`` among a WebSocket's requested subprotocols, as an authorization value."""
+    for protocol in protocols.split(','):
+        if protocol.strip().startswith('bearer.'):
+            return 'Bearer ' + protocol.strip()[len('bearer.'):]
+    return ''
 
 
 # 2. The parameters
@@ -190,7 +278,7 @@ class FlowParameters:
     def __init__(self, streamer, logger):
         self.streamer = streamer
         self.logger = logger
-        self.schemas: Optional[List[ParameterSchema]] = None  # kept until the gateway restarts
+        self.known: Optional[List[ParameterSchema]] = None  # kept until the gateway restarts
         self.ask_again_at = 0.0
         self.asking = asyncio.Lock()
 
@@ -198,20 +286,20 @@ class FlowParameters:
         """The error for a request to ``endpoint`` with ``parameters``, or None to let it through."""
         if not parameters or endpoint in UNCHECKED_ENDPOINTS:
             return None
-        schemas = await self._schemas()
+        schemas = await self.schemas()
         return None if schemas is None else unknown_parameters(parameters, schemas)
 
-    async def _schemas(self) -> Optional[List[ParameterSchema]]:
+    async def schemas(self) -> Optional[List[ParameterSchema]]:
         async with self.asking:
-            if self.schemas is None and time.monotonic() >= self.ask_again_at:
+            if self.known is None and time.monotonic() >= self.ask_again_at:
                 try:
-                    self.schemas = await self._ask_executors()
+                    self.known = await self._ask_executors()
                 except Exception as e:
                     # Fail open: requests go through unchecked (each executor still checks the values of
                     # its own keys), and the executors are asked again after a pause, not on every request.
                     self.ask_again_at = time.monotonic() + RETRY_SECONDS
                     self.logger.warning(f'could not ask the executors for their parameters (again in {RETRY_SECONDS} s): {e!r}')
-            return self.schemas
+            return self.known
 
     async def _ask_executors(self) -> List[ParameterSchema]:
         schemas = []
@@ -251,7 +339,7 @@ class GRPCGuard(grpc.aio.ServerInterceptor):
         if method in OPEN_GRPC_METHODS:
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if not is_authorized(metadata.get('authorization'), self.guard.token):
+        if self.guard.owner(metadata.get('authorization')) is None:
             return refusing(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
         if handler is not None and method in CHECKED_GRPC_METHODS:
             return self._checking(handler)
@@ -351,9 +439,20 @@ class HTTPServer(HTTPGateway):
     """Jina's HTTP routes (a POST per executor endpoint, /dry_run, /status) and ours, behind the token
     and the body limit."""
 
-    def __init__(self, guard: Guard, **kwargs):
+    def __init__(self, guard: Guard, jobs: JobSettings, **kwargs):
         self.guard = guard
+        self.jobs = jobs
+        self.runner: Optional[JobRunner] = None
         super().__init__(**kwargs)
+
+    async def setup_server(self):
+        await super().setup_server()  # builds the app, and with it the job runner
+        await self.runner.start()
+
+    async def shutdown(self):
+        if self.runner is not None:
+            await self.runner.stop()
+        await super().shutdown()
 
     @property
     def app(self):
@@ -372,20 +471,29 @@ class HTTPServer(HTTPGateway):
         app.add_exception_handler(RecursionError, too_deep)
         for error in (TypeError, ValueError):  # docarray's own field parsing, e.g. a 200-deep tensor
             app.add_exception_handler(error, unparsable_body)
-        # Routers of later features go here: app.include_router(...). The checks below cover them too.
+        app.add_exception_handler(APIError, api_error)
+        flow = FlowCalls(self.streamer, self.guard)
+        self.runner = self.jobs.runner(flow, self.logger)
+        app.include_router(openai_router(flow, self.guard))
+        app.include_router(jobs_router(self.runner, self.runner.webhooks))
         # The last middleware added runs first: the token, then the body limit.
         app.add_middleware(LimitBody, limits=self.guard.limits)
-        app.add_middleware(RequireToken, token=self.guard.token)
+        app.add_middleware(RequireToken, guard=self.guard)
         return app
 
 
 async def invalid_request(request, error):
-    """FastAPI's 422, without its echo of the input (twice, whole): the first problem, quoted short."""
+    """FastAPI's 422, without its echo of the input (twice, whole): the first problem, quoted short.
+    Under /v1, OpenAI's 400 naming the field."""
     from starlette.responses import JSONResponse
 
     first = error.errors()[0]
     where = '.'.join(str(part) for part in first['loc'])
-    return JSONResponse({'detail': f'invalid request: {where}: {first["msg"]}, got {quote(first.get("input"))}'}, status_code=422)
+    message = f'invalid request: {where}: {first["msg"]}, got {quote(first.get("input"))}'
+    if is_api_path(request.url.path):
+        field = str(first['loc'][-1]) if first['loc'] else None
+        return JSONResponse(error_body(400, message, param=field), status_code=400)
+    return JSONResponse({'detail': message}, status_code=422)
 
 
 async def too_deep(request, error):

@@ -125,6 +125,6 @@ class LimitBody:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send):
-        from starlette.responses import JSONResponse
+        from gateway.errors import refusal
 
-        await JSONResponse({'detail': self.limits.too_large}, status_code=413)(scope, receive, send)
+        await refusal(scope['path'], 413, self.limits.too_large, code='request_too_large')(scope, receive, send)

@@ -12,6 +12,7 @@ from docarray import BaseDoc, DocList
 from docarray.typing import NdArray
 from pydantic import Field, field_validator
 
+PROGRESS_INTERVAL = 0.25  # seconds: a streamed generation reports progress at most this often (and after each last step)
 SAMPLE_RATE = 16000  # Hz; Whisper's input rate, and the rate a waveform ``tensor`` must have
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # docarray's protobuf carries ints as int32
 
@@ -63,6 +64,7 @@ class PromptDoc(BaseDoc):
 
     # --- set by the Whisper executor ---
     language_probability: Optional[float] = None
+    duration: Optional[float] = None  # seconds of audio, as decoded
     transcript: str = ''  # in the spoken language
     segments: DocList[Segment] = DocList[Segment]()
 
@@ -109,6 +111,30 @@ class ParameterSchema(BaseDoc):
     executor: str  # its name in the Flow: also the key of its scoped section
     keys: List[str] = []
     json_schema: Dict[str, Any] = {}  # the pydantic model's JSON schema: types, ranges, defaults
+    model: str = ''  # the model the executor loaded (a hub id or a folder), listed by GET /v1/models
+
+
+class GenerationRequest(PromptDoc):
+    """One document for the Stable Diffusion executor's streaming endpoint (``/generate_stream``).
+
+    Jina does not pass a request's ``parameters`` to streaming endpoints, so they travel in the
+    document: the keys ``/generate`` takes (GenerationParams), plus the gateway's internal key.
+    (A subclass, not a field holding a PromptDoc: Jina's gateway cannot rebuild nested document
+    schemas from the executors' JSON schemas.)"""
+
+    parameters: Dict[str, Any] = {}
+
+
+class GenerationEvent(PromptDoc):
+    """What ``/generate_stream`` yields while it works, in order: ``progress`` (after denoising
+    steps, at most one per PROGRESS_INTERVAL, and always after a pipeline call's last step), then one
+    ``done``: the document itself, with every image in ``matches`` or an ``error``."""
+
+    kind: str = 'progress'  # 'progress' or 'done'
+    step: Int32 = 0  # denoising steps done, of ``steps``
+    steps: Int32 = 0
+    first_image: Int32 = 0  # index, among the document's images, of the first one this pipeline call makes
+    images: Int32 = 0  # images made in this pipeline call (they denoise together: one step counts for all)
 
 
 def mark_failed(docs: Iterable[PromptDoc], message: str) -> None:

@@ -160,18 +160,18 @@ def _describe(item: Dict[str, Any]) -> str:
     return f'{key} {item["msg"].replace("Input should be", "must be")}, got {quote(value)}'
 
 
-def describe_parameters(docs, executor: str, defaults: RequestParams):
-    """The ``/parameters`` answer: what came before in the chain, plus this executor's schema.
+def describe_parameters(docs, executor: str, defaults: RequestParams, model: str = ''):
+    """The ``/parameters`` answer: what came before in the chain, plus this executor's schema and model.
 
     ``defaults`` are the executor's configured defaults, so the schema shows what a request gets."""
     from docarray import DocList
 
     from s2i.docs import ParameterSchema
 
-    model = type(defaults)
-    schema = model.model_json_schema()
+    params = type(defaults)
+    schema = params.model_json_schema()
     for key, value in defaults.model_dump().items():
         schema['properties'][key]['default'] = value
     described = DocList[ParameterSchema](doc for doc in docs if doc.executor != executor)
-    described.append(ParameterSchema(executor=executor, keys=sorted(model.keys()), json_schema=schema))
+    described.append(ParameterSchema(executor=executor, keys=sorted(params.keys()), json_schema=schema, model=model))
     return described

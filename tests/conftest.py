@@ -73,3 +73,24 @@ def draw(sd, prompts: Iterable[str], parameters: Optional[Dict[str, Any]] = None
 def transcribe(whisper, *docs: PromptDoc, parameters: Optional[Dict[str, Any]] = None) -> DocList[PromptDoc]:
     """Documents through a WhisperExecutor's /generate, as the Flow would send them."""
     return whisper.transcribe(DocList[PromptDoc](docs), parameters or {})
+
+
+@pytest.fixture(scope='session')
+def front_door(tiny_sd_dir, tmp_path_factory):
+    """The whole service behind a token (tests/front_door.py), shared by the tests of its HTTP routes."""
+    from tests.front_door import serve_front_door
+
+    yield from serve_front_door(tiny_sd_dir, S2I_JOBS_DB=str(tmp_path_factory.mktemp('jobs') / 'jobs.sqlite3'))
+
+
+@pytest.fixture(scope='session')
+def redis_url():
+    """A real redis-server on a free port for the session: its URL (redis://127.0.0.1:P/0)."""
+    import shutil
+
+    from redis_server import running_redis_server
+
+    if shutil.which('redis-server') is None:
+        pytest.skip('redis-server is not installed (apt-get install redis-server)')
+    with running_redis_server() as url:
+        yield url

@@ -14,7 +14,7 @@ from jina import Executor, requests
 
 from executors.store.params import StoreParams
 from executors.store.stores import LocalFolder, S3Bucket, describe_failure, open_store
-from s2i.docs import ParameterSchema, PromptDoc, mark_failed
+from s2i.docs import GenerationEvent, ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import from_data_uri
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
 from s2i.runtime import refuse_unknown_settings, setting
@@ -79,6 +79,12 @@ class ResultStoreExecutor(Executor):
     @requests(on=PARAMETERS_ENDPOINT)
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
         return describe_parameters(docs, self.metas.name, self.defaults)
+
+    @requests(on='/generate_stream')
+    def pass_stream_on(self, docs: DocList[GenerationEvent], **kwargs) -> DocList[GenerationEvent]:
+        """Nothing: Jina's Flow check wants the executor after Stable Diffusion to take each of its
+        endpoints. The gateway reads that stream itself, and stores a job's images with /generate."""
+        return docs
 
     @requests(on=['/generate', '/text2image'])
     def store_results(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:

@@ -28,6 +28,7 @@ import numpy as np
 from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import from_data_uri
 from s2i.params import quote
+from s2i.urls import host_refusal
 
 MAX_MESSAGE_CHARS = 100  # of an exception's message, in an error a client sees
 SERVER_PATH = re.compile(r'(?:[A-Za-z]:)?(?:[\\/][\w.~-]+){2,}[\\/]?')  # /home/me/x.py, C:\models\x
@@ -121,15 +122,10 @@ def _read_server_path(path: str, policy: AudioPolicy) -> bytes:
 
 def _fetch_url(url: str, policy: AudioPolicy) -> bytes:
     parts = urlsplit(url)
-    if '@' in parts.netloc:  # "http://allowed.example@127.0.0.1/": which host is meant depends on who parses it
-        raise AudioError('audio URL must not hold a user name or password (user:password@host); they are never sent')
-    host, port = (parts.hostname or '').lower(), parts.port  # the host checked is the host connected to
-    host_port = f'{host}:{port}' if port else host
-    allowed = {h.lower() for h in policy.allowed_url_hosts}
-    if host not in allowed and host_port not in allowed:
-        raise AudioError(
-            f'audio URL host {quote(host_port)} is not allowed (allowed_url_hosts: {", ".join(sorted(allowed)) or "none"})'
-        )
+    refusal = host_refusal(parts, policy.allowed_url_hosts, subject='audio URL', setting='allowed_url_hosts')
+    if refusal:
+        raise AudioError(refusal)
+    host, port = parts.hostname, parts.port  # the host checked is the host connected to
     target = urlunsplit(('', '', parts.path or '/', parts.query, ''))
     if NOT_IN_A_REQUEST_LINE.search(target):
         raise ValueError('a URL path holds only printable ASCII: no spaces, control characters or other letters')

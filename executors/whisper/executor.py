@@ -113,7 +113,7 @@ class WhisperExecutor(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults)
+        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model)
 
     @requests(on='/generate')
     def transcribe(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
@@ -217,6 +217,7 @@ class WhisperExecutor(Executor):
             doc.error = error
             return
         doc.language, doc.language_probability = result.language, result.language_probability
+        doc.duration = clip.audio_seconds
         doc.transcript = doc.text = result.text
         doc.segments = DocList[Segment](
             Segment(

@@ -1,0 +1,1 @@
+"""Jobs: a store of jobs and their events (store.py), and the callbacks sent when a job ends (webhooks.py)."""

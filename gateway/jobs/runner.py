@@ -1,0 +1,280 @@
+"""Running jobs: speech (or text) in, images out, each step published as an event as it happens.
+
+A job goes Whisper (audio only) -> Stable Diffusion's streaming endpoint (per-step progress) ->
+the store, one executor at a time through the gateway's connection pool (gateway/flow_calls.py),
+so that the transcript is published before any image exists and each denoising step as it ends.
+
+Jobs wait in this gateway's queue and run ``max_running_jobs`` at a time. Only the gateway that
+accepted a job runs it and ends it (one writer of its terminal event); with Redis, any gateway can
+show it, follow it or ask to cancel it, and the owning gateway notices within CANCEL_POLL_SECONDS.
+"""
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from docarray import DocList
+
+from gateway.flow_calls import GENERATOR, STORE, TRANSCRIBER, FlowCalls, FlowFailure
+from gateway.jobs.store import TERMINAL, JobStore
+from gateway.jobs.webhooks import Webhooks
+from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
+
+CANCEL_POLL_SECONDS = 0.25  # how soon a cancel asked through another gateway (Redis) is noticed
+PURGE_EVERY_SECONDS = 600
+RESTARTED = 'the gateway restarted before the job finished; submit it again'
+STOPPED = 'the gateway stopped while the job ran; submit it again'
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """The gateway's job settings (gateway/config.yml); README, "Limits and errors"."""
+
+    max_active_jobs: int = 100  # queued or running, all keys together: 429 beyond
+    max_active_jobs_per_key: int = 32  # queued or running, per API key: 429 beyond
+    max_running_jobs: int = 1  # jobs this gateway runs at once (each holds one Stable Diffusion replica)
+    max_job_seconds: float = 600  # a job still running after this fails
+    job_ttl_seconds: float = 86400  # jobs and their events are deleted this long after submission
+
+
+@dataclass
+class JobInput:
+    """What a job was asked to do: ``audio`` or ``prompt``, and the Flow's request parameters."""
+
+    prompt: str = ''
+    audio: Optional[bytes] = None
+    language: Optional[str] = None
+    parameters: Dict[str, Any] = field(default_factory=dict)  # GenerationParams keys
+    response_format: str = 'b64_json'  # or 'url': the stored image's address instead of its bytes
+    callback_url: Optional[str] = None
+
+
+class TooManyJobs(Exception):
+    """A limit on active jobs is reached; the message names it."""
+
+
+class JobRunner:
+    def __init__(self, flow: FlowCalls, store: JobStore, webhooks: Webhooks, limits: JobLimits, logger: logging.Logger):
+        self.flow = flow
+        self.store = store
+        self.webhooks = webhooks
+        self.limits = limits
+        self.logger = logger
+        self.queue: 'asyncio.Queue[str]' = asyncio.Queue()
+        self.inputs: Dict[str, JobInput] = {}  # this gateway's queued jobs: the audio stays in memory, not in the store
+        self.running: Dict[str, asyncio.Task] = {}
+        self.background: List[asyncio.Task] = []
+        self.stopping = False
+
+    async def start(self) -> None:
+        abandoned = await self.store.abandon_unfinished(RESTARTED)
+        if abandoned:
+            self.logger.warning(f'{abandoned} unfinished job(s) of a previous gateway failed: {RESTARTED}')
+        self.background = [asyncio.create_task(self._work()) for _ in range(self.limits.max_running_jobs)]
+        self.background += [asyncio.create_task(self._watch_cancels()), asyncio.create_task(self._purge())]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for task in [*self.background, *self.running.values()]:
+            task.cancel()
+        await asyncio.gather(*self.background, *self.running.values(), return_exceptions=True)
+        await self.store.close()
+
+    # Submitting and cancelling
+
+    async def submit(self, owner: str, job_input: JobInput) -> Dict[str, Any]:
+        """The new job's record, queued; TooManyJobs if a limit is reached."""
+        await self._check_limits(owner)
+        job_id = uuid.uuid4().hex
+        job = {
+            'id': job_id, 'owner': owner, 'status': 'queued', 'created': time.time(),
+            'input': 'audio' if job_input.audio is not None else 'text', 'prompt': job_input.prompt,
+            'language': job_input.language, 'parameters': job_input.parameters,
+            'response_format': job_input.response_format, 'callback_url': job_input.callback_url,
+            'transcript': '', 'text': '', 'language_probability': None, 'images': [], 'error': '', 'timings': {},
+        }
+        await self.store.create(job)
+        self.inputs[job_id] = job_input
+        await self._publish(job_id, 'queued', position=self.queue.qsize())
+        self.queue.put_nowait(job_id)
+        return job
+
+    async def _check_limits(self, owner: str) -> None:
+        limits = self.limits
+        if await self.store.count_active(owner) >= limits.max_active_jobs_per_key:
+            raise TooManyJobs(f'this API key has {limits.max_active_jobs_per_key} jobs queued or running, the limit '
+                              '(max_active_jobs_per_key); wait for one to finish or cancel one')
+        if await self.store.count_active() >= limits.max_active_jobs:
+            raise TooManyJobs(f'the service has {limits.max_active_jobs} jobs queued or running, its limit '
+                              '(max_active_jobs); try again later')
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job: at once if this gateway holds it, else the gateway that does notices soon."""
+        await self.store.request_cancel(job_id)
+        await self._cancel_here(job_id)
+
+    async def _cancel_here(self, job_id: str) -> None:
+        if job_id in self.running:
+            self.running[job_id].cancel()  # the job's own task ends it as cancelled
+        elif self.inputs.pop(job_id, None) is not None:  # queued: never runs (the worker skips it)
+            await self._finish(job_id, 'cancelled', {})
+
+    async def _watch_cancels(self) -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            for job_id in [*self.running, *self.inputs]:
+                try:
+                    if await self.store.cancel_requested(job_id):
+                        await self._cancel_here(job_id)
+                except Exception:
+                    self.logger.error(f'checking job {job_id} for cancellation failed', exc_info=True)
+
+    async def _purge(self) -> None:
+        while True:
+            try:
+                purged = await self.store.purge_expired()
+                if purged:
+                    self.logger.info(f'{purged} expired job(s) deleted')
+            except Exception:
+                self.logger.error('deleting expired jobs failed', exc_info=True)
+            await asyncio.sleep(PURGE_EVERY_SECONDS)
+
+    # Running
+
+    async def _work(self) -> None:
+        while True:
+            job_id = await self.queue.get()
+            job_input = self.inputs.pop(job_id, None)
+            if job_input is None:  # cancelled while queued
+                continue
+            task = asyncio.create_task(self._run(job_id, job_input))
+            self.running[job_id] = task  # cancel() ends this task, not the worker
+            try:
+                await asyncio.wait({task})
+            finally:
+                self.running.pop(job_id, None)
+
+    async def _run(self, job_id: str, job_input: JobInput) -> None:
+        """One job from start to its terminal event; never raises (but when the gateway stops)."""
+        job = await self.store.update(job_id, status='running', started=time.time())
+        clock = Clock(job['created'])
+        await self._publish(job_id, 'started')
+        try:
+            async with asyncio.timeout(self.limits.max_job_seconds):
+                status, fields = await self._steps(job_id, job_input, clock)
+        except asyncio.CancelledError:
+            status, fields = ('failed', {'error': STOPPED}) if self.stopping else ('cancelled', {})
+        except TimeoutError:
+            status, fields = 'failed', {'error': f'the job ran longer than {self.limits.max_job_seconds:g} s (max_job_seconds)'}
+        except FlowFailure as e:
+            status, fields = 'failed', {'error': str(e)}
+        except Exception as e:
+            self.logger.error(f'job {job_id} failed', exc_info=True)
+            status, fields = 'failed', {'error': f'the job failed: {type(e).__name__}; the details are in the service log'}
+        fields['timings'] = clock.timings
+        await asyncio.shield(self._finish(job_id, status, fields))
+
+    async def _steps(self, job_id: str, job_input: JobInput, clock: 'Clock') -> Tuple[str, Dict[str, Any]]:
+        doc = PromptDoc(text=job_input.prompt)
+        if job_input.audio is not None:
+            with clock.timing('transcribe_s'):
+                doc = await self._transcribe(job_id, job_input)
+            if doc.error:
+                return 'failed', {'error': doc.error}
+        with clock.timing('generate_s'):
+            doc = await self._generate(job_id, doc, job_input)
+        if doc.error:
+            return 'failed', {'error': doc.error}
+        with clock.timing('store_s'):
+            [doc] = await self.flow.call_executor(STORE, DocList[PromptDoc]([doc]))
+        if doc.error:
+            return 'failed', {'error': doc.error}
+        images = [self._image(index, image, job_input.response_format) for index, image in enumerate(doc.matches)]
+        for image in images:
+            await self._publish(job_id, 'image', **image)
+        return 'succeeded', {'images': images, 'result_url': doc.result_url}
+
+    async def _transcribe(self, job_id: str, job_input: JobInput) -> PromptDoc:
+        audio = PromptDoc(blob=job_input.audio, language=job_input.language)
+        [doc] = await self.flow.call_executor(TRANSCRIBER, DocList[PromptDoc]([audio]))
+        if not doc.error:
+            heard = {'language': doc.language, 'language_probability': doc.language_probability,
+                     'transcript': doc.transcript, 'text': doc.text}
+            await self.store.update(job_id, **heard)
+            await self._publish(job_id, 'transcribed', **heard)
+        return doc
+
+    async def _generate(self, job_id: str, doc: PromptDoc, job_input: JobInput) -> PromptDoc:
+        """The document with its images (or error), publishing each progress event as it comes."""
+        request = GenerationRequest(**carried(doc), parameters=job_input.parameters)
+        last_step: Dict[int, int] = {}  # per pipeline call: a retried stream replays its steps
+        done: Optional[GenerationEvent] = None
+        async for event in self.flow.generate_stream(request):
+            if event.kind == 'done':
+                done = event
+                break
+            if event.step > last_step.get(event.first_image, 0):
+                last_step[event.first_image] = event.step
+                await self._publish(job_id, 'progress', stage='generating', step=event.step, steps=event.steps,
+                                    image=event.first_image, images=event.images)
+        if done is None:
+            raise FlowFailure(f'the {GENERATOR} executor ended its stream without a result')
+        return PromptDoc(**carried(done), matches=done.matches, error=done.error)
+
+    async def _publish(self, job_id: str, kind: str, **fields) -> None:
+        await self.store.publish(job_id, {'kind': kind, 'job': job_id, 'time': time.time(), **fields})
+
+    def _image(self, index: int, image, response_format: str) -> Dict[str, Any]:
+        described = {'index': index, 'seed': image.seed, 'width': image.width, 'height': image.height,
+                     'parameters': image.parameters}
+        if response_format == 'url':
+            described['url'] = image.presigned_url or image.url
+        else:
+            described['b64_json'] = base64.b64encode(image.png).decode()
+        return described
+
+    async def _finish(self, job_id: str, status: str, fields: Dict[str, Any]) -> None:
+        """The job's end: its record, its one terminal event, its webhook."""
+        job = await self.store.get(job_id)
+        if job is None or job['status'] in TERMINAL:
+            return  # expired meanwhile, or already ended
+        job = await self.store.update(job_id, status=status, finished=time.time(), **fields)
+        await self._publish(job_id, status, **({'error': fields['error']} if fields.get('error') else {}))
+        self.logger.info(f'job {job_id} {status}' + (f': {fields["error"]}' if fields.get('error') else ''))
+        if job and job.get('callback_url'):
+            task = asyncio.create_task(self.webhooks.deliver(job['callback_url'], public_record(job)))
+            self.background.append(task)
+            task.add_done_callback(self.background.remove)
+
+
+def public_record(job: Dict[str, Any]) -> Dict[str, Any]:
+    """A job as its owner sees it (GET /v1/jobs/{id}, the webhook): everything but its owner's key name."""
+    return {key: value for key, value in job.items() if key != 'owner'}
+
+
+def carried(doc: PromptDoc) -> Dict[str, Any]:
+    """What a job's document carries from one executor to the next (never the audio again)."""
+    names = ('text', 'language', 'language_probability', 'duration', 'transcript', 'segments')
+    return {name: getattr(doc, name) for name in names}
+
+
+class Clock:
+    """Seconds spent in each step of a job, for its record."""
+
+    def __init__(self, queued_since: float):
+        self.started = time.perf_counter()
+        self.timings: Dict[str, float] = {'queued_s': round(time.time() - queued_since, 3)}
+
+    @contextmanager
+    def timing(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - started, 3)
+            self.timings['run_s'] = round(time.perf_counter() - self.started, 3)

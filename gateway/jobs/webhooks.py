@@ -1,0 +1,146 @@
+"""Job callbacks: when a job ends, the gateway POSTs its final record to the job's ``callback_url``, once,
+retrying what may pass on a second try (network errors, timeouts, 408, 429, 5xx) with exponential backoff.
+
+Only hosts in ``webhook_hosts`` (gateway/config.yml, or S2I_WEBHOOK_HOSTS, comma-separated ``host`` or
+``host:port``) are called: the policy of the Whisper executor's audio URLs (s2i.urls), so that a job cannot
+make the server reach its own network. Nothing is allowed by default. Redirects are not followed.
+
+With a secret, each request carries ``X-S2I-Signature: sha256=<hex>``, the HMAC-SHA256 of the exact body
+bytes (see ``sign``), so that a receiver can tell the gateway's calls from anyone else's.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from typing import Optional, Sequence
+from urllib.parse import SplitResult, urlsplit
+
+import aiohttp
+
+from s2i.params import quote
+from s2i.urls import host_and_port, host_refusal
+
+SIGNATURE_HEADER = 'X-S2I-Signature'
+EVENT_HEADER, EVENT = 'X-S2I-Event', 'job.finished'
+JOB_HEADER = 'X-S2I-Job'
+MAX_DELAY = 60.0  # seconds between attempts, however many there are
+RETRIED_STATUSES = {408, 429}  # and 5xx: the receiver may accept the same request later
+HOW_TO_ALLOW = (
+    'to allow one, list its host (host or host:port) in webhook_hosts in gateway/config.yml, '
+    'or in S2I_WEBHOOK_HOSTS (comma-separated)'
+)
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The ``X-S2I-Signature`` value of a callback: ``sha256=`` and the hex HMAC-SHA256 of ``body`` with ``secret``.
+
+    To verify a callback, a receiver computes it over the request's raw body bytes (before parsing the
+    JSON: a re-encoded body differs) and compares in constant time::
+
+        expected = sign(secret, raw_body)  # or 'sha256=' + hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers['X-S2I-Signature'], expected): reject it
+    """
+    return 'sha256=' + hmac.new(secret.encode('utf-8'), body, hashlib.sha256).hexdigest()
+
+
+class Webhooks:
+    """Delivers finished jobs' records to their callback URLs, within the allow-list."""
+
+    def __init__(
+        self, allowed_hosts: Sequence[str] = (), secret: Optional[str] = None, attempts: int = 5,
+        first_delay: float = 1.0, timeout: float = 10.0, logger=None,
+    ):
+        if attempts < 1 or first_delay < 0 or timeout <= 0:
+            raise ValueError(
+                f'webhooks need attempts >= 1, first_delay >= 0 and timeout > 0; got {attempts}, {first_delay} and {timeout}'
+            )
+        self.allowed_hosts = tuple(allowed_hosts)  # "host" or "host:port"; (): no callbacks at all
+        self.secret = secret  # None: requests are not signed
+        self.attempts = attempts  # requests per delivery, the first included
+        self.first_delay = first_delay  # seconds before the second attempt; doubled before each next one
+        self.timeout = timeout  # seconds per attempt: connecting, sending and the answer's headers
+        self.logger = logger or logging.getLogger(__name__)
+
+    def refusal(self, url: str) -> Optional[str]:
+        """Why ``url`` may not be a callback URL, or None. Checked when a job is submitted (the client gets a 400)
+        and again before delivering, as the configuration may have changed in between."""
+        try:
+            parts = urlsplit(url)
+            if parts.scheme.lower() not in ('http', 'https'):
+                return f'callback_url must be an http or https URL, got {quote(url)}'
+            if not parts.hostname:
+                return f'callback_url names no host: {quote(url)}'
+            return self._host_refusal(parts)
+        except ValueError as e:  # "http://[::1", a port over 65535
+            return f'malformed callback_url {quote(url)}: {e}'
+
+    def _host_refusal(self, parts: SplitResult) -> Optional[str]:
+        if not self.allowed_hosts:  # the default: say so, and how to turn callbacks on, before anything else
+            host = quote(host_and_port(parts))
+            return f'callback_url host {host} is not allowed (webhook_hosts: none): callbacks are off; {HOW_TO_ALLOW}'
+        return host_refusal(parts, self.allowed_hosts, subject='callback_url', setting='webhook_hosts')
+
+    async def deliver(self, url: str, record: dict) -> bool:
+        """POSTs ``record`` as JSON to ``url``, retrying failures that may pass; whether it was delivered (2xx).
+        Never raises (but lets cancellation through): a callback that fails is logged, and the job stays as it is."""
+        job = str(record.get('id', ''))
+        refusal = self.refusal(url)
+        if refusal:  # nothing is resolved or connected to for a refused host
+            self.logger.warning(f'job {job}: callback not sent: {refusal}')
+            return False
+        try:
+            body = json.dumps(record, separators=(',', ':'), sort_keys=True).encode('utf-8')
+        except (TypeError, ValueError) as e:  # a value JSON cannot hold: a bug in the caller, not the receiver's
+            self.logger.warning(f'job {job}: callback not sent: the record is not JSON: {e}')
+            return False
+        try:
+            return await self._post_with_retries(url, body, self._headers(job, body), job)
+        except Exception:  # a bug here must not reach the job runner, which called this after the job ended
+            self.logger.error(f'job {job}: callback not sent: unexpected error', exc_info=True)
+            return False
+
+    def _headers(self, job: str, body: bytes) -> dict:
+        headers = {'Content-Type': 'application/json', EVENT_HEADER: EVENT, JOB_HEADER: job}
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+        return headers
+
+    async def _post_with_retries(self, url: str, body: bytes, headers: dict, job: str) -> bool:
+        where = host_and_port(urlsplit(url))  # not the whole URL: its path or query may hold a receiver's token
+        # trust_env=False: no proxy from the environment, so the host connected to is the host checked
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout), trust_env=False) as session:
+            for attempt in range(1, self.attempts + 1):
+                outcome, retry = await self._post_once(session, url, body, headers)
+                if outcome is None:
+                    self.logger.info(f'job {job}: callback delivered to {where} (attempt {attempt})')
+                    return True
+                if not retry or attempt == self.attempts:
+                    self.logger.warning(f'job {job}: callback to {where} failed after {attempt} attempt(s): {outcome}')
+                    return False
+                delay = self.delay_before(attempt + 1)
+                self.logger.warning(f'job {job}: callback to {where}, attempt {attempt}: {outcome}; next in {delay:g} s')
+                await asyncio.sleep(delay)
+        return False
+
+    async def _post_once(self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict):
+        """(None, _) when delivered, else (what went wrong, whether another attempt may succeed)."""
+        try:
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                status = response.status
+        except asyncio.TimeoutError:
+            return f'no answer within {self.timeout:g} s', True
+        except ValueError as e:  # an invalid URL or header, an untrusted certificate: the same on every try
+            return f'{type(e).__name__}: {e}', False
+        except (aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, a dropped answer
+            return f'{type(e).__name__}: {e}', True
+        if 200 <= status < 300:
+            return None, False
+        if 300 <= status < 400:
+            return f'HTTP {status}: a redirect, which is not followed', False
+        return f'HTTP {status}', status >= 500 or status in RETRIED_STATUSES
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (2, 3, ...): first_delay, doubling, at most MAX_DELAY."""
+        return min(self.first_delay * 2.0 ** min(attempt - 2, 32), MAX_DELAY)  # 2**32: past any cap, never an overflow

@@ -1,0 +1,289 @@
+"""Jobs through the real service (tests/front_door.py: gateway, bundled Whisper, tiny SD): submit over
+HTTP, follow over WebSocket with the `websockets` library, reconnect, cancel, webhooks, and the job
+store behind the gateway (SQLite across a restart; Redis shared by two gateways)."""
+
+import base64
+import io
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional
+
+import pytest
+import requests
+from PIL import Image
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import DATA, GERMAN_CLIP
+from front_door import SECOND_KEY, TOKEN, WEBHOOK_SECRET, FrontDoor, serve_front_door
+from gateway.jobs.webhooks import SIGNATURE_HEADER, sign
+from s2i.client import generate
+
+TERMINAL = {'succeeded', 'failed', 'cancelled'}
+EVENT_WAIT = 120  # seconds any one event may take to arrive (a cold Whisper on 2 cores)
+QUICK = {'n': 2, 'size': '64x64', 'steps': 3, 'seed': 11}
+
+
+def auth(token: str = TOKEN) -> Dict[str, str]:
+    return {'authorization': f'Bearer {token}'}
+
+
+def submit(door: FrontDoor, audio: Optional[bytes] = None, token: str = TOKEN, **fields) -> requests.Response:
+    if audio is not None:
+        form = {key: str(value) for key, value in fields.items()}
+        return requests.post(f'{door.api}/jobs', files={'file': ('speech.wav', audio)}, data=form, headers=auth(token), timeout=30)
+    return requests.post(f'{door.api}/jobs', json=fields, headers=auth(token), timeout=30)
+
+
+def submitted(door: FrontDoor, **fields) -> Dict[str, Any]:
+    answer = submit(door, **fields)
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def events(door: FrontDoor, job_id: str, after: int = 0, stop_after: Optional[int] = None, token: str = TOKEN) -> List[dict]:
+    """The job's events after ``after`` until its terminal event (or ``stop_after`` of them: then disconnect)."""
+    received = []
+    with connect(f'{door.ws}/v1/jobs/{job_id}/events?after={after}', additional_headers=auth(token), open_timeout=30) as ws:
+        while stop_after is None or len(received) < stop_after:
+            event = json.loads(ws.recv(timeout=EVENT_WAIT))
+            received.append(event)
+            if event['kind'] in TERMINAL:
+                break
+    return received
+
+
+def job(door: FrontDoor, job_id: str, token: str = TOKEN) -> Dict[str, Any]:
+    answer = requests.get(f'{door.api}/jobs/{job_id}', headers=auth(token), timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def kinds(received: List[dict]) -> List[str]:
+    return [event['kind'] for event in received]
+
+
+# Events
+
+def test_an_audio_job_is_transcribed_before_any_image_with_steps_in_order(front_door):
+    started = submitted(front_door, audio=GERMAN_CLIP.read_bytes(), **QUICK)
+    assert started['status'] == 'queued' and started['events'].endswith(f'/v1/jobs/{started["id"]}/events')
+    received = events(front_door, started['id'])
+
+    order = kinds(received)
+    assert order[0] == 'queued' and order[1] == 'started' and order[-1] == 'succeeded'
+    assert sum(kind in TERMINAL for kind in order) == 1
+    assert [event['seq'] for event in received] == list(range(1, len(received) + 1))
+    transcribed = next(event for event in received if event['kind'] == 'transcribed')
+    assert order.index('transcribed') < order.index('progress') < order.index('image')
+    assert transcribed['language'] == 'de' and 'Hund' in transcribed['transcript'] and 'snow' in transcribed['text'].lower()
+    steps = [event['step'] for event in received if event['kind'] == 'progress']
+    assert steps == sorted(set(steps)) and steps[-1] == QUICK['steps']
+    images = [event for event in received if event['kind'] == 'image']
+    assert [(image['index'], image['seed']) for image in images] == [(0, 11), (1, 12)]
+    for image in images:
+        png = Image.open(io.BytesIO(base64.b64decode(image['b64_json'])))
+        assert png.size == (64, 64) and json.loads(png.text['parameters'])['seed'] == image['seed']
+
+    record = job(front_door, started['id'])
+    assert record['status'] == 'succeeded' and record['language'] == 'de' and 'snow' in record['text'].lower()
+    assert len(record['images']) == 2 and record['timings']['transcribe_s'] > 0
+
+
+def test_a_text_job_has_no_transcribed_event(front_door):
+    started = submitted(front_door, prompt='a lighthouse at night', **QUICK)
+    order = kinds(events(front_door, started['id']))
+    assert 'transcribed' not in order and order[-1] == 'succeeded' and order.count('image') == 2
+
+
+def test_a_bad_audio_job_fails_with_the_error_the_jina_api_gives(front_door):
+    not_audio = (DATA / 'not_audio.wav').read_bytes()
+    [through_jina] = generate(audio_files=[DATA / 'not_audio.wav'], host=front_door.grpc, token=TOKEN)
+    assert through_jina.error
+
+    started = submitted(front_door, audio=not_audio, **QUICK)
+    received = events(front_door, started['id'])
+    assert kinds(received)[-1] == 'failed' and 'image' not in kinds(received)
+    assert received[-1]['error'] == through_jina.error == job(front_door, started['id'])['error']
+
+
+def test_a_reconnecting_client_misses_nothing_and_sees_nothing_twice(front_door):
+    started = submitted(front_door, prompt='a harbour in the rain', n=1, size='64x64', steps=30, seed=5)
+    first = events(front_door, started['id'], stop_after=3)  # then the connection drops
+    rest = events(front_door, started['id'], after=first[-1]['seq'])
+    everything = events(front_door, started['id'])  # the whole story again, from the store
+
+    assert [event['seq'] for event in first + rest] == [event['seq'] for event in everything]
+    assert first + rest == everything
+    assert kinds(everything)[-1] == 'succeeded'
+
+
+def test_the_owner_stream_carries_every_job_of_the_key(front_door):
+    with connect(f'{front_door.ws}/v1/events', additional_headers=auth(SECOND_KEY), open_timeout=30) as ws:
+        mine = submitted(front_door, token=SECOND_KEY, prompt='a red kite', **QUICK)
+        submitted(front_door, prompt='not for the second key', **QUICK)
+        seen = []
+        while not seen or seen[-1]['kind'] not in TERMINAL:
+            seen.append(json.loads(ws.recv(timeout=EVENT_WAIT)))
+    assert {event['job'] for event in seen} == {mine['id']}
+    assert kinds(seen)[-1] == 'succeeded'
+
+
+# Cancelling
+
+def test_a_running_job_cancelled_stops_at_its_next_step(front_door):
+    started = submitted(front_door, prompt='a long generation', n=1, size='256x256', steps=200, seed=1)
+    before = events(front_door, started['id'], stop_after=3)  # queued, started, the first progress
+    assert kinds(before)[-1] == 'progress'
+
+    cancelled = requests.delete(f'{front_door.api}/jobs/{started["id"]}', headers=auth(), timeout=30)
+    assert cancelled.status_code == 202
+    after = events(front_door, started['id'], after=before[-1]['seq'])
+    assert kinds(after)[-1] == 'cancelled' and 'image' not in kinds(after)
+    steps = [event['step'] for event in after if event['kind'] == 'progress']
+    assert not steps or steps[-1] < 200
+    front_door.server.wait_for(r'generation cancelled at step \d+/200', limit=60)  # the executor itself stopped
+    assert job(front_door, started['id'])['status'] == 'cancelled'
+    assert requests.delete(f'{front_door.api}/jobs/{started["id"]}', headers=auth(), timeout=30).status_code == 409
+
+
+def test_a_queued_job_cancelled_never_runs(front_door):
+    blocker = submitted(front_door, prompt='keeps the runner busy', n=1, size='256x256', steps=200, seed=2)
+    events(front_door, blocker['id'], stop_after=3)  # it is running
+    queued = submitted(front_door, prompt='never drawn', **QUICK)
+    assert requests.delete(f'{front_door.api}/jobs/{queued["id"]}', headers=auth(), timeout=30).json()['status'] == 'cancelled'
+    requests.delete(f'{front_door.api}/jobs/{blocker["id"]}', headers=auth(), timeout=30)
+
+    assert kinds(events(front_door, queued['id'])) == ['queued', 'cancelled']
+    assert kinds(events(front_door, blocker['id']))[-1] == 'cancelled'
+    assert job(front_door, queued['id'])['images'] == []
+
+
+# The token, limits and webhooks
+
+@pytest.mark.parametrize('method, path', [
+    ('post', '/v1/jobs'), ('get', '/v1/jobs'), ('get', '/v1/jobs/abc'), ('delete', '/v1/jobs/abc'),
+    ('get', '/v1/models'), ('post', '/v1/images/generations'), ('post', '/v1/audio/translations'),
+])
+def test_every_route_wants_the_token_in_openai_s_error_shape(front_door, method, path):
+    answer = getattr(requests, method)(front_door.http + path, headers=auth('wrong'), timeout=30)
+    assert answer.status_code == 401
+    assert answer.json()['error']['code'] == 'invalid_api_key' and 'token' in answer.json()['error']['message']
+
+
+def test_health_routes_stay_open_and_websockets_want_the_token(front_door):
+    assert requests.get(front_door.http + '/', timeout=30).status_code == 200
+    with pytest.raises(InvalidStatus):
+        connect(f'{front_door.ws}/v1/events', open_timeout=30)
+
+
+def test_another_key_cannot_see_or_cancel_a_job(front_door):
+    started = submitted(front_door, prompt='private', **QUICK)
+    assert requests.get(f'{front_door.api}/jobs/{started["id"]}', headers=auth(SECOND_KEY), timeout=30).status_code == 404
+    assert requests.delete(f'{front_door.api}/jobs/{started["id"]}', headers=auth(SECOND_KEY), timeout=30).status_code == 404
+    assert started['id'] not in [listed['id'] for listed in requests.get(f'{front_door.api}/jobs', headers=auth(SECOND_KEY), timeout=30).json()['data']]
+    assert kinds(events(front_door, started['id']))[-1] == 'succeeded'
+
+
+@pytest.mark.parametrize('fields, param', [
+    ({'prompt': 'x', 'size': '64by64'}, 'size'),
+    ({'prompt': 'x', 'steps': 0}, 'steps'),
+    ({}, 'file'),
+    ({'prompt': 'x', 'colour': 'red'}, 'colour'),
+    ({'prompt': 'x', 'callback_url': 'http://169.254.169.254/latest'}, 'callback_url'),
+])
+def test_a_bad_job_is_refused_at_once_naming_the_field(front_door, fields, param):
+    answer = submit(front_door, **fields)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()['error']['param'] == param
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: List[tuple] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['content-length']))
+        Receiver.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def posted(job_id: str) -> List[tuple]:
+    return [(headers, body) for headers, body in Receiver.received if json.loads(body)['id'] == job_id]
+
+
+def test_a_finished_job_is_posted_once_to_its_callback_url_signed(front_door):
+    receiver = ThreadingHTTPServer(('127.0.0.1', 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        url = f'http://127.0.0.1:{receiver.server_address[1]}/hook'
+        started = submitted(front_door, prompt='a webhook', callback_url=url, **QUICK)
+        assert kinds(events(front_door, started['id']))[-1] == 'succeeded'
+        deadline = time.monotonic() + 60
+        while not posted(started['id']) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        receiver.shutdown()
+    [(headers, body)] = posted(started['id'])
+    assert headers[SIGNATURE_HEADER] == sign(WEBHOOK_SECRET, body)
+    record = json.loads(body)
+    assert record['status'] == 'succeeded' and len(record['images']) == 2
+
+
+@pytest.mark.slow  # 100 jobs
+def test_a_hundred_jobs_at_concurrency_16_each_end_exactly_once(front_door):
+    def one(number: int) -> List[str]:
+        started = submitted(front_door, prompt=f'job {number}', n=1, size='64x64', steps=2, seed=number)
+        if number % 10 == 3:  # some are cancelled on the way
+            requests.delete(f'{front_door.api}/jobs/{started["id"]}', headers=auth(), timeout=30)
+        return kinds(events(front_door, started['id']))
+
+    with ThreadPoolExecutor(16) as pool:
+        stories = list(pool.map(one, range(100)))
+    for story in stories:
+        assert sum(kind in TERMINAL for kind in story) == 1 and story[-1] in TERMINAL
+    assert sum(story[-1] == 'succeeded' for story in stories) >= 90
+
+
+# The job store behind the gateway
+
+@pytest.mark.slow  # starts the service twice
+def test_finished_jobs_survive_a_restart_of_the_service(tiny_sd_dir, tmp_path):
+    database = str(tmp_path / 'jobs.sqlite3')
+    first = serve_front_door(tiny_sd_dir, S2I_JOBS_DB=database)
+    door = next(first)
+    started = submitted(door, prompt='kept across a restart', **QUICK)
+    story = events(door, started['id'])
+    first.close()  # kills the service
+
+    second = serve_front_door(tiny_sd_dir, S2I_JOBS_DB=database)
+    door = next(second)
+    try:
+        assert job(door, started['id'])['status'] == 'succeeded'
+        assert events(door, started['id']) == story
+    finally:
+        second.close()
+
+
+@pytest.mark.slow  # two services
+def test_with_redis_a_second_gateway_follows_and_cancels_a_job_of_the_first(tiny_sd_dir, redis_url):
+    services = [serve_front_door(tiny_sd_dir, S2I_REDIS_URL=redis_url) for _ in range(2)]
+    first, second = [next(service) for service in services]
+    try:
+        done = submitted(first, prompt='shared through redis', **QUICK)
+        assert kinds(events(second, done['id']))[-1] == 'succeeded'
+        assert job(second, done['id'])['images'] == job(first, done['id'])['images']
+
+        long = submitted(first, prompt='cancelled elsewhere', n=1, size='256x256', steps=200, seed=3)
+        events(second, long['id'], stop_after=3)
+        assert requests.delete(f'{second.api}/jobs/{long["id"]}', headers=auth(), timeout=30).status_code == 202
+        assert kinds(events(first, long['id']))[-1] == 'cancelled'
+    finally:
+        for service in services:
+            service.close()
