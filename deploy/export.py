@@ -16,6 +16,9 @@ the gateway derives from it, so that their ports answer nobody else). In Kuberne
 Secret `s2i-auth` (optional: without the Secret there is no check), e.g.
 `kubectl -n s2i create secret generic s2i-auth --from-literal=token=...`; with Compose, from
 S2I_AUTH_TOKEN in the shell or an .env file when running `docker compose up`.
+The gateway's job store and webhooks (S2I_REDIS_URL, S2I_WEBHOOK_HOSTS, S2I_WEBHOOK_SECRET) come the
+same way: the Secret's keys `redis-url`, `webhook-hosts` and `webhook-secret`, or the shell of
+`docker compose up`. Gateway replicas in Kubernetes need S2I_REDIS_URL to share jobs.
 
 Writes OUT/kubernetes/ (replacing the .yml files there) and OUT/docker-compose.yml (OUT defaults to
 this folder, where the manifests for the default settings are committed; tests/test_deploy.py
@@ -31,6 +34,7 @@ from typing import Any, Dict, List
 
 import yaml
 
+from gateway.gateway import GATEWAY_VARIABLES, JOBS_DB_VARIABLE
 from s2i.runtime import AUTH_TOKEN_VARIABLE
 from s2i.serve import DEFAULTS, FLOW_YML, apply_defaults
 from s2i.tiny_sd import TINY_MODEL_NAME
@@ -161,7 +165,7 @@ def executor_settings() -> Dict[str, str]:
 
     They go into every executor's environment. Not flow.yml's own settings (already in the
     manifests), the token (a Secret, never written into a file) or the local cache folder."""
-    skipped = {*DEFAULTS, AUTH_TOKEN_VARIABLE, 'S2I_CACHE'}
+    skipped = {*DEFAULTS, AUTH_TOKEN_VARIABLE, 'S2I_CACHE', *GATEWAY_VARIABLES}
     return {name: value for name, value in sorted(os.environ.items()) if name.startswith('S2I_') and name not in skipped and value}
 
 
@@ -209,6 +213,9 @@ def complete_kubernetes_deployment(deployment: Dict[str, Any], executor: Dict[st
     secret = {'secretKeyRef': {'name': TOKEN_SECRET, 'key': 'token', 'optional': True}}
     container['env'] = [*container.get('env', []), {'name': 'S2I_AUTH_TOKEN', 'valueFrom': secret}]
     if is_gateway:
+        # The job store (Redis: gateway replicas share jobs) and webhooks, from the same Secret, each optional.
+        container['env'] += [{'name': name, 'valueFrom': {'secretKeyRef': {'name': TOKEN_SECRET, 'key': secret_key(name), 'optional': True}}}
+                             for name in GATEWAY_VARIABLES if name != JOBS_DB_VARIABLE]
         return
     if args.cache == 'pvc':
         container['volumeMounts'] = [{'name': MODELS_VOLUME, 'mountPath': MODELS_PATH}]
@@ -216,6 +223,11 @@ def complete_kubernetes_deployment(deployment: Dict[str, Any], executor: Dict[st
     if 'nvidia.com/gpu' in container['resources'].get('limits', {}):
         # GPU nodes are often tainted so that only pods asking for a GPU land there.
         pod['tolerations'] = [{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}]
+
+
+def secret_key(variable: str) -> str:
+    """The key of the Secret that holds ``variable``: S2I_REDIS_URL -> redis-url."""
+    return variable.removeprefix('S2I_').lower().replace('_', '-')
 
 
 def working_dir(executor) -> str:
@@ -256,6 +268,7 @@ def complete_compose(compose: Dict[str, Any], flow: Dict[str, Any], publish_host
         # From `docker compose up`'s shell: the gateway checks the token, the executors the key derived from it.
         service['environment'] = [*service.get('environment', []), 'S2I_AUTH_TOKEN=${S2I_AUTH_TOKEN:-}']
         if command[0] == 'gateway':
+            service['environment'] += [f'{name}=${{{name}:-}}' for name in GATEWAY_VARIABLES if name != JOBS_DB_VARIABLE]
             service['working_dir'] = working_dir(None)
             service['ports'] = [f'{host}:{mapping}' for mapping in service['ports']]
             # One check, so it says whether requests can succeed (`docker compose ps`); nothing restarts

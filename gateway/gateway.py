@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -64,6 +65,8 @@ REDIS_URL_VARIABLE = 'S2I_REDIS_URL'  # redis://host:port/db: gateways share job
 JOBS_DB_VARIABLE = 'S2I_JOBS_DB'  # default: <cache dir>/jobs.sqlite3
 WEBHOOK_HOSTS_VARIABLE = 'S2I_WEBHOOK_HOSTS'  # comma-separated; the gateway's webhook_hosts setting wins
 WEBHOOK_SECRET_VARIABLE = 'S2I_WEBHOOK_SECRET'  # signs each webhook (X-S2I-Signature); unset: unsigned
+# What the gateway alone reads from the environment (deploy/export.py gives them to it, not to the executors).
+GATEWAY_VARIABLES = (REDIS_URL_VARIABLE, JOBS_DB_VARIABLE, WEBHOOK_HOSTS_VARIABLE, WEBHOOK_SECRET_VARIABLE)
 
 
 class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
@@ -110,8 +113,13 @@ class JobSettings:
     webhook_attempts: int
 
     def runner(self, flow: FlowCalls, logger) -> JobRunner:
-        store = open_store(os.environ.get(REDIS_URL_VARIABLE) or None,
-                           Path(os.environ.get(JOBS_DB_VARIABLE) or cache_dir() / 'jobs.sqlite3'), self.limits.job_ttl_seconds)
+        path = Path(os.environ.get(JOBS_DB_VARIABLE) or cache_dir() / 'jobs.sqlite3')
+        try:
+            store = open_store(os.environ.get(REDIS_URL_VARIABLE) or None, path, self.limits.job_ttl_seconds)
+        except (OSError, sqlite3.Error) as e:  # a read-only home in a container: serve, but say what is lost
+            logger.warning(f'cannot keep jobs in {path} ({e}): jobs are kept in memory and lost when the gateway '
+                           f'stops; set {JOBS_DB_VARIABLE} to a writable file or {REDIS_URL_VARIABLE}')
+            store = open_store(None, Path(':memory:'), self.limits.job_ttl_seconds)
         webhooks = Webhooks(self.webhook_hosts, os.environ.get(WEBHOOK_SECRET_VARIABLE) or None, self.webhook_attempts, logger=logger)
         return JobRunner(flow, store, webhooks, self.limits, logger)
 

@@ -39,7 +39,7 @@ class JobLimits:
     max_active_jobs_per_key: int = 32  # queued or running, per API key: 429 beyond
     max_running_jobs: int = 1  # jobs this gateway runs at once (each holds one Stable Diffusion replica)
     max_job_seconds: float = 600  # a job still running after this fails
-    job_ttl_seconds: float = 86400  # jobs and their events are deleted this long after submission
+    job_ttl_seconds: float = 86400  # a job and its events are deleted this long after their last change
 
 
 @dataclass
