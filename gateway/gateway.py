@@ -47,6 +47,7 @@ from gateway.jobs.store import open_store
 from gateway.jobs.webhooks import Webhooks
 from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendable
 from gateway.openai_routes import openai_router
+from gateway.ui import ui_router
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
 from s2i.params import MAX_QUOTED_CHARS, PARAMETERS_ENDPOINT, quote
@@ -57,6 +58,7 @@ from s2i.runtime import (
 
 OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewayDryRunRPC/dry_run'})  # readiness, jina ping
 OPEN_HTTP_ROUTES = frozenset({('GET', '/'), ('GET', '/dry_run')})  # readiness probe, jina ping
+OPEN_HTTP_PAGES = '/ui'  # GET /ui and its files: the page asks for the token itself, and sends it with every request
 CHECKED_GRPC_METHODS = frozenset({'/jina.JinaRPC/Call', '/jina.JinaSingleDataRequestRPC/process_single_data'})  # requests that carry parameters
 UNCHECKED_ENDPOINTS = frozenset({PARAMETERS_ENDPOINT, '_jina_dry_run_'})
 RETRY_SECONDS = 10  # after the executors could not be asked for their parameters
@@ -228,6 +230,8 @@ class RequireToken:
     def _owner(self, scope) -> Optional[str]:
         # CORS preflights carry no credentials by design; the request they precede does.
         if (scope.get('method'), scope['path']) in OPEN_HTTP_ROUTES or scope.get('method') == 'OPTIONS':
+            return ANONYMOUS
+        if scope.get('method') == 'GET' and (scope['path'] == OPEN_HTTP_PAGES or scope['path'].startswith(OPEN_HTTP_PAGES + '/')):
             return ANONYMOUS
         headers = dict(scope['headers'])  # lower-case byte names
         authorization = headers.get(b'authorization', b'').decode('latin-1')
@@ -484,6 +488,7 @@ class HTTPServer(HTTPGateway):
         self.runner = self.jobs.runner(flow, self.logger)
         app.include_router(openai_router(flow, self.guard))
         app.include_router(jobs_router(self.runner, self.runner.webhooks))
+        app.include_router(ui_router(self.guard))
         # The last middleware added runs first: the token, then the body limit.
         app.add_middleware(LimitBody, limits=self.guard.limits)
         app.add_middleware(RequireToken, guard=self.guard)
