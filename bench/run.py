@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,7 @@ def sd_batch_table(name: str, path: str, size: int, steps: int, batch_sizes, rep
         for batch in batch_sizes:
             if repeats > 1:  # the first call at a new batch shape pays for kernel selection
                 answered(generate_direct(sd, {'num_images': batch, 'seed': 1}), images_each=batch)
-            seconds = median_call(lambda: generate_direct(sd, {'num_images': batch, 'seed': 1}), repeats, images_each=batch)
+            seconds = median_call(partial(generate_direct, sd, {'num_images': batch, 'seed': 1}), repeats, images_each=batch)
             figures[f'{label}/batch{batch}'] = {'s_per_image': seconds / batch, 'images_per_s': batch / seconds}
             rows.append([label, batch, f'{seconds / batch:.3f}', f'{batch / seconds:.2f}'])
         if on_gpu:
@@ -351,7 +352,7 @@ def bench_overhead(quick: bool, tiny_dir: str) -> dict:
     prompt, parameters = 'a red fox in the snow', {'seed': 1, 'steps': 1, 'guidance_scale': 1.0}
     sd = StableDiffusionExecutor(model=tiny_dir, request_defaults={'width': 64, 'height': 64, 'steps': 1})
     (answer,) = answered(generate_direct(sd, parameters), images_each=1)[0].matches
-    direct = percentile_ms([timed(lambda: generate_direct(sd, parameters), images_each=1) for _ in range(n)], 50) / 1000
+    direct = percentile_ms([timed(partial(generate_direct, sd, parameters), images_each=1) for _ in range(n)], 50) / 1000
     del sd
     port = free_port()
     replay = Flow(protocol='grpc', port=port, host='127.0.0.1').add(uses=ReplayExecutor, uses_with={

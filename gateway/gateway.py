@@ -470,6 +470,7 @@ class HTTPServer(HTTPGateway):
     def app(self):
         from fastapi.exceptions import RequestValidationError
         from jina.helper import extend_rest_interface
+        from starlette.exceptions import HTTPException as StarletteHTTPException
         from jina.serve.runtimes.gateway.http_fastapi_app_docarrayv2 import get_fastapi_app
 
         app = extend_rest_interface(get_fastapi_app(
@@ -484,6 +485,7 @@ class HTTPServer(HTTPGateway):
         for error in (TypeError, ValueError):  # docarray's own field parsing, e.g. a 200-deep tensor
             app.add_exception_handler(error, unparsable_body)
         app.add_exception_handler(APIError, api_error)
+        app.add_exception_handler(StarletteHTTPException, http_error)  # under /v1: unknown paths, wrong methods
         flow = FlowCalls(self.streamer, self.guard)
         self.runner = self.jobs.runner(flow, self.logger)
         app.include_router(openai_router(flow, self.guard))
@@ -507,6 +509,15 @@ async def invalid_request(request, error):
         field = str(first['loc'][-1]) if first['loc'] else None
         return JSONResponse(error_body(400, message, param=field), status_code=400)
     return JSONResponse({'detail': message}, status_code=422)
+
+
+async def http_error(request, error):
+    """Starlette's HTTP errors in OpenAI's shape under /v1; FastAPI's own answer elsewhere."""
+    from fastapi.exception_handlers import http_exception_handler
+
+    if not is_api_path(request.url.path):
+        return await http_exception_handler(request, error)
+    return refusal(request.url.path, error.status_code, str(error.detail), headers=getattr(error, 'headers', None))
 
 
 async def too_deep(request, error):

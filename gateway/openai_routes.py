@@ -18,10 +18,10 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH
+from executors.whisper.quality import CANNOT_TRANSLATE, LANGUAGE_UNCERTAIN, NO_SPEECH, UNUSABLE_SPEECH
 from gateway.errors import APIError
 from gateway.flow_calls import GENERATOR, TRANSCRIBER, FlowCalls, FlowFailure
-from gateway.generation import generation_parameters, named_field
+from gateway.generation import URL_SECONDS, generation_parameters, named_field
 from s2i.docs import GeneratedImage, PromptDoc
 from s2i.params import quote
 
@@ -29,7 +29,6 @@ WHISPER_ALIAS = 'whisper-1'  # OpenAI's name, for the Flow's Whisper whatever it
 AudioFormat = Literal['json', 'text', 'srt', 'verbose_json', 'vtt']
 AUDIO_FIELDS = frozenset({'file', 'model', 'prompt', 'response_format', 'temperature', 'timestamp_granularities[]'})
 IMAGE_ECHOED = ('seed', 'width', 'height', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler')
-URL_SECONDS = 3600  # presigned URLs (S3 stores) last an hour, as OpenAI's image URLs do
 # Whisper's document errors that are the audio's fault (400), by how they start; 'audio too large' is 413.
 AUDIO_TOO_LARGE = 'audio too large'
 SPEECH_ERRORS = (NO_SPEECH, UNUSABLE_SPEECH)
@@ -93,7 +92,7 @@ def openai_router(flow: FlowCalls, guard) -> APIRouter:
         results and gives where each image is kept (an HTTPS link valid for an hour with an S3
         store, else the image's path on the server). Extra body fields ``seed``, ``steps``,
         ``guidance_scale``, ``negative_prompt`` and ``scheduler`` are the executor's parameters;
-        each image's values come back beside it (``seed``: the first image's; image i gets seed + i)."""
+        each image's own values come back beside it (image i gets seed + i)."""
         await check_image_model(flow, body.model)
         parameters = generation_parameters(body.n, body.size, body.model_extra or {})
         if body.response_format == 'url':
@@ -178,8 +177,10 @@ def audio_error(error: str) -> APIError:
         return APIError(400, error, param='file', code='no_speech')
     if error.startswith(AUDIO_ERRORS):
         return APIError(400, error, param='file', code='invalid_audio')
-    if error.startswith('unknown language'):
+    if error.startswith(('unknown language', LANGUAGE_UNCERTAIN)):
         return APIError(400, error, param='language', code='invalid_language')
+    if error.startswith(CANNOT_TRANSLATE):  # the configured model does not translate: the request cannot be served
+        return APIError(400, error, param='model', code='translation_unavailable')
     return APIError(500, error, code='server_error')  # a failed decoder or translation: the service's fault
 
 

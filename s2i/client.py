@@ -2,6 +2,7 @@
 
     s2i-client examples/fox_in_snow_en.wav --num-images 2 --out outputs     (or: python client.py ...)
     s2i-client --text "a lighthouse in a storm" --seed 7 --json
+    s2i-client --follow --host http://127.0.0.1:8322 examples/fox_in_snow_en.wav   (a job: live progress)
 
 As a library::
 
@@ -11,16 +12,21 @@ As a library::
 
 Over gRPC, ``generate()`` keeps one channel per host open for the whole process, shared by its
 threads; ``with Connection(host) as flow: flow.generate(...)`` gives you its lifetime and timeout.
+
+``follow_job(host, audio_path=..., on_event=print)`` runs one job on the gateway's HTTP port
+(``POST /v1/jobs``) and follows its events over WebSocket to the end; it returns the job's record.
 """
 
 import argparse
+import base64
 import json
 import os
 import re
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from docarray import DocList
 
@@ -30,6 +36,14 @@ from s2i.params import MAX_SEED
 from s2i.runtime import AUTH_TOKEN_VARIABLE, UNAUTHENTICATED, unreachable_executor
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "8321")}'
+DEFAULT_HTTP_HOST = f'http://127.0.0.1:{os.environ.get("S2I_HTTP_PORT", "8322")}'  # jobs (--follow) live here
+
+TERMINAL_EVENTS = ('succeeded', 'failed', 'cancelled')  # a job's last event: exactly one of them
+HTTP_TIMEOUT_S = 60  # per HTTP request to the jobs API (an upload included)
+WS_OPEN_TIMEOUT_S = 30  # to open the event stream
+WS_MAX_MESSAGE_BYTES = 256 * 2**20  # an image event carries its PNG as base64
+RECONNECTS = 5  # a dropped event stream is reopened this many times in a row before giving up
+RECONNECT_BACKOFF_S = 0.5  # doubled after each failed try: 0.5, 1, 2, 4, 8 s
 
 
 class ExecutorUnavailable(ConnectionError):
@@ -105,8 +119,14 @@ def endpoint_for(docs: DocList[PromptDoc]) -> str:
 
 
 def token_or_environment(token: Optional[str]) -> Optional[str]:
-    """The token given, else $S2I_AUTH_TOKEN; '' means send none."""
-    return token if token is not None else os.environ.get(AUTH_TOKEN_VARIABLE)
+    """The token given, else $S2I_AUTH_TOKEN's first key; '' means send none."""
+    return token if token is not None else environment_token()
+
+
+def environment_token() -> Optional[str]:
+    """$S2I_AUTH_TOKEN's first key: it may hold several, comma-separated (the gateway accepts any of them)."""
+    keys = [key.strip() for key in os.environ.get(AUTH_TOKEN_VARIABLE, '').split(',') if key.strip()]
+    return keys[0] if keys else None
 
 
 def seed_on_documents(
@@ -253,6 +273,144 @@ def auth_options(token: Optional[str], over_http: bool) -> Dict[str, Any]:
     return {'metadata': (('authorization', f'Bearer {token}'),)}
 
 
+# Jobs: the gateway's HTTP port runs one input at a time as a job and streams its events.
+
+class JobRefused(RuntimeError):
+    """The jobs API refused a request: ``status`` (401 token, 400 a bad field, 404, 429 too many jobs)
+    and the gateway's own message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C while following a job: the job was asked to cancel; ``cancel_error`` says why it could not be."""
+
+    def __init__(self, job_id: str, cancel_error: str = ''):
+        super().__init__(job_id)
+        self.job_id, self.cancel_error = job_id, cancel_error
+
+
+def follow_job(
+    host: str = DEFAULT_HTTP_HOST,
+    token: Optional[str] = None,
+    audio_path: Optional[Union[str, Path]] = None,
+    prompt: Optional[str] = None,
+    fields: Optional[Dict[str, Any]] = None,
+    on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> Dict[str, Any]:
+    """Run one job on the gateway at ``host`` (http[s]://, its HTTP port) and follow it to its end.
+
+    Give ``audio_path`` or ``prompt``; ``fields`` are POST /v1/jobs's (``n``, ``size`` "WxH", ``seed``,
+    ``steps``, ``guidance_scale``, ``negative_prompt``, ``scheduler``, ``language``, ...). Each event
+    (queued, started, transcribed, progress, image, then succeeded, failed or cancelled) goes to
+    ``on_event`` in order, none lost or repeated across a dropped connection. Returns the job's record
+    (GET /v1/jobs/{id}: status, transcript, text, images with ``b64_json``, error, timings).
+
+    Raises JobRefused (the gateway's message) or ConnectionError (gateway unreachable, stream lost).
+    Ctrl-C cancels the job and raises JobInterrupted, a KeyboardInterrupt.
+    """
+    base = jobs_base_url(host)
+    token = token_or_environment(token)
+    job = submit_job(base, token, audio_path, prompt, fields)
+    try:
+        for event in job_events(base, token, job['id']):
+            if on_event is not None:
+                on_event(event)
+    except KeyboardInterrupt:
+        raise JobInterrupted(job['id'], cancel_job(base, token, job['id'])) from None
+    return api_request('get', f'{base}/v1/jobs/{job["id"]}', token)
+
+
+def jobs_base_url(host: str) -> str:
+    if not host.startswith(('http://', 'https://')):
+        raise ValueError(f'jobs are on the gateway\'s HTTP port: give http://HOST:PORT (e.g. {DEFAULT_HTTP_HOST}), not {host!r}')
+    return host.rstrip('/')
+
+
+def submit_job(base: str, token: Optional[str], audio_path: Optional[Union[str, Path]], prompt: Optional[str],
+               fields: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """POST /v1/jobs: the audio as a multipart upload, or the prompt as JSON; the queued job."""
+    if (audio_path is None) == (prompt is None):
+        raise ValueError('give exactly one of audio_path or prompt')
+    fields = {key: value for key, value in (fields or {}).items() if value is not None}
+    if prompt is not None:
+        return api_request('post', f'{base}/v1/jobs', token, json={**fields, 'prompt': prompt})
+    upload = {'file': (Path(audio_path).name, Path(audio_path).read_bytes())}
+    return api_request('post', f'{base}/v1/jobs', token, files=upload, data={key: str(value) for key, value in fields.items()})
+
+
+def cancel_job(base: str, token: Optional[str], job_id: str) -> str:
+    """DELETE /v1/jobs/{id}; '' once asked, else why not (it may have just ended)."""
+    try:
+        api_request('delete', f'{base}/v1/jobs/{job_id}', token)
+    except (JobRefused, ConnectionError) as e:
+        return str(e)
+    return ''
+
+
+def api_request(method: str, url: str, token: Optional[str], **kwargs) -> Dict[str, Any]:
+    """One call to the jobs API; its JSON answer, or JobRefused with the gateway's message."""
+    import requests
+
+    try:
+        answer = requests.request(method, url, headers=bearer(token), timeout=HTTP_TIMEOUT_S, **kwargs)
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise ConnectionError(f'cannot reach the gateway at {url}: {e}') from e
+    if answer.status_code >= 400:
+        raise JobRefused(answer.status_code, error_message(answer))
+    return answer.json()
+
+
+def error_message(answer) -> str:
+    """The message of an error answer: OpenAI's ``{"error": {"message"}}``, FastAPI's ``detail``, else the text."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return f'{answer.status_code} {answer.reason}: {answer.text[:200]}'.rstrip(': ')
+    if isinstance(body, dict) and isinstance(body.get('error'), dict):
+        return str(body['error'].get('message'))
+    if isinstance(body, dict) and 'detail' in body:
+        return str(body['detail'])
+    return f'{answer.status_code} {answer.reason}: {body}'
+
+
+def bearer(token: Optional[str]) -> Dict[str, str]:
+    return auth_options(token, over_http=True).get('headers', {})
+
+
+def job_events(base: str, token: Optional[str], job_id: str, after: int = 0) -> Iterator[Dict[str, Any]]:
+    """The job's events after seq ``after``, up to its terminal one. A dropped stream is reopened with
+    ``?after=<last seq seen>`` (RECONNECTS tries in a row, backing off), so none is lost or repeated."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    url = f'ws{base[len("http"):]}/v1/jobs/{job_id}/events'
+    failures = 0
+    while True:
+        try:
+            with connect(f'{url}?after={after}', additional_headers=bearer(token), open_timeout=WS_OPEN_TIMEOUT_S,
+                         max_size=WS_MAX_MESSAGE_BYTES) as stream:
+                for message in stream:
+                    event = json.loads(message)
+                    after, failures = event['seq'], 0
+                    yield event
+                    if event['kind'] in TERMINAL_EVENTS:
+                        return
+            problem = 'the gateway closed the event stream before the job ended'
+        except InvalidStatus as e:
+            if e.response.status_code < 500:
+                raise JobRefused(e.response.status_code, f'the gateway refused the event stream of job {job_id}: {e}') from e
+            problem = str(e)
+        except (OSError, ConnectionClosed, InvalidHandshake) as e:
+            problem = str(e) or type(e).__name__
+        failures += 1
+        if failures > RECONNECTS:
+            raise ConnectionError(f'lost the events of job {job_id} at {url} after {RECONNECTS} reconnects: {problem}')
+        time.sleep(RECONNECT_BACKOFF_S * 2 ** (failures - 1))
+
+
 def _blob_to_data_uri(doc: PromptDoc) -> PromptDoc:
     if doc.blob is None:
         return doc
@@ -260,11 +418,16 @@ def _blob_to_data_uri(doc: PromptDoc) -> PromptDoc:
 
 
 def save_images(doc: PromptDoc, out_dir: Path, stem: str) -> List[str]:
+    return save_pngs([image.png for image in doc.matches], out_dir, stem)
+
+
+def save_pngs(pngs: Sequence[bytes], out_dir: Path, stem: str) -> List[str]:
+    """``<stem>-<i>.png`` in ``out_dir``, one per image; their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, image in enumerate(doc.matches):
+    for i, png in enumerate(pngs):
         path = out_dir / f'{stem}-{i}.png'
-        path.write_bytes(image.png)
+        path.write_bytes(png)
         paths.append(str(path))
     return paths
 
@@ -291,16 +454,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--language', help='spoken language (ISO 639-1) of all AUDIO; default: detect')
     parser.add_argument('--out', default='outputs', type=Path, help='folder for the PNG files (default: outputs)')
     parser.add_argument('--json', action='store_true', help='print one JSON object per input')
-    parser.add_argument('--token', default=os.environ.get(AUTH_TOKEN_VARIABLE), help=f'the gateway\'s auth token (default: ${AUTH_TOKEN_VARIABLE})')
+    parser.add_argument('--token', default=environment_token(), help=f'the gateway\'s auth token (default: ${AUTH_TOKEN_VARIABLE}, its first key)')
+    parser.add_argument('--follow', action='store_true',
+                        help=f'run each input as a job on the gateway\'s HTTP port (--host {DEFAULT_HTTP_HOST}) and show its progress live')
     args = parser.parse_args(argv)
     if not args.audio and not args.text:
         parser.error('give at least one AUDIO file or --text PROMPT')
+    if args.follow and not args.host.startswith(('http://', 'https://')):
+        parser.error(f'--follow talks to the gateway\'s HTTP port: give --host http://HOST:PORT (e.g. {DEFAULT_HTTP_HOST}), not {args.host}')
+    if args.follow and (args.width is None) != (args.height is None):
+        parser.error('--follow sends the image size as WIDTHxHEIGHT: give both --width and --height, or neither')
     return args
 
 
 def parameters_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     names = ('num_images', 'steps', 'guidance_scale', 'seed', 'width', 'height', 'negative_prompt', 'scheduler', 'language')
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def job_fields(args: argparse.Namespace) -> Dict[str, Any]:
+    """The generation options as POST /v1/jobs's fields (parse_args made sure width and height come together)."""
+    fields = {'n': args.num_images, 'steps': args.steps, 'guidance_scale': args.guidance_scale, 'seed': args.seed,
+              'negative_prompt': args.negative_prompt, 'scheduler': args.scheduler, 'language': args.language}
+    if args.width is not None:
+        fields['size'] = f'{args.width}x{args.height}'
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -311,15 +489,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # One request per input: progress shows as each finishes, and one input's failure
     # (even an unreadable local file) never costs the others their results.
     for number, (label, is_file) in enumerate(inputs, start=1):
-        result = run_one(label, is_file, parameters, args)
+        if args.follow:
+            try:
+                result = follow_one(label, is_file, args, f'[{number}/{len(inputs)}] {label}')
+            except KeyboardInterrupt as e:
+                print(interrupted_message(e), file=sys.stderr, flush=True)
+                return 130
+        else:
+            result = run_one(label, is_file, parameters, args)
         failed += bool(result['error'])
-        report(result, number, len(inputs), args.json)
+        report(result, number, len(inputs), args.json, heard_shown=args.follow)
     return 1 if failed else 0
 
 
+def empty_result(label: str) -> Dict[str, Any]:
+    return {'input': label, 'language': None, 'transcript': '', 'text': '', 'images': [], 'stored': [], 'record': '',
+            'error': ''}
+
+
 def run_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
-    result = {'input': label, 'language': None, 'transcript': '', 'text': '', 'images': [], 'stored': [], 'record': '',
-              'error': ''}
+    result = empty_result(label)
     try:
         docs = build_docs([label]) if is_file else build_docs(prompts=[label])
     except OSError as e:
@@ -342,7 +531,8 @@ def run_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argpars
     return result
 
 
-def report(result: Dict[str, Any], number: int, total: int, as_json: bool) -> None:
+def report(result: Dict[str, Any], number: int, total: int, as_json: bool, heard_shown: bool = False) -> None:
+    """One input's outcome; ``heard_shown``: its transcript was already printed (live, by --follow)."""
     if as_json:
         print(json.dumps(result, ensure_ascii=False), flush=True)
         return
@@ -350,14 +540,108 @@ def report(result: Dict[str, Any], number: int, total: int, as_json: bool) -> No
     if result['error']:
         print(f'{head}: ERROR {result["error"]}', file=sys.stderr, flush=True)
         return
-    if result['language']:
-        print(f'{head}: ({result["language"]}) {result["transcript"]}')
-        if result['text'] != result['transcript']:
-            print(f'    English: {result["text"]}')
+    if result['language'] and not heard_shown:
+        print('\n'.join(heard_lines(head, result)))
     for path in result['images']:
         print(f'    -> {path}', flush=True)
     if result['record']:
         print(f'    kept by the service: {result["record"]}', flush=True)
+
+
+
+def heard_lines(head: str, heard: Dict[str, Any]) -> List[str]:
+    """What Whisper heard (a result or a ``transcribed`` event): the transcript, and its English if it differs."""
+    lines = [f'{head}: ({heard["language"]}) {heard["transcript"]}']
+    if heard['text'] != heard['transcript']:
+        lines.append(f'    English: {heard["text"]}')
+    return lines
+
+
+# --follow: each input as a job, with its progress live
+
+def follow_one(label: str, is_file: bool, args: argparse.Namespace, head: str) -> Dict[str, Any]:
+    """run_one's result for one input run as a job, plus its ``job`` id; Ctrl-C raises JobInterrupted."""
+    result = {**empty_result(label), 'job': ''}
+    live = LiveProgress(head, args.json)
+    try:
+        record = follow_job(args.host, args.token or '', audio_path=label if is_file else None,
+                            prompt=None if is_file else label, fields=job_fields(args), on_event=live)
+    except ConnectionError as e:
+        raise SystemExit(f'{e}; is the service running (`make serve`)?')
+    except OSError as e:
+        if e.filename is None:  # not the audio file: requests' own errors are OSErrors too
+            raise
+        result['error'] = f'cannot read {label}: {e.strerror}'
+        return result
+    except JobRefused as e:
+        if e.status == 401:  # the same token for every input: stop here
+            raise SystemExit(f'the gateway at {args.host} refused the request: {e.message}')
+        result['error'] = e.message
+        return result
+    finally:
+        live.close()
+    result.update(job=record['id'], language=record.get('language'), transcript=record.get('transcript', ''),
+                  text=record.get('text') or record.get('prompt', ''), error=job_error(record),
+                  record=record.get('result_url') or '')
+    pngs = [base64.b64decode(image['b64_json']) for image in record.get('images', []) if image.get('b64_json')]
+    result['images'] = save_pngs(pngs, args.out, input_stem(label, is_file))
+    result['stored'] = [image['url'] for image in record.get('images', []) if image.get('url')]
+    return result
+
+
+def job_error(record: Dict[str, Any]) -> str:
+    if record['status'] == 'cancelled':
+        return 'the job was cancelled'
+    return record.get('error') or ''
+
+
+def interrupted_message(interrupt: KeyboardInterrupt) -> str:
+    if not isinstance(interrupt, JobInterrupted):
+        return 'interrupted'
+    if interrupt.cancel_error:
+        return f'interrupted; cancelling job {interrupt.job_id} failed: {interrupt.cancel_error}'
+    return f'interrupted: job {interrupt.job_id} cancelled'
+
+
+class LiveProgress:
+    """What --follow shows while a job runs: what Whisper heard as soon as it is known (above the
+    bars, on stdout), and a bar of denoising steps per pipeline call (on stderr)."""
+
+    def __init__(self, head: str, as_json: bool):
+        self.head, self.as_json = head, as_json
+        self.bars: Dict[int, Any] = {}  # by the first image index of their pipeline call
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        if event['kind'] == 'transcribed' and not self.as_json:
+            self.write(heard_lines(self.head, event), sys.stdout)
+        elif event['kind'] == 'queued' and event.get('position'):
+            self.write([f'{self.head}: queued behind {event["position"]} job(s)'], sys.stderr)
+        elif event['kind'] == 'progress':
+            self.advance(event)
+        elif event['kind'] in TERMINAL_EVENTS:
+            self.close()
+
+    def advance(self, event: Dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if event['image'] not in self.bars:
+            first, count = event['image'] + 1, event.get('images', 1)
+            label = f'image {first}' if count == 1 else f'images {first}-{first + count - 1}'
+            self.bars[event['image']] = tqdm(total=event['steps'], desc=label, unit='step', file=sys.stderr)
+        bar = self.bars[event['image']]
+        bar.update(event['step'] - bar.n)
+
+    def write(self, lines: List[str], file) -> None:
+        from tqdm import tqdm
+
+        for line in lines:
+            tqdm.write(line, file=file)
+        file.flush()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
 
 
 if __name__ == '__main__':

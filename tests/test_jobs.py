@@ -287,3 +287,8 @@ def test_with_redis_a_second_gateway_follows_and_cancels_a_job_of_the_first(tiny
     finally:
         for service in services:
             service.close()
+
+
+def test_an_unknown_route_under_v1_answers_in_openai_s_shape(front_door):
+    answer = requests.get(f'{front_door.api}/no-such-route', headers=auth(), timeout=30)
+    assert answer.status_code == 404 and 'message' in answer.json()['error']

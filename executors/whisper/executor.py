@@ -14,7 +14,7 @@ from executors.whisper.audio import (
 )
 from executors.whisper.backends import BACKENDS, Transcription
 from executors.whisper.params import TranscriptionParams
-from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge
+from executors.whisper.quality import CANNOT_TRANSLATE, NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge
 from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc, Segment, mark_failed
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, quote, request_parameters
 from s2i.runtime import refuse_unknown_settings, resolve_device, setting
@@ -169,7 +169,7 @@ class WhisperExecutor(Executor):
         if not self.translates:
             mark_failed(
                 (clip.doc for clip in foreign),
-                f'cannot translate to English: {self.model} was trained without translation data; send English '
+                f'{CANNOT_TRANSLATE}: {self.model} was trained without translation data; send English '
                 f'speech, use a model that translates (e.g. large-v3), or set translate_with_turbo: true',
             )
             foreign = []

@@ -14,6 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 from executors.whisper.backends import DecodedSegment, Transcription
 
 NO_SPEECH = 'no speech detected'  # VAD found none, or the decoder produced no text
+LANGUAGE_UNCERTAIN = 'the spoken language is uncertain'  # a hint (`language`) resolves it
+CANNOT_TRANSLATE = 'cannot translate to English'  # the model was trained without translation data
 UNUSABLE_SPEECH = 'no usable speech'  # the decoder's own signals say its text is not what was said
 
 
@@ -58,7 +60,7 @@ class SpeechChecks:
             return f'{UNUSABLE_SPEECH}: more text than anyone says in that time ({rate:.0f} characters/s > {self.max_chars_per_second:g})'
         probability = result.language_probability
         if not language_given and self.min_language_probability is not None and probability < self.min_language_probability:
-            return f'the spoken language is uncertain ({result.language}, p={probability:.2f}): send `language`'
+            return f'{LANGUAGE_UNCERTAIN} ({result.language}, p={probability:.2f}): send `language`'
         return None
 
 

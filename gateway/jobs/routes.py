@@ -42,8 +42,6 @@ class JobRequest(BaseModel):
     response_format: Literal['b64_json', 'url'] = 'b64_json'
     language: Optional[str] = Field(None, min_length=2, max_length=3)
     callback_url: Optional[str] = None
-    model: Optional[str] = None  # accepted, as in /v1/images/generations
-    user: Optional[str] = None
 
 
 def jobs_router(runner: JobRunner, webhooks: Webhooks) -> APIRouter:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from docarray import DocList
 
 from gateway.flow_calls import GENERATOR, STORE, TRANSCRIBER, FlowCalls, FlowFailure
+from gateway.generation import URL_SECONDS
 from gateway.jobs.store import TERMINAL, JobStore
 from gateway.jobs.webhooks import Webhooks
 from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
@@ -29,6 +30,7 @@ CANCEL_POLL_SECONDS = 0.25  # how soon a cancel asked through another gateway (R
 PURGE_EVERY_SECONDS = 600
 RESTARTED = 'the gateway restarted before the job finished; submit it again'
 STOPPED = 'the gateway stopped while the job ran; submit it again'
+NOT_STORED = 'no url: the service does not store results (S2I_STORE=none), so the image is in b64_json'
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,10 @@ class JobRunner:
         clock = Clock(job['created'])
         await self._publish(job_id, 'started')
         try:
-            async with asyncio.timeout(self.limits.max_job_seconds):
-                status, fields = await self._steps(job_id, job_input, clock)
+            status, fields = await asyncio.wait_for(self._steps(job_id, job_input, clock), self.limits.max_job_seconds)
         except asyncio.CancelledError:
             status, fields = ('failed', {'error': STOPPED}) if self.stopping else ('cancelled', {})
-        except TimeoutError:
+        except asyncio.TimeoutError:
             status, fields = 'failed', {'error': f'the job ran longer than {self.limits.max_job_seconds:g} s (max_job_seconds)'}
         except FlowFailure as e:
             status, fields = 'failed', {'error': str(e)}
@@ -191,13 +192,24 @@ class JobRunner:
         if doc.error:
             return 'failed', {'error': doc.error}
         with clock.timing('store_s'):
-            [doc] = await self.flow.call_executor(STORE, DocList[PromptDoc]([doc]))
-        if doc.error:
-            return 'failed', {'error': doc.error}
-        images = [self._image(index, image, job_input.response_format) for index, image in enumerate(doc.matches)]
+            stored = await self._store(doc, job_input)
+        images = [self._image(index, image, job_input.response_format) for index, image in enumerate(stored.matches)]
         for image in images:
             await self._publish(job_id, 'image', **image)
-        return 'succeeded', {'images': images, 'result_url': doc.result_url}
+        return 'succeeded', {'images': images, 'result_url': stored.result_url, 'store_error': stored.error}
+
+    async def _store(self, doc: PromptDoc, job_input: JobInput) -> PromptDoc:
+        """``doc`` as the store kept it (with urls and its record's), or, if the store failed, ``doc`` as
+        generated with the store's error: the images are never lost to a store failure."""
+        parameters = {'presign_seconds': URL_SECONDS} if job_input.response_format == 'url' else {}
+        keeping = PromptDoc(**carried(doc), blob=job_input.audio, matches=doc.matches)  # the audio, if the store keeps it
+        try:
+            [stored] = await self.flow.call_executor(STORE, DocList[PromptDoc]([keeping]), parameters)
+        except FlowFailure as e:
+            return PromptDoc(**carried(doc), matches=doc.matches, error=str(e))
+        if stored.error:
+            return PromptDoc(**carried(doc), matches=doc.matches, error=stored.error)
+        return stored
 
     async def _transcribe(self, job_id: str, job_input: JobInput) -> PromptDoc:
         audio = PromptDoc(blob=job_input.audio, language=job_input.language)
@@ -232,10 +244,14 @@ class JobRunner:
     def _image(self, index: int, image, response_format: str) -> Dict[str, Any]:
         described = {'index': index, 'seed': image.seed, 'width': image.width, 'height': image.height,
                      'parameters': image.parameters}
-        if response_format == 'url':
-            described['url'] = image.presigned_url or image.url
-        else:
+        url = image.presigned_url or image.url
+        if url:  # where the store keeps it, whichever format was asked for
+            described['url'] = url
+        # Never an image lost: without a store (S2I_STORE=none) a url job gets the bytes, and is told why.
+        if response_format == 'b64_json' or not url:
             described['b64_json'] = base64.b64encode(image.png).decode()
+            if response_format == 'url':
+                described['note'] = NOT_STORED
         return described
 
     async def _finish(self, job_id: str, status: str, fields: Dict[str, Any]) -> None:
