@@ -1,4 +1,5 @@
-"""The quick start: start the Flow, send the example audio, print what was heard, write the images.
+"""The quick start: start the Flow, send the example audio, print what was heard, write the images;
+then, in a terminal, keep the Flow up for the web page (/ui) until Ctrl-C.
 
     make demo                                 # or: .venv/bin/python scripts/demo.py
     S2I_SD_MODEL=/models/sd15 make demo       # real weights: a local folder or a hub id
@@ -79,17 +80,37 @@ def main() -> int:
     apply_defaults()
     OUT.mkdir(exist_ok=True)
     host = f'grpc://127.0.0.1:{os.environ["S2I_PORT"]}'
+    page = f'http://127.0.0.1:{os.environ["S2I_HTTP_PORT"]}/ui'
     server = start_flow(OUT / 'flow.log')
     try:
         wait_until_ready(server, OUT / 'flow.log')
         status = client.main(['--host', host, '--out', str(OUT), *map(str, EXAMPLES)])
+        show_parameters_of_newest_image()
+        offer_the_page(page)
     finally:
         stop_flow(server)
-    first_image = max(OUT.glob('*.png'), key=lambda p: p.stat().st_mtime, default=None)
-    if first_image:
-        print(f'\n{first_image.relative_to(ROOT)} carries its parameters:')
-        print(json.dumps(read_png_parameters(first_image.read_bytes()), indent=2))
     return status
+
+
+def show_parameters_of_newest_image() -> None:
+    newest = max(OUT.glob('*.png'), key=lambda p: p.stat().st_mtime, default=None)
+    if newest:
+        print(f'\n{newest.relative_to(ROOT)} carries its parameters:')
+        print(json.dumps(read_png_parameters(newest.read_bytes()), indent=2))
+
+
+def offer_the_page(page: str) -> None:
+    """In a terminal, keep the Flow up for the web page until Ctrl-C; elsewhere (CI, a pipe), say how to get it."""
+    if not sys.stdin.isatty():
+        print(f'\nThe web page: `make serve`, then open {page}', flush=True)
+        return
+    token = ' (the token: $S2I_AUTH_TOKEN)' if os.environ.get('S2I_AUTH_TOKEN') else ''
+    print(f'\nThe web page is at {page}{token}: record, upload or type there. Ctrl-C stops the Flow.', flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print('stopping the Flow', flush=True)
 
 
 if __name__ == '__main__':

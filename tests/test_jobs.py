@@ -292,3 +292,29 @@ def test_with_redis_a_second_gateway_follows_and_cancels_a_job_of_the_first(tiny
 def test_an_unknown_route_under_v1_answers_in_openai_s_shape(front_door):
     answer = requests.get(f'{front_door.api}/no-such-route', headers=auth(), timeout=30)
     assert answer.status_code == 404 and 'message' in answer.json()['error']
+
+
+def test_submissions_over_the_active_job_limits_are_refused_naming_them(tmp_path):
+    """The runner's limits, with a real SQLite store and no workers started: submitted jobs stay queued."""
+    import asyncio
+    import logging
+
+    from gateway.jobs.runner import JobInput, JobLimits, JobRunner, TooManyJobs
+    from gateway.jobs.store import open_store
+    from gateway.jobs.webhooks import Webhooks
+
+    async def submit_until_refused(limits: JobLimits, owners: List[str]) -> str:
+        runner = JobRunner(None, open_store(None, tmp_path / f'{id(limits)}.sqlite3', 60), Webhooks(), limits, logging.getLogger('test'))
+        try:
+            for owner in owners:
+                await runner.submit(owner, JobInput(prompt='x'))
+        except TooManyJobs as e:
+            return str(e)
+        finally:
+            await runner.store.close()
+        return ''
+
+    per_key = asyncio.run(submit_until_refused(JobLimits(max_active_jobs_per_key=2), ['a', 'a', 'b', 'a']))
+    overall = asyncio.run(submit_until_refused(JobLimits(max_active_jobs=3), ['a', 'b', 'c', 'd']))
+    assert 'max_active_jobs_per_key' in per_key and '2 jobs' in per_key
+    assert 'max_active_jobs)' in overall and '3 jobs' in overall

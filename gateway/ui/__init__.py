@@ -1,7 +1,75 @@
-"""The web page (/ui): placeholder, being written."""
+"""The web page: speak, upload or type, and watch the transcript and the images arrive.
 
-from fastapi import APIRouter
+    GET /ui, /ui/           the page (static/index.html); open, like its files: it asks for the token itself
+    GET /ui/<file>          its styles and scripts, from static/ only, by exact name
+    GET /ui/parameters      the executors' parameter schemas (ranges, defaults, choices): needs the token
+
+The page talks to the job API (POST /v1/jobs, WS /v1/jobs/{id}/events, DELETE /v1/jobs/{id}) with the
+token from its own field, as ``Authorization: Bearer`` and, on the WebSocket, as the subprotocol
+``bearer.<token>``. It loads nothing from any other host.
+"""
+
+from pathlib import Path
+from typing import Any, Dict
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.errors import APIError
+from s2i.runtime import UNAUTHENTICATED
+
+STATIC = Path(__file__).parent / 'static'
+CONTENT_TYPES = {
+    '.html': 'text/html; charset=utf-8',
+    '.css': 'text/css; charset=utf-8',
+    '.js': 'text/javascript; charset=utf-8',
+    '.svg': 'image/svg+xml',
+    '.png': 'image/png',
+}
+# Everything the page may load from here: no default-src beyond this server, no inline scripts.
+SECURITY_HEADERS = {
+    'Content-Security-Policy': "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+                               "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    'X-Content-Type-Options': 'nosniff',
+    'Referrer-Policy': 'no-referrer',
+    'Cache-Control': 'no-cache',
+}
+
+
+def static_files() -> Dict[str, Path]:
+    """The page's files by name (``app.js``): the only paths /ui/<file> answers, so nothing else is reachable."""
+    return {path.name: path for path in sorted(STATIC.iterdir()) if path.suffix in CONTENT_TYPES and path.is_file()}
 
 
 def ui_router(guard) -> APIRouter:
-    return APIRouter()
+    """The page's routes; ``guard`` is the gateway's (gateway/gateway.py): its token and parameter schemas."""
+    router = APIRouter(prefix='/ui')
+    files = static_files()
+
+    def served(name: str) -> Response:
+        path = files[name]
+        return Response(path.read_bytes(), media_type=CONTENT_TYPES[path.suffix], headers=SECURITY_HEADERS)
+
+    @router.get('', include_in_schema=False)
+    @router.get('/', include_in_schema=False)
+    async def page() -> Response:
+        return served('index.html')
+
+    @router.get('/parameters', include_in_schema=False)
+    async def parameters(request: Request) -> Dict[str, Any]:
+        """What each executor takes, as the page's inputs' bounds; the token is checked here, as the
+        middleware lets every GET under /ui through."""
+        if guard.owner(request.headers.get('authorization')) is None:
+            raise APIError(401, UNAUTHENTICATED, code='invalid_api_key')
+        schemas = await guard.parameters.schemas() or []
+        return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': schema.json_schema}
+                                           for schema in schemas]}
+
+    @router.get('/{name}', include_in_schema=False)
+    async def file(name: str) -> Response:
+        if name not in files:
+            raise APIError(404, f'no file {name[:40]!r} in the page', code='not_found')
+        return served(name)
+
+    return router

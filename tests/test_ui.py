@@ -1,0 +1,275 @@
+"""The page (/ui) in a real browser: Debian's Chromium driven by Playwright, against the real service
+(tests/front_door.py: gateway, bundled Whisper, tiny SD). Each test reads like a person's steps; the
+main states are saved as screenshots in tests/artifacts/ (git-ignored) for a reviewer to look at."""
+
+import http.client
+import re
+from pathlib import Path
+from typing import Iterator, List, Tuple
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, ROOT
+from front_door import TOKEN
+
+CHROMIUM = '/usr/bin/chromium'
+ARTIFACTS = ROOT / 'tests' / 'artifacts'
+JOB_WAIT_MS = 120_000  # any one job (a cold Whisper on 2 cores)
+SMALL = {'n': '1', 'width': '64', 'height': '64', 'steps': '2'}
+
+sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright for Python is not installed (requirements-dev.txt)')
+if not Path(CHROMIUM).exists():
+    pytest.skip(f'no Chromium at {CHROMIUM} (apt install chromium)', allow_module_level=True)
+
+
+@pytest.fixture(scope='module')
+def browser() -> Iterator:
+    """One headless Chromium for the module, its microphone a fake one that plays the English clip once."""
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+            f'--use-file-for-fake-audio-capture={ENGLISH_CLIP}%noloop',
+        ])
+        yield launched
+        launched.close()
+
+
+class Visit:
+    """A page of the UI in a fresh browser context, with what it asked for and complained about."""
+
+    def __init__(self, browser, base: str):
+        self.base = base
+        self.context = browser.new_context(viewport={'width': 1100, 'height': 900})
+        self.context.set_default_timeout(JOB_WAIT_MS)
+        self.page = self.context.new_page()
+        self.requests: List[str] = []
+        self.console_errors: List[str] = []
+        self.page.on('request', lambda request: self.requests.append(request.url))
+        self.page.on('websocket', lambda websocket: self.requests.append(websocket.url))
+        self.page.on('console', lambda message: message.type == 'error' and self.console_errors.append(message.text))
+        self.page.on('pageerror', lambda error: self.console_errors.append(str(error)))
+
+    def open(self, token: str = TOKEN, **settings: str):
+        self.page.goto(f'{self.base}/ui')
+        self.page.get_by_test_id('token').fill(token)
+        self.page.get_by_test_id('token').press('Tab')  # "change": kept, and the bounds are asked for
+        for name, value in settings.items():
+            self.page.locator(f'#{name}').fill(value)
+        self.page.locator('h1').click()  # nothing focused: the screenshots show the page as it rests
+        return self.page
+
+    def foreign_hosts(self) -> List[str]:
+        ours = urlsplit(self.base).netloc
+        return [url for url in self.requests if urlsplit(url).scheme not in ('data', 'blob') and urlsplit(url).netloc != ours]
+
+    def screenshot(self, name: str) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f'{name}.png'), full_page=True)
+
+
+@pytest.fixture
+def visit(browser, front_door) -> Iterator[Visit]:
+    opened = Visit(browser, front_door.http)
+    yield opened
+    opened.context.close()
+
+
+def wait_until_done(page) -> None:
+    """Until the job has ended well: the next job would otherwise wait behind it."""
+    sync_api.expect(page.locator('#status')).to_have_text(re.compile('^Done'), timeout=JOB_WAIT_MS)
+
+
+def images(page):
+    return page.get_by_test_id('image')
+
+
+def pixel_difference(page, first: int, second: int) -> Tuple[int, float]:
+    """The largest difference between two gallery images' RGBA values, and the share of values that differ."""
+    return tuple(page.evaluate('''([first, second]) => {
+        const data = [first, second].map(index => {
+            const img = document.querySelectorAll('[data-testid="image"]')[index];
+            const canvas = document.createElement('canvas');
+            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+            const context = canvas.getContext('2d');
+            context.drawImage(img, 0, 0);
+            return context.getImageData(0, 0, canvas.width, canvas.height).data;
+        });
+        if (data[0].length !== data[1].length) return [255, 1];
+        let largest = 0, differing = 0;
+        data[0].forEach((value, i) => {
+            const difference = Math.abs(value - data[1][i]);
+            largest = Math.max(largest, difference);
+            differing += difference > 0;
+        });
+        return [largest, differing / data[0].length];
+    }''', [first, second]))
+
+
+def test_a_typed_prompt_gives_the_requested_images_and_their_seed_gives_them_again(visit):
+    page = visit.open(n='2', width='64', height='80', steps='2')
+    sync_api.expect(page.locator('#scheduler option')).to_have_count(5)  # the bounds and choices are the server's
+    assert page.locator('#steps').get_attribute('max') == '200'
+    page.get_by_test_id('prompt').fill('a red fox in the snow')
+    page.get_by_test_id('generate').click()
+
+    sync_api.expect(images(page)).to_have_count(2, timeout=JOB_WAIT_MS)
+    wait_until_done(page)
+    sizes = images(page).evaluate_all('imgs => imgs.map(img => [img.naturalWidth, img.naturalHeight])')
+    assert sizes == [[64, 80], [64, 80]]
+    visit.screenshot('prompt-images')
+
+    first = images(page).nth(1)  # the gallery shows the newest first
+    seed = first.get_attribute('data-seed')
+    first.click()
+    sync_api.expect(page.get_by_test_id('parameter-seed')).to_have_text(seed)
+    visit.screenshot('image-parameters')
+    page.get_by_role('button', name='Again with this seed').click()
+
+    sync_api.expect(images(page)).to_have_count(3, timeout=JOB_WAIT_MS)
+    wait_until_done(page)
+    assert images(page).first.get_attribute('data-seed') == seed
+    # The same seed, the same pixels: but for float rounding, as the first image shared its pipeline call (batch of 2)
+    largest, share = pixel_difference(page, 0, 2)
+    assert largest <= 1 and share < 0.001, (largest, share)
+
+    images(page).first.click()
+    page.get_by_role('button', name='Variations').click()  # the same prompt, as many images as set, new seeds
+    sync_api.expect(images(page)).to_have_count(5, timeout=JOB_WAIT_MS)
+    wait_until_done(page)
+    assert seed not in [images(page).nth(i).get_attribute('data-seed') for i in range(2)]
+    assert visit.foreign_hosts() == []
+    assert visit.console_errors == []
+
+
+def test_speech_from_the_microphone_is_transcribed_then_drawn(visit):
+    page = visit.open(**SMALL)
+    page.get_by_test_id('record').click()
+    sync_api.expect(page.get_by_test_id('record')).to_have_text('Stop and send')
+    page.wait_for_timeout(4500)  # the clip is 3.5 s
+    visit.screenshot('recording')
+    page.get_by_test_id('record').click()
+
+    sync_api.expect(page.get_by_test_id('transcript')).to_contain_text('fox', ignore_case=True, timeout=JOB_WAIT_MS)
+    sync_api.expect(page.get_by_test_id('transcript')).to_contain_text('snow', ignore_case=True)
+    sync_api.expect(images(page)).to_have_count(1, timeout=JOB_WAIT_MS)
+    wait_until_done(page)
+    visit.screenshot('microphone-images')
+    assert visit.foreign_hosts() == []
+    assert visit.console_errors == []
+
+
+def test_an_uploaded_german_clip_is_shown_in_english(visit):
+    page = visit.open(**SMALL)
+    page.get_by_test_id('file').set_input_files(str(GERMAN_CLIP))
+
+    sync_api.expect(page.get_by_test_id('english')).to_contain_text('snow', ignore_case=True, timeout=JOB_WAIT_MS)
+    sync_api.expect(page.get_by_test_id('transcript')).to_contain_text('Schnee')
+    sync_api.expect(images(page)).to_have_count(1, timeout=JOB_WAIT_MS)
+    wait_until_done(page)
+    visit.screenshot('upload-german')
+
+    page.set_viewport_size({'width': 390, 'height': 844})  # a phone: one column, nothing wider than the screen
+    assert page.evaluate('document.documentElement.scrollWidth') <= 390
+    visit.screenshot('phone')
+    assert visit.console_errors == []
+
+
+def test_an_uploaded_file_that_is_not_audio_shows_the_error_beside_the_file_input_and_no_image(visit):
+    page = visit.open(**SMALL)
+    page.get_by_test_id('file').set_input_files(str(DATA / 'not_audio.wav'))
+
+    error = page.locator('#drop').get_by_test_id('error')
+    sync_api.expect(error).to_be_visible(timeout=JOB_WAIT_MS)
+    sync_api.expect(error).to_contain_text('cannot be read as audio')
+    visit.screenshot('bad-file')
+    assert images(page).count() == 0
+    assert visit.console_errors == []
+
+
+def test_a_running_job_is_cancelled(visit):
+    page = visit.open(n='1', width='256', height='256', steps='200')
+    page.get_by_test_id('prompt').fill('a very slow lighthouse')
+    page.get_by_test_id('generate').click()
+
+    sync_api.expect(page.get_by_test_id('progress').locator('progress')).to_have_count(1, timeout=JOB_WAIT_MS)
+    page.get_by_test_id('cancel').click()
+    sync_api.expect(page.locator('#status')).to_have_text('Cancelled.', timeout=JOB_WAIT_MS)
+    sync_api.expect(page.get_by_test_id('cancel')).to_be_hidden()
+    visit.screenshot('cancelled')
+    assert images(page).count() == 0
+    assert visit.console_errors == []
+
+
+def test_a_reload_mid_job_reconnects_and_finishes_the_job(visit):
+    page = visit.open(n='1', width='128', height='128', steps='60')
+    page.get_by_test_id('prompt').fill('a harbour at night')
+    page.get_by_test_id('generate').click()
+    sync_api.expect(page.get_by_test_id('progress').locator('progress')).to_have_count(1, timeout=JOB_WAIT_MS)
+
+    page.reload()
+    sync_api.expect(page.get_by_test_id('cancel')).to_be_visible()  # following the same job again
+    sync_api.expect(images(page)).to_have_count(1, timeout=JOB_WAIT_MS)
+    wait_until_done(page)
+    assert images(page).evaluate('img => img.naturalWidth') == 128
+    visit.screenshot('reloaded')
+    assert visit.console_errors == []
+
+
+def test_a_dropped_connection_reconnects_from_the_last_event_seen(visit):
+    page = visit.open(n='1', width='64', height='64', steps='20')
+    opened: List[str] = []
+
+    def drop_the_first_after_a_progress_event(ws):
+        opened.append(ws.url)
+        server = ws.connect_to_server()
+        if len(opened) == 1:
+            def relay(message):
+                ws.send(message)
+                if '"progress"' in message:
+                    ws.close()  # the page's side only: as a network failure would
+            server.on_message(relay)
+
+    page.route_web_socket(re.compile('/v1/jobs/'), drop_the_first_after_a_progress_event)
+    page.get_by_test_id('prompt').fill('a lighthouse in the fog')
+    page.get_by_test_id('generate').click()
+
+    sync_api.expect(images(page)).to_have_count(1, timeout=JOB_WAIT_MS)
+    wait_until_done(page)
+    assert len(opened) == 2 and opened[0].endswith('after=0') and not opened[1].endswith('after=0'), opened
+    assert page.get_by_test_id('progress').locator('progress').count() == 1
+    assert visit.foreign_hosts() == [] and visit.console_errors == []
+
+
+def test_a_wrong_token_shows_the_error_beside_the_token(visit):
+    page = visit.open(token='not-the-token')
+    page.get_by_test_id('prompt').fill('a fox')
+    page.get_by_test_id('prompt').press('Control+Enter')  # the keyboard's way to generate
+
+    error = page.locator('header').get_by_test_id('error')
+    sync_api.expect(error).to_contain_text('token')
+    visit.screenshot('wrong-token')
+    assert images(page).count() == 0
+    assert all('401' in message for message in visit.console_errors)  # the browser logs the refused requests
+
+
+def test_the_page_and_its_files_are_served_with_their_types_and_nothing_else(front_door):
+    import requests
+
+    for path, kind in [('/ui', 'text/html'), ('/ui/', 'text/html'), ('/ui/app.js', 'text/javascript'),
+                       ('/ui/style.css', 'text/css')]:
+        answer = requests.get(front_door.http + path, timeout=10)
+        assert answer.status_code == 200 and answer.headers['content-type'].startswith(kind), path
+    # Sent as written (requests would resolve the dots): no file but the page's own, and no listing.
+    server = http.client.HTTPConnection(urlsplit(front_door.http).netloc, timeout=10)
+    for path in ['/ui/../gateway/gateway.py', '/ui/%2e%2e/__init__.py', '/ui/..%2f__init__.py', '/ui/__init__.py',
+                 '/ui/static', '/ui/static/', '/ui/static/app.js', '/ui//etc/passwd']:
+        server.request('GET', path)
+        answer = server.getresponse()
+        body = answer.read()
+        assert answer.status in (307, 401, 404) and b'import' not in body, (path, answer.status)  # 307: to /ui/static, a 404
+    assert requests.get(f'{front_door.http}/ui/parameters', timeout=10).status_code == 401
+    answer = requests.get(f'{front_door.http}/ui/parameters', headers={'authorization': f'Bearer {TOKEN}'}, timeout=10)
+    schemas = {schema['executor']: schema['json_schema'] for schema in answer.json()['data']}
+    assert any('steps' in schema['properties'] for schema in schemas.values())
+
