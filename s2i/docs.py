@@ -25,6 +25,13 @@ class Segment(BaseDoc):
     text: str  # in the spoken language
 
 
+class Tag(BaseDoc):
+    """A label CLIP gives an image, with its score (a softmax share, or a per-label sigmoid)."""
+
+    label: str
+    score: float
+
+
 class GeneratedImage(BaseDoc):
     """One image, as PNG bytes whose "parameters" text chunk holds ``parameters`` as JSON.
 
@@ -40,6 +47,7 @@ class GeneratedImage(BaseDoc):
     seed: Int32 = 0
     parameters: Dict[str, Any] = {}  # prompt, every generation parameter and the model id
     batch_size: Int32 = 1  # images made in the same pipeline call (dynamic batching merges requests)
+    clip_score: Optional[float] = None  # CLIP's similarity to the English prompt, when ranked (best_of)
 
 
 class PromptDoc(BaseDoc):
@@ -62,6 +70,12 @@ class PromptDoc(BaseDoc):
     # their seeds have equal parameters this way, so dynamic batching can merge them.
     seed: Optional[Int32] = None
 
+    # --- an input image (caption, tag, interrogate, restyle): file bytes in ``image`` (PNG, JPEG,
+    # WebP, ...), or ``image_uri``: a data: URI holding such a file (HTTP clients), or a server path
+    # where the executor's input_dir allows it ---
+    image: Optional[bytes] = None
+    image_uri: Optional[str] = None
+
     # --- set by the Whisper executor ---
     language_probability: Optional[float] = None
     duration: Optional[float] = None  # seconds of audio, as decoded
@@ -76,6 +90,11 @@ class PromptDoc(BaseDoc):
 
     # --- set by the Stable Diffusion executor ---
     matches: DocList[GeneratedImage] = DocList[GeneratedImage]()
+
+    # --- set by the vision executors ---
+    caption: str = ''  # what the captioning model says the image shows
+    tags: DocList[Tag] = DocList[Tag]()  # CLIP's labels for the image, best first
+    interrogated: str = ''  # a prompt made from the image (caption + the styles CLIP ranks highest)
 
     # --- set by the result store: where this document's JSON record is (s3://... or a path) ---
     result_url: str = ''
@@ -103,6 +122,10 @@ class PromptDoc(BaseDoc):
     @property
     def has_audio(self) -> bool:
         return self.blob is not None or self.uri is not None or self.tensor is not None
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None or self.image_uri is not None
 
 
 class ParameterSchema(BaseDoc):

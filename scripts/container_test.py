@@ -343,6 +343,19 @@ def text_prompt(host: str, token: str, parameters: dict = PARAMETERS) -> None:
     check_images(f'{host} text prompt', doc, parameters)
 
 
+def job_followed(http: str, token: str) -> None:
+    """A job through the gateway container's own routes: its events over WebSocket, then its record."""
+    from s2i.client import follow_job
+
+    kinds = []
+    record = follow_job(http, token, audio_path=GERMAN_CLIP, fields={'size': '128x128', 'steps': 4, 'seed': 7},
+                        on_event=lambda event: kinds.append(event['kind']))
+    check(record['status'] == 'succeeded' and len(record['images']) == 1, f'{http} job: {record["status"]} {record.get("error")!r}')
+    check(kinds.index('transcribed') < kinds.index('progress') < kinds.index('image') and kinds[-1] == 'succeeded',
+          f'{http} job events in the wrong order: {kinds}')
+    print(f'  {http} job: {" ".join(dict.fromkeys(kinds))}; heard {record["transcript"]!r}', flush=True)
+
+
 def refused_without_token(host: str) -> None:
     from s2i.client import generate
     from s2i.runtime import UNAUTHENTICATED
@@ -443,10 +456,11 @@ def main() -> int:
         with timings.phase('Compose stack up and healthy'):
             stack.export()
             stack.up()
-        with timings.phase('Compose: requests over gRPC and HTTP'):
+        with timings.phase('Compose: requests over gRPC and HTTP, a job'):
             for host in (grpc, http):
                 refused_without_token(host)
                 speech_and_bad_file(host, token)
+            job_followed(http, token)
         with timings.phase('Compose: stable-diffusion crashes during a request'):
             crash_during_request(stack, grpc, http)
         with timings.phase('Compose down'):
