@@ -46,6 +46,8 @@ COPY gateway/requirements.txt gateway/requirements.txt
 COPY executors/whisper/requirements.txt executors/whisper/requirements.txt
 COPY executors/stable_diffusion/requirements.txt executors/stable_diffusion/requirements.txt
 COPY executors/store/requirements.txt executors/store/requirements.txt
+COPY executors/caption/requirements.txt executors/caption/requirements.txt
+COPY executors/clip/requirements.txt executors/clip/requirements.txt
 # DL3013: setup.sh upgrades pip unpinned too. DL3059: one layer per step, so a requirements change
 # keeps the torch layer (several GB) cached.
 # hadolint ignore=DL3013

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test serve container-test
 setup: $(STAMP)
 
-$(STAMP): scripts/setup.sh constraints.txt requirements.txt requirements-dev.txt gateway/requirements.txt executors/whisper/requirements.txt executors/stable_diffusion/requirements.txt executors/store/requirements.txt pyproject.toml
+$(STAMP): scripts/setup.sh constraints.txt requirements.txt requirements-dev.txt gateway/requirements.txt executors/whisper/requirements.txt executors/stable_diffusion/requirements.txt executors/store/requirements.txt executors/caption/requirements.txt executors/clip/requirements.txt pyproject.toml
 	scripts/setup.sh
 
 demo: $(STAMP)

@@ -8,7 +8,7 @@ from executors.stable_diffusion.params import GenerationParams
 from gateway.errors import APIError
 from s2i.params import ParameterError, quote
 
-EXTRAS = ('seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler')  # ours, beside OpenAI's fields
+EXTRAS = ('seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'best_of')  # ours, beside OpenAI's fields
 URL_SECONDS = 3600  # response_format url: presigned URLs (S3 stores) last an hour, as OpenAI's image URLs do
 FIELD_OF = {'width': 'size', 'height': 'size', 'num_images': 'n'}  # the executor's key -> the field the client sent
 

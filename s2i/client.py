@@ -36,6 +36,7 @@ from s2i.params import MAX_SEED
 from s2i.runtime import AUTH_TOKEN_VARIABLE, UNAUTHENTICATED, unreachable_executor
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "8321")}'
+IMAGE_COMMANDS = ('caption', 'tag', 'interrogate', 'restyle')  # `client.py COMMAND IMAGE ...`: s2i/image_commands.py
 DEFAULT_HTTP_HOST = f'http://127.0.0.1:{os.environ.get("S2I_HTTP_PORT", "8322")}'  # jobs (--follow) live here
 
 TERMINAL_EVENTS = ('succeeded', 'failed', 'cancelled')  # a job's last event: exactly one of them
@@ -75,6 +76,7 @@ def generate(
     request_size: int = 1,
     docs: Optional[DocList[PromptDoc]] = None,
     token: Optional[str] = None,
+    endpoint: Optional[str] = None,
 ) -> DocList[PromptDoc]:
     """Send audio files and/or text prompts to the Flow; returns the result documents in input order.
 
@@ -89,7 +91,7 @@ def generate(
     if not host.startswith(('http://', 'https://')):
         connection = _shared_connection(host, token)
         try:
-            return connection.generate(docs=docs, parameters=parameters, request_size=request_size)
+            return connection.generate(docs=docs, parameters=parameters, request_size=request_size, endpoint=endpoint)
         except ConnectionError:
             _forget(connection, host, token)  # next time a fresh channel, not one in reconnect back-off
             raise
@@ -97,7 +99,7 @@ def generate(
     docs = DocList[PromptDoc](_blob_to_data_uri(doc) for doc in docs)
     try:
         results = _http_client(host).post(
-            endpoint_for(docs),
+            endpoint or endpoint_for(docs),
             inputs=docs,
             parameters=parameters,
             request_size=request_size,
@@ -217,12 +219,13 @@ class Connection:
         parameters: Optional[Dict[str, Any]] = None,
         docs: Optional[DocList[PromptDoc]] = None,
         request_size: Optional[int] = None,
+        endpoint: Optional[str] = None,
     ) -> DocList[PromptDoc]:
         """Like ``generate()``, over this connection. The documents go in requests of ``request_size``
         (default: one request for all), all in flight at once; results come back in input order."""
         docs = docs if docs is not None else build_docs(audio_files, prompts)
         docs, parameters = seed_on_documents(docs, parameters)
-        endpoint = endpoint_for(docs)
+        endpoint = endpoint or endpoint_for(docs)
         size = request_size or max(len(docs), 1)
         in_flight = [self._send(endpoint, docs[start : start + size], parameters) for start in range(0, len(docs), size)]
         results = DocList[PromptDoc]()
@@ -412,9 +415,13 @@ def job_events(base: str, token: Optional[str], job_id: str, after: int = 0) -> 
 
 
 def _blob_to_data_uri(doc: PromptDoc) -> PromptDoc:
-    if doc.blob is None:
-        return doc
-    return doc.model_copy(update={'blob': None, 'uri': to_data_uri(doc.blob, 'application/octet-stream')})
+    """``doc`` as JSON can carry it: its audio and image bytes as data URIs."""
+    update = {}
+    if doc.blob is not None:
+        update.update(blob=None, uri=to_data_uri(doc.blob, 'application/octet-stream'))
+    if doc.image is not None:
+        update.update(image=None, image_uri=to_data_uri(doc.image, 'application/octet-stream'))
+    return doc.model_copy(update=update) if update else doc
 
 
 def save_images(doc: PromptDoc, out_dir: Path, stem: str) -> List[str]:
@@ -482,6 +489,11 @@ def job_fields(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in IMAGE_COMMANDS:  # images in: caption, tag, interrogate, restyle
+        from s2i.image_commands import main as image_main
+
+        return image_main(argv)
     args = parse_args(argv)
     inputs = [(path, True) for path in args.audio] + [(prompt, False) for prompt in args.text]
     parameters = parameters_from_args(args)

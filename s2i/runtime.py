@@ -111,3 +111,36 @@ def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+class LazyModel:
+    """A model loaded once, at start-up or (an executor's ``load_at_start: false``) at the first request
+    that needs it, so that a Flow whose users never ask for it starts without its weights. A model
+    that cannot be loaded fails the documents that needed it, never the Flow."""
+
+    def __init__(self, load, name: str, logger: logging.Logger):
+        import threading
+
+        self.load = load  # () -> whatever the executor keeps (a model, its processor, ...)
+        self.name = name
+        self.logger = logger
+        self.loaded = None
+        self.loading = threading.Lock()  # two first requests at once load it once
+
+    def get(self):
+        with self.loading:
+            if self.loaded is None:
+                self.loaded = self.load()
+            return self.loaded
+
+    def ready_for(self, docs) -> bool:
+        """Whether the model is loaded (loading it now if need be); if it cannot be, each of ``docs`` says why."""
+        from s2i.docs import mark_failed
+
+        try:
+            self.get()
+            return True
+        except Exception as e:
+            self.logger.error(f'loading the {self.name} model failed', exc_info=True)
+            mark_failed(docs, f'the {self.name} model could not be loaded: {str(e).splitlines()[0][:200]}')
+            return False

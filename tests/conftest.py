@@ -36,6 +36,9 @@ GERMAN_CLIP = EXAMPLES / 'dog_in_snow_de.wav'  # "Ein kleiner Hund spielt im Sch
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:
+        if 'front_door' in getattr(item, 'fixturenames', ()):  # it starts the whole service: `-m "not slow"` skips it
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason='needs CUDA')

@@ -144,7 +144,7 @@ def test_kubernetes_manifests_validate_against_the_api_schema():
 
 def test_every_deployment_runs_the_image_with_probes_and_resource_requests():
     found = deployments()
-    assert set(found) == {'gateway', 'whisper', 'stable-diffusion', 'store'}
+    assert set(found) == {'gateway', 'whisper', 'stable-diffusion', 'caption', 'clip', 'store'}
     for name, deployment in found.items():
         spec = container(deployment)
         assert spec['image'] == 's2i:latest', name
@@ -157,7 +157,7 @@ def test_every_deployment_runs_the_image_with_probes_and_resource_requests():
 def test_every_deployment_probes_with_sane_timings_and_time_for_a_first_download():
     """A `jina ping` takes 4-7 s and ~2.7 s of CPU: a probe must outlast the ping's own timeout, not
     run back to back, and the startup probe must allow a first start that downloads the weights."""
-    minimum_start = {'gateway': 1, 'whisper': 5, 'stable-diffusion': 30, 'store': 1}  # minutes
+    minimum_start = {'gateway': 1, 'whisper': 5, 'stable-diffusion': 30, 'caption': 1, 'clip': 1, 'store': 1}  # minutes (caption, clip: models at first use)
     for name, deployment in deployments().items():
         spec = container(deployment)
         for kind in ('startupProbe', 'livenessProbe', 'readinessProbe'):
@@ -251,7 +251,7 @@ def test_replicas_image_and_namespace_come_from_configuration(export_with):
 def test_compose_file_runs_each_part_from_the_image_with_the_model_cache():
     compose = yaml.safe_load((DEPLOY / 'docker-compose.yml').read_text())
     services = compose['services']
-    assert set(services) == {'gateway', 'whisper', 'stable-diffusion', 'store'}
+    assert set(services) == {'gateway', 'whisper', 'stable-diffusion', 'caption', 'clip', 'store'}
     assert compose['volumes'] == {'models': {}}
     for name, service in services.items():
         assert service['image'] == 's2i:latest'
@@ -428,7 +428,8 @@ def test_the_exported_gateway_command_enforces_the_token(tmp_path):
     gateway = yaml.safe_load((DEPLOY / 'docker-compose.yml').read_text())['services']['gateway']
     command = list(gateway['command'])
     command[command.index('--deployments-addresses') + 1] = json.dumps(
-        {'whisper': [f'127.0.0.1:{whisper_port}'], 'stable_diffusion': [f'127.0.0.1:{sd_port}'], 'store': [f'127.0.0.1:{whisper_port}']})
+        {'whisper': [f'127.0.0.1:{whisper_port}'], 'stable_diffusion': [f'127.0.0.1:{sd_port}'],
+         **{later: [f'127.0.0.1:{whisper_port}'] for later in ('caption', 'clip', 'store')}})
     at = command.index('--port')
     command[at + 1 : at + 3] = [str(grpc_port), str(http_port)]
     at = command.index('--port-monitoring')

@@ -270,4 +270,5 @@ def test_serve_binds_loopback_unless_told_otherwise_and_the_executors_always(uns
 
     executors = yaml.safe_load((ROOT / 'flow.yml').read_text())['executors']
     assert {executor['name']: executor['host'] for executor in executors} == {
-        'whisper': '127.0.0.1', 'stable_diffusion': '127.0.0.1', 'store': '127.0.0.1'}  # only the gateway serves other machines
+        'whisper': '127.0.0.1', 'stable_diffusion': '127.0.0.1', 'caption': '127.0.0.1', 'clip': '127.0.0.1',
+        'store': '127.0.0.1'}  # only the gateway serves other machines

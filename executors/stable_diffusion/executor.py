@@ -1,8 +1,9 @@
 """StableDiffusionExecutor: English prompts in, PNG images (with their parameters) out.
 
-Two ways in: ``/generate`` (a batch of documents, answered once) and ``/generate_stream`` (one
-document, answered with its denoising progress as it happens, then the document). Both make the
-same pixels from the same seed and parameters.
+Three ways in: ``/generate`` (a batch of documents, answered once), ``/generate_stream`` (one
+document, answered with its denoising progress as it happens, then the document), both
+text-to-image and making the same pixels from the same seed and parameters; and ``/restyle``
+(image-to-image: each document's input image redrawn after its English text).
 """
 
 import asyncio
@@ -12,21 +13,38 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from docarray import DocList
 from jina import Executor, requests
+from PIL import Image
 
-from executors.stable_diffusion.params import DEFAULT_MODEL, MAX_PIXELS, GenerationParams, check_seed, too_long
-from executors.stable_diffusion.pipelines import apply_fast_paths, build_schedulers, load_pipeline, place_pipeline, truncation
+from executors.stable_diffusion.params import (
+    DEFAULT_MODEL, MAX_BEST_OF, MAX_PIXELS, GenerationParams, RestyleParams, restyle_size, too_long,
+)
+from executors.stable_diffusion.pipelines import (
+    apply_fast_paths, build_schedulers, image_to_image_pipeline, load_pipeline, place_pipeline, truncation,
+)
 from s2i.docs import PROGRESS_INTERVAL, GeneratedImage, GenerationEvent, GenerationRequest, ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import encode_png
+from s2i.images import ImageError, ImagePolicy, document_image
 from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_unicode, describe_parameters, request_parameters
 from s2i.runtime import DETAILS_LOGGED, refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_sd import TINY_WARNING
 
-Job = Tuple[PromptDoc, int]  # one image to make: the document it is for and its seed
+NO_STYLE = 'nothing to restyle with: send a style prompt (text) or speech (audio)'
+NO_IMAGE = 'nothing to restyle: the document has no image (image or image_uri)'
+
+
+class Job(NamedTuple):
+    """One image to make: the document it is for, its seed, and (restyle) the image it starts from."""
+
+    doc: PromptDoc
+    seed: int
+    image: Optional[Any] = None  # the input image as read (PIL, RGB); resized to the output size at the call
+
+
 StepDone = Callable[[List[Job], int, int], None]  # (the call's jobs, steps done, steps): a streamed call's progress
 OUT_OF_MEMORY = 'out of GPU memory'
 INTERRUPTED = 'interrupted: the service is shutting down; send the request again'
@@ -45,11 +63,15 @@ class Cancelled(Exception):
 
 
 class StableDiffusionExecutor(Executor):
-    """Text-to-image with any diffusers text-to-image model (SD 1.x/2.x, SDXL, ...).
+    """Text-to-image with any diffusers text-to-image model (SD 1.x/2.x, SDXL, ...), and image-to-image
+    (``/restyle``) with the same weights, where diffusers has an image-to-image pipeline for the model.
 
     Documents that already carry an ``error`` pass through untouched. Each image of a document
     gets seed ``seed + i``, so any single image can be regenerated on its own. A document gets all
     its images or an error, whatever happens to the other documents of its batch.
+
+    With ``best_of``, each document gets that many candidates instead of ``num_images``; the CLIP
+    executor after this one in the Flow keeps the ``num_images`` best. Without it, all come back.
 
     ``/generate_stream`` runs its pipeline calls in worker threads, beside ``/generate``'s: one lock
     lets a single call at a time use the pipeline. Closing the stream stops its generation at the
@@ -63,6 +85,7 @@ class StableDiffusionExecutor(Executor):
         request_defaults: Optional[Dict[str, Any]] = None,
         enable_safety_checker: bool = False,
         max_num_images: int = 4,
+        max_best_of: int = MAX_BEST_OF,
         max_batch_size: int = 4,
         max_pixels: int = 1024 * 1024,
         max_prompt_chars: int = 20000,
@@ -79,16 +102,26 @@ class StableDiffusionExecutor(Executor):
         self.device = torch.device(resolve_device(setting(device, 'S2I_DEVICE', 'auto')))
         self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
         self.max_num_images = max_num_images
+        self.max_best_of = max_best_of
         self.max_batch_size = max_batch_size
         self.max_pixels = min(max_pixels, MAX_PIXELS)
         self.max_prompt_chars = max_prompt_chars
-        self.defaults = GenerationParams.with_defaults(request_defaults)
-        self.defaults.check_limits(max_num_images, self.max_pixels, max_prompt_chars)
+        request_defaults = dict(request_defaults or {})
+        restyle_only = RestyleParams.keys() - GenerationParams.keys()  # strength
+        self.defaults = GenerationParams.with_defaults({k: v for k, v in request_defaults.items() if k not in restyle_only})
+        # /restyle's size follows its input image unless the request says otherwise: not the default width and height.
+        self.restyle_defaults = RestyleParams.with_defaults(
+            {k: v for k, v in request_defaults.items() if k not in ('width', 'height')}
+        )
+        self._check_limits(self.defaults)
+        self._check_limits(self.restyle_defaults)
         self.pipe, self.is_tiny = load_pipeline(self.model_id, self.dtype, enable_safety_checker, self.logger)
         self.logger.info(f'loaded {self.model_id} as {type(self.pipe).__name__} on {self.device} ({self.dtype})')
         place_pipeline(self.pipe, self.device, low_memory, self.logger)
         apply_fast_paths(self.pipe, channels_last, fuse_qkv, compile_unet, self.logger)
         self.schedulers = build_schedulers(self.pipe)
+        self.restyle_pipe = None  # built from self.pipe, sharing its weights, at the first /restyle
+        self.image_policy = ImagePolicy()
         # The pipeline and its scheduler swap are not thread-safe, and a stream's worker thread runs
         # beside /generate's (Jina serialises only its synchronous endpoints): one call at a time.
         self.pipeline_lock = threading.Lock()
@@ -128,6 +161,66 @@ class StableDiffusionExecutor(Executor):
             drop_images_of_failed(doc)
         return docs
 
+    @requests(on='/restyle')
+    def restyle(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """Each document's input image (``image`` or ``image_uri``) redrawn after its English ``text``:
+        typed by the client, or Whisper's translation of the document's audio (Whisper runs first in
+        the Flow). ``strength`` sets how far from the input image to go."""
+        params = request_parameters(docs, parameters, self.restyle_defaults, check=self._check_restyle)
+        if params is None:
+            return docs
+        drawing = [doc for doc in docs if not doc.error]
+        if not drawing or not self._ready_to_restyle(drawing):
+            return docs
+        calls: Dict[RestyleParams, List[Job]] = {}  # a pipeline call draws one size: documents grouped by theirs
+        for doc in drawing:
+            with self._own_failure(doc, 'reading the document'):
+                sized, jobs = self._plan_restyle(doc, params)
+                calls.setdefault(sized, []).extend(jobs)
+        for sized, jobs in calls.items():
+            for batch in self._batches(jobs):
+                self._run_batch(batch, sized)
+        for doc in drawing:
+            drop_images_of_failed(doc)
+        return docs
+
+    def _ready_to_restyle(self, docs: List[PromptDoc]) -> bool:
+        """Whether the image-to-image pipeline is built (building it now if need be); if the model has
+        none, every document says so."""
+        try:
+            with self.pipeline_lock:
+                if self.restyle_pipe is None:
+                    self.restyle_pipe = image_to_image_pipeline(self.pipe, self.model_id)
+            return True
+        except RuntimeError as e:
+            self.logger.error(str(e), exc_info=True)
+            mark_failed(docs, f'restyle is not available: the model {self.model_id!r} has no image-to-image pipeline')
+            return False
+
+    def _plan_restyle(self, doc: PromptDoc, params: RestyleParams) -> Tuple[RestyleParams, List[Job]]:
+        """``params`` with ``doc``'s output size, and the images to make for ``doc``, each starting from
+        its input image: none if it gets an error instead."""
+        jobs = self._plan_jobs(doc, params, no_prompt=NO_STYLE)
+        if not jobs:
+            return params, []
+        if not doc.has_image:
+            doc.error = NO_IMAGE
+            return params, []
+        try:
+            image = document_image(doc, self.image_policy)
+        except ImageError as e:
+            doc.error = str(e)
+            return params, []
+        if params.width is None:
+            width, height = restyle_size(image.width, image.height, self.max_pixels)
+            params = params.model_copy(update={'width': width, 'height': height})
+            try:
+                self._check_limits(params)  # an extreme aspect ratio, raised to MIN_SIZE on its short side
+            except ParameterError as e:
+                doc.error = f'image cannot be restyled at its own size: {e}; give width and height'
+                return params, []
+        return params, [job._replace(image=image) for job in jobs]
+
     @requests(on='/generate_stream')
     async def generate_stream(self, doc: GenerationRequest, **kwargs) -> GenerationEvent:
         """``doc`` drawn as ``/generate`` would draw it, with ``doc.parameters``: ``progress`` events
@@ -159,7 +252,7 @@ class StableDiffusionExecutor(Executor):
         for batch in self._batches(jobs):
             if doc.error:  # an earlier call failed: the document gets an error, not some of its images
                 return
-            async for event in self._stream_call(batch, jobs[0][1], params, stop):
+            async for event in self._stream_call(batch, jobs[0].seed, params, stop):
                 yield event
 
     async def _stream_call(self, jobs: List[Job], first_seed: int, params: GenerationParams, stop: threading.Event):
@@ -180,7 +273,7 @@ class StableDiffusionExecutor(Executor):
             if step == steps or now - last_sent >= PROGRESS_INTERVAL:
                 last_sent = now
                 yield GenerationEvent(kind='progress', step=step, steps=steps, images=len(call_jobs),
-                                      first_image=call_jobs[0][1] - first_seed)  # image i has seed first + i
+                                      first_image=call_jobs[0].seed - first_seed)  # image i has seed first + i
         await call
 
     def _run_streamed_batch(self, jobs: List[Job], params: GenerationParams, step_done: StepDone,
@@ -192,14 +285,18 @@ class StableDiffusionExecutor(Executor):
             return
         except Cancelled as e:
             cancelled = e
-            mark_failed([doc for doc, _ in jobs], 'cancelled: the stream was closed')
+            mark_failed([job.doc for job in jobs], 'cancelled: the stream was closed')
         finally:
             finished()
         self._release_memory()  # out of the except block, where the traceback no longer holds the call's tensors
         self.logger.info(f'generation cancelled at step {cancelled.step}/{cancelled.steps}')
 
     def _check_limits(self, params: GenerationParams) -> None:
-        params.check_limits(self.max_num_images, self.max_pixels, self.max_prompt_chars)
+        params.check_limits(self.max_num_images, self.max_pixels, self.max_prompt_chars, self.max_best_of)
+
+    def _check_restyle(self, params: RestyleParams) -> None:
+        self._check_limits(params)
+        params.check_denoises()  # not at start-up: request_defaults {steps: 1} is fine for text-to-image
 
     def _batches(self, jobs: List[Job]) -> List[List[Job]]:
         """``jobs`` in pipeline calls of at most ``max_batch_size`` images, in order."""
@@ -207,7 +304,14 @@ class StableDiffusionExecutor(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id)
+        """Text-to-image's keys and defaults, and /restyle's own key (strength): the gateway learns them here."""
+        described = describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id)
+        mine = described[-1]
+        restyle_schema = RestyleParams.model_json_schema()['properties']
+        for key in sorted(RestyleParams.keys() - GenerationParams.keys()):
+            mine.json_schema['properties'][key] = {**restyle_schema[key], 'default': getattr(self.restyle_defaults, key)}
+        mine.keys = sorted(set(mine.keys) | RestyleParams.keys())
+        return described
 
     @contextmanager
     def _own_failure(self, doc: PromptDoc, step: str):
@@ -219,23 +323,24 @@ class StableDiffusionExecutor(Executor):
             self.logger.error(f'{step} failed for document {doc.id}', exc_info=True)
             mark_failed([doc], f'{step} failed: {type(e).__name__}; {DETAILS_LOGGED}')
 
-    def _plan_jobs(self, doc: PromptDoc, params: GenerationParams) -> List[Job]:
-        """The images to make for ``doc``: none if it gets an error instead."""
+    def _plan_jobs(self, doc: PromptDoc, params: GenerationParams, no_prompt: str = 'nothing to draw: the document has no text prompt') -> List[Job]:
+        """The images to make for ``doc`` (``best_of`` candidates, or ``num_images``): none if it gets an error instead."""
         doc.matches = DocList[GeneratedImage]()  # this executor's images replace any the document came with
-        doc.error = self._prompt_error(doc.text)
+        doc.error = self._prompt_error(doc.text, no_prompt)
         if doc.error:
             return []
+        count = params.images_to_draw
         first_seed = doc.seed if doc.seed is not None else params.seed
         if first_seed is None:
-            first_seed = secrets.randbelow(MAX_SEED - params.num_images)
+            first_seed = secrets.randbelow(MAX_SEED - count)
         try:
-            check_seed(first_seed, params.num_images)
+            params.check_seeds_from(first_seed)
         except ParameterError as e:
             doc.error = f'invalid seed: {e}'
             return []
-        return [(doc, first_seed + i) for i in range(params.num_images)]
+        return [Job(doc, first_seed + i) for i in range(count)]
 
-    def _prompt_error(self, prompt: str) -> str:
+    def _prompt_error(self, prompt: str, no_prompt: str) -> str:
         if len(prompt) > self.max_prompt_chars:  # first: nothing else reads a text over the limit
             return too_long('prompt', prompt, self.max_prompt_chars)
         try:
@@ -243,7 +348,7 @@ class StableDiffusionExecutor(Executor):
         except ValueError as e:
             return f'prompt {e}'
         if not prompt.strip():
-            return 'nothing to draw: the document has no text prompt'
+            return no_prompt
         return ''
 
     def _run_batch(self, jobs: List[Job], params: GenerationParams,
@@ -258,7 +363,7 @@ class StableDiffusionExecutor(Executor):
         except Cancelled:
             raise
         except Interrupted:
-            mark_failed([doc for doc, _ in jobs], INTERRUPTED)
+            mark_failed([job.doc for job in jobs], INTERRUPTED)
             return
         except torch.cuda.OutOfMemoryError as e:
             self.logger.warning(f'out of GPU memory for {len(jobs)} {params.width}x{params.height} image(s)')
@@ -270,7 +375,7 @@ class StableDiffusionExecutor(Executor):
         if out_of_memory:  # out of the except block, where the failed call's traceback no longer holds its tensors
             self._release_memory()
         if len(jobs) == 1:
-            mark_failed([jobs[0][0]], error)
+            mark_failed([jobs[0].doc], error)
             return
         self.logger.warning(f'retrying the {len(jobs)} images in two halves')
         half = len(jobs) // 2
@@ -289,11 +394,11 @@ class StableDiffusionExecutor(Executor):
         with self.pipeline_lock:
             output, seconds = self._call_pipeline(jobs, params, step_done, stop)
         flagged = getattr(output, 'nsfw_content_detected', None) or [False] * len(jobs)
-        for (doc, seed), image, nsfw in zip(jobs, output.images, flagged):
-            with self._own_failure(doc, 'encoding the image'):
-                doc.matches.append(self._to_generated_image(doc, image, seed, params, nsfw, len(jobs)))
+        for job, image, nsfw in zip(jobs, output.images, flagged):
+            with self._own_failure(job.doc, 'encoding the image'):
+                job.doc.matches.append(self._to_generated_image(job, image, params, nsfw, len(jobs)))
         self.logger.info(
-            f'{len(jobs)} image(s) {params.width}x{params.height}, {params.steps} steps, '
+            f'{len(jobs)} image(s) {params.width}x{params.height}, {params.denoising_steps} steps, '
             f'{params.scheduler} in {seconds:.2f}s{self._peak_memory()}'
         )
 
@@ -303,22 +408,31 @@ class StableDiffusionExecutor(Executor):
         if self.shutting_down.is_set():  # the later batches of a request, once shutdown began
             raise Interrupted
         if stop is not None and stop.is_set():  # closed while this call waited for the pipeline
-            raise Cancelled(0, params.steps)
+            raise Cancelled(0, params.denoising_steps)
         started = time.perf_counter()
-        self.pipe.scheduler = self.schedulers[params.scheduler]
+        pipe, own_arguments = self._pipeline_for(jobs, params)
+        pipe.scheduler = self.schedulers[params.scheduler]
         with torch.inference_mode():
-            output = self.pipe(
-                prompt=[doc.text for doc, _ in jobs],
+            output = pipe(
+                prompt=[job.doc.text for job in jobs],
                 negative_prompt=[params.negative_prompt] * len(jobs) if params.negative_prompt else None,
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
-                width=params.width,
-                height=params.height,
                 # CPU generators: the same seed gives the same starting noise on any device.
-                generator=[torch.Generator('cpu').manual_seed(seed) for _, seed in jobs],
-                callback_on_step_end=self._after_each_step(params.steps, jobs, step_done, stop),
+                generator=[torch.Generator('cpu').manual_seed(job.seed) for job in jobs],
+                callback_on_step_end=self._after_each_step(params.denoising_steps, jobs, step_done, stop),
+                **own_arguments,
             )
         return output, time.perf_counter() - started
+
+    def _pipeline_for(self, jobs: List[Job], params: GenerationParams) -> Tuple[Any, Dict[str, Any]]:
+        """The pipeline that draws ``jobs`` and the arguments only it takes: text-to-image's size, or
+        image-to-image's input images (resized to the output size) and strength."""
+        if isinstance(params, RestyleParams):
+            size = (params.width, params.height)
+            images = [job.image if job.image.size == size else job.image.resize(size, Image.LANCZOS) for job in jobs]
+            return self.restyle_pipe, {'image': images, 'strength': params.strength}
+        return self.pipe, {'width': params.width, 'height': params.height}
 
     def _after_each_step(self, steps: int, jobs: List[Job], step_done: Optional[StepDone], stop: Optional[threading.Event]):
         """The pipeline's step callback: stops the generation on shutdown or when its stream is closed
@@ -342,8 +456,11 @@ class StableDiffusionExecutor(Executor):
 
         return stop_or_report_progress
 
-    def _to_generated_image(self, doc: PromptDoc, image, seed: int, params: GenerationParams, nsfw: bool, batch_size: int):
+    def _to_generated_image(self, job: Job, image, params: GenerationParams, nsfw: bool, batch_size: int):
+        doc, seed = job.doc, job.seed
         recorded = self._image_parameters(doc.text, seed, params)
+        if job.image is not None:  # restyled: what it started from
+            recorded['input_width'], recorded['input_height'] = job.image.size
         if nsfw:
             recorded['nsfw_filtered'] = True  # the safety checker blacked the image out
         truncated = truncation(self.pipe, doc.text, params.negative_prompt)
@@ -374,6 +491,10 @@ class StableDiffusionExecutor(Executor):
             'device': self.device.type,
             'dtype': str(self.dtype).removeprefix('torch.'),
         }
+        if isinstance(params, RestyleParams):
+            recorded.update(mode='restyle', strength=params.strength, pipeline=type(self.restyle_pipe).__name__)
+        if params.best_of is not None:  # one of best_of candidates, of which num_images are kept (by CLIP, in the Flow)
+            recorded.update(num_images=params.num_images, best_of=params.best_of)
         if self.is_tiny:
             recorded['warning'] = TINY_WARNING
         return recorded

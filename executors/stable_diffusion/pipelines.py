@@ -1,4 +1,5 @@
-"""Loading a diffusers text-to-image pipeline and preparing it to run: device, memory, speed, schedulers."""
+"""Loading a diffusers text-to-image pipeline and preparing it to run: device, memory, speed, schedulers;
+and its image-to-image twin, on the same weights."""
 
 import logging
 from typing import Any, Dict, Tuple
@@ -39,6 +40,22 @@ def load_pipeline(model: str, dtype: torch.dtype, enable_safety_checker: bool, l
     if is_tiny:
         logger.warning(f'\n{"!" * 78}\n!!  {model}: {TINY_WARNING.upper()}\n{"!" * 78}')
     return pipe, is_tiny
+
+
+def image_to_image_pipeline(pipe, model: str):
+    """``pipe``'s image-to-image pipeline, sharing its loaded components (weights, and the speed and
+    memory settings made on them): no second copy of the model in memory."""
+    from diffusers import AutoPipelineForImage2Image
+
+    try:
+        restyle = AutoPipelineForImage2Image.from_pipe(pipe)
+    except Exception as e:
+        raise RuntimeError(
+            f'The Stable Diffusion model {model!r} ({type(pipe).__name__}) has no image-to-image pipeline in '
+            f'diffusers, so /restyle cannot run on it (text-to-image still can): {e}'
+        ) from e
+    restyle.set_progress_bar_config(disable=True)
+    return restyle
 
 
 def place_pipeline(pipe, device: torch.device, low_memory: bool, logger: logging.Logger) -> None:

@@ -14,7 +14,7 @@ from jina import Executor, requests
 
 from executors.store.params import StoreParams
 from executors.store.stores import LocalFolder, S3Bucket, describe_failure, open_store
-from s2i.docs import GenerationEvent, ParameterSchema, PromptDoc, mark_failed
+from s2i.docs import ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import from_data_uri
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
 from s2i.runtime import refuse_unknown_settings, setting
@@ -80,13 +80,14 @@ class ResultStoreExecutor(Executor):
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
         return describe_parameters(docs, self.metas.name, self.defaults)
 
-    @requests(on='/generate_stream')
-    def pass_stream_on(self, docs: DocList[GenerationEvent], **kwargs) -> DocList[GenerationEvent]:
-        """Nothing: Jina's Flow check wants the executor after Stable Diffusion to take each of its
-        endpoints. The gateway reads that stream itself, and stores a job's images with /generate."""
+    @requests
+    def pass_on(self, docs: DocList[PromptDoc], **kwargs) -> DocList[PromptDoc]:
+        """Every endpoint the store does not serve (/caption, /tag, /interrogate, /generate_stream, ...)
+        passes through unchanged: Jina's Flow check wants the last executor to take each endpoint of
+        the ones before it, and those answers are not results to keep."""
         return docs
 
-    @requests(on=['/generate', '/text2image'])
+    @requests(on=['/generate', '/text2image', '/restyle'])
     def store_results(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         params = request_parameters(docs, parameters, self.defaults)
         if params is None or self.store is None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from s2i.docs import SAMPLE_RATE, PromptDoc
 from s2i.encoding import from_data_uri
+from s2i.inputs import path_under
 from s2i.params import quote
 from s2i.urls import host_refusal
 
@@ -108,10 +109,8 @@ def _read_server_path(path: str, policy: AudioPolicy) -> bytes:
         raise AudioError(
             'server-side audio paths are off (input_dir is not set): send the audio inline (blob, tensor or a data: URI)'
         )
-    root = os.path.realpath(policy.input_dir)
-    # realpath resolves "..", and symlinks anywhere on the way, before the containment check
-    resolved = os.path.realpath(os.path.join(root, path))
-    if os.path.commonpath([resolved, root]) != root:
+    resolved = path_under(policy.input_dir, path)  # ".." and symlinks resolved before the check
+    if resolved is None:
         raise AudioError(f'audio path {quote(path)} is outside the input directory')
     if not os.path.isfile(resolved):
         raise AudioError(f'audio path {quote(path)} is not a file in the input directory')

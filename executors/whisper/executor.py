@@ -115,7 +115,7 @@ class WhisperExecutor(Executor):
     def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
         return describe_parameters(docs, self.metas.name, self.defaults, model=self.model)
 
-    @requests(on='/generate')
+    @requests(on=['/generate', '/restyle'])  # /restyle: a spoken style becomes the English text that restyles the image
     def transcribe(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         params = request_parameters(docs, parameters, self.defaults)
         if params is None:

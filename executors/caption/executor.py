@@ -1,0 +1,184 @@
+"""CaptionExecutor: what an image shows, in words (``doc.caption``), from an image-to-text model.
+
+``/caption`` captions every document's image. ``/interrogate`` captions the images that have no
+caption yet, so that this executor can sit before the CLIP executor, whose ``/interrogate`` starts
+its prompt with the caption.
+
+Documents that already carry an ``error`` pass through untouched. A document whose image cannot
+be used gets an error of its own; the other documents of the request still get their captions.
+"""
+
+import gc
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from docarray import DocList
+from jina import Executor, requests
+from PIL import Image
+
+from executors.caption.params import DEFAULT_MODEL, CaptionParams
+from s2i.docs import ParameterSchema, PromptDoc, mark_failed
+from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
+from s2i.runtime import DETAILS_LOGGED, LazyModel, refuse_unknown_settings, resolve_device, setting
+from s2i.tiny_blip import TINY_BLIP_NAME, TINY_BLIP_WARNING, is_tiny_blip, tiny_blip_dir
+
+from s2i.images import ImageError, ImagePolicy, document_image
+
+NO_IMAGE = 'no image to caption: send image (bytes) or image_uri'
+Captioning = Tuple[PromptDoc, Image.Image]  # a document and its input image, decoded
+
+
+class CaptionExecutor(Executor):
+    """Any transformers image-to-text model that ``AutoModelForImageTextToText`` loads (BLIP by
+    default; a hub id or a local folder), batched, in fp16 on CUDA."""
+
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        device: Optional[str] = None,
+        request_defaults: Optional[Dict[str, Any]] = None,
+        batch_size: int = 16,
+        load_at_start: bool = True,
+        **kwargs,
+    ):
+        refuse_unknown_settings(type(self), kwargs)
+        super().__init__(**kwargs)
+        self.model_id = setting(model, 'S2I_CAPTION_MODEL', DEFAULT_MODEL)
+        self.device = torch.device(resolve_device(setting(device, 'S2I_DEVICE', 'auto')))
+        self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
+        self.defaults = CaptionParams.with_defaults(request_defaults)
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+        self.batch_size = batch_size
+        self.image_policy = ImagePolicy()
+        self.model = self.processor = None  # set once the model is loaded
+        self.lazy_model = LazyModel(self._load_model, 'captioning', self.logger)
+        if load_at_start:
+            self.model, self.processor = self.lazy_model.get()
+
+    def _ready(self, docs: List[PromptDoc]) -> bool:
+        """Whether the model is loaded (at the first request that needs it, with load_at_start: false)."""
+        if not self.lazy_model.ready_for(docs):
+            return False
+        self.model, self.processor = self.lazy_model.get()
+        return True
+
+    def _load_model(self):
+        try:
+            from transformers import AutoModelForImageTextToText as AutoCaptionModel
+        except ImportError:  # transformers before 4.46
+            from transformers import AutoModelForVision2Seq as AutoCaptionModel
+        from transformers import AutoProcessor
+
+        path = tiny_blip_dir() if self.model_id == TINY_BLIP_NAME else self.model_id
+        try:
+            model = AutoCaptionModel.from_pretrained(path, dtype=self.dtype)
+            processor = AutoProcessor.from_pretrained(path)
+        except Exception as e:
+            raise RuntimeError(
+                f'Could not load the captioning model {self.model_id!r}: {e}\n'
+                'Set S2I_CAPTION_MODEL to a local transformers image-to-text folder (BLIP, GIT, BLIP-2, ...), or '
+                'to a Hugging Face model id that this machine can download (or has in its cache). '
+                'S2I_CAPTION_MODEL=tiny runs a tiny random-weight model that checks the wiring and gives noise.'
+            ) from e
+        if is_tiny_blip(path):
+            self.logger.warning(f'\n{"!" * 78}\n!!  {self.model_id}: {TINY_BLIP_WARNING.upper()}\n{"!" * 78}')
+        model.to(self.device).eval()
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        memory = f', GPU memory allocated {torch.cuda.memory_allocated(self.device) / 2**30:.2f} GiB' \
+            if self.device.type == 'cuda' else ''
+        self.logger.info(f'loaded {self.model_id} as {type(model).__name__} on {self.device} ({self.dtype}): '
+                         f'{weights / 2**20:.1f} MiB of weights{memory}')
+        return model, processor
+
+    # --- endpoints ---
+
+    @requests(on='/caption')
+    def caption(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """Each image's caption in ``doc.caption``, replacing any the document came with."""
+        params = request_parameters(docs, parameters, self.defaults)
+        if params is None:
+            return docs
+        wanting = [doc for doc in docs if not doc.error]
+        if wanting and self._ready(wanting):
+            self._caption(wanting, params)
+        return docs
+
+    @requests(on='/interrogate')
+    def caption_to_interrogate(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """``/caption`` for the documents that have no caption yet: the start of the CLIP executor's prompt."""
+        params = request_parameters(docs, parameters, self.defaults)
+        if params is None:
+            return docs
+        wanting = [doc for doc in docs if not doc.error and not doc.caption]
+        if wanting and self._ready(wanting):
+            self._caption(wanting, params)
+        return docs
+
+    @requests
+    def pass_on(self, docs: DocList[PromptDoc], **kwargs) -> DocList[PromptDoc]:
+        """Every other endpoint (/generate, /restyle, /tag, ...) passes through unchanged: Jina's Flow
+        check wants each executor to take the endpoints of the ones before it."""
+        return docs
+
+    @requests(on=PARAMETERS_ENDPOINT)
+    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id)
+
+    # --- steps ---
+
+    def _caption(self, docs: List[PromptDoc], params: CaptionParams) -> None:
+        readable = self._read_images(docs)
+        for start in range(0, len(readable), self.batch_size):
+            self._caption_batch(readable[start : start + self.batch_size], params)
+
+    def _read_images(self, docs: List[PromptDoc]) -> List[Captioning]:
+        """The documents whose input image could be read, with the image; the others get an error."""
+        readable = []
+        for doc in docs:
+            if not doc.has_image:
+                doc.error = NO_IMAGE
+                continue
+            try:
+                readable.append((doc, document_image(doc, self.image_policy)))
+            except ImageError as e:
+                doc.error = str(e)
+            except Exception as e:
+                self.logger.error(f'reading the image failed for document {doc.id}', exc_info=True)
+                doc.error = f'reading the image failed: {type(e).__name__}; {DETAILS_LOGGED}'
+        return readable
+
+    def _caption_batch(self, batch: List[Captioning], params: CaptionParams) -> None:
+        """Caption ``batch`` in one ``generate`` call. A failed call is retried one document at a
+        time, so that only the documents that fail alone get an error."""
+        try:
+            captions = self._generate([image for _, image in batch], params)
+        except Exception as e:
+            self.logger.error(f'captioning {len(batch)} image(s) failed', exc_info=True)
+            error = f'captioning failed: {type(e).__name__}; {DETAILS_LOGGED}'
+        else:
+            for (doc, _), caption in zip(batch, captions):
+                doc.caption = caption
+            return
+        self._release_memory()  # out of the except block, where the traceback no longer holds the call's tensors
+        if len(batch) == 1:
+            mark_failed([batch[0][0]], error)
+            return
+        self.logger.warning(f'retrying the {len(batch)} images one at a time')
+        for captioning in batch:
+            self._caption_batch([captioning], params)
+
+    def _generate(self, images: List[Image.Image], params: CaptionParams) -> List[str]:
+        """One caption per image, stripped; a conditional caption starts with the prefix as the model returns it."""
+        prompts = {'text': [params.caption_prefix] * len(images)} if params.caption_prefix else {}
+        inputs = self.processor(images=images, return_tensors='pt', **prompts).to(self.device, dtype=self.dtype)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs, max_new_tokens=params.max_new_tokens, num_beams=params.num_beams, do_sample=False
+            )
+        return [caption.strip() for caption in self.processor.batch_decode(output, skip_special_tokens=True)]
+
+    def _release_memory(self) -> None:
+        gc.collect()  # the failed call's tensors, so the retry finds the memory free
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()

@@ -1,0 +1,356 @@
+"""ClipExecutor: CLIP on images. Zero-shot tags (``/tag``), a prompt from an image (``/interrogate``,
+the CLIP Interrogator's recipe) and the ranking of generated images against their prompt (``/rank``).
+
+Documents that already carry an ``error`` pass through untouched. A document whose image cannot
+be used gets an error of its own; the other documents of the request still get their results.
+"""
+
+import io
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from docarray import DocList
+from jina import Executor, requests
+from PIL import Image
+
+from executors.clip.labels import INTERROGATOR_LISTS, LabelCache, LabelTable, cached_table, interrogator_labels, model_key
+from executors.clip.params import DEFAULT_MODEL, ClipParams
+from s2i.docs import ParameterSchema, PromptDoc, Tag, mark_failed
+from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
+from s2i.runtime import DETAILS_LOGGED, LazyModel, refuse_unknown_settings, resolve_device, setting
+from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, is_tiny_clip, tiny_clip_dir
+
+from s2i.images import ImageError, ImagePolicy, document_image
+
+DEFAULT_TEMPLATE = 'a photo of {}'  # how /tag puts each label into words; {} is the label
+
+
+TINY_LIST_LABELS = 12  # the tiny model interrogates with the first labels of each list only
+
+
+class ClipExecutor(Executor):
+    """Any transformers CLIP model (a hub id or a local folder) on images."""
+
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        device: Optional[str] = None,
+        labels: Optional[List[str]] = None,
+        label_template: str = DEFAULT_TEMPLATE,
+        multi_label_offset: float = 0.2,
+        request_defaults: Optional[Dict[str, Any]] = None,
+        max_labels: int = 1000,
+        max_label_chars: int = 200,
+        label_cache_size: int = 32,
+        batch_size: int = 32,
+        text_batch_size: int = 256,
+        interrogator_at_startup: bool = True,
+        max_labels_per_list: Optional[int] = None,
+        load_at_start: bool = True,
+        **kwargs,
+    ):
+        refuse_unknown_settings(type(self), kwargs)
+        super().__init__(**kwargs)
+        self.model_id = setting(model, 'S2I_CLIP_MODEL', DEFAULT_MODEL)
+        self.device = torch.device(resolve_device(setting(device, 'S2I_DEVICE', 'auto')))
+        self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
+        if '{}' not in label_template:
+            raise ValueError(f'label_template must contain {{}} where the label goes, got {label_template!r}')
+        self.labels = ClipParams(labels=labels).labels if labels else None  # the same checks as a request's
+        self.label_template = label_template
+        self.multi_label_offset = multi_label_offset
+        self.defaults = ClipParams.with_defaults(request_defaults)
+        self.max_labels, self.max_label_chars = max_labels, max_label_chars
+        self.defaults.check_limits(max_labels, max_label_chars)
+        self.batch_size, self.text_batch_size = batch_size, text_batch_size
+        if max_labels_per_list is None and self.model_id == TINY_CLIP_NAME:
+            max_labels_per_list = TINY_LIST_LABELS  # a wiring check: 100,000 flavours would only make noise slower
+        self.max_labels_per_list = max_labels_per_list
+        self.image_policy = ImagePolicy()
+        self.model = self.processor = self.model_path = None  # set once the model is loaded
+        self.lazy_model = LazyModel(self._load_model, 'CLIP', self.logger)
+        self.label_cache = LabelCache(label_cache_size)
+        self.tables: Optional[Dict[str, LabelTable]] = None  # the interrogator's lists, loaded on first use
+        self.merged_table: Optional[LabelTable] = None  # all of them in one, for fast mode
+        if load_at_start:
+            self.model, self.processor, self.model_path = self.lazy_model.get()
+            if interrogator_at_startup:
+                self._interrogator_tables()
+
+    def _ready(self, docs: DocList[PromptDoc]) -> bool:
+        """Whether the model is loaded (at the first request that needs it, with load_at_start: false)."""
+        if not self.lazy_model.ready_for(docs):
+            return False
+        self.model, self.processor, self.model_path = self.lazy_model.get()
+        return True
+
+    def _load_model(self):
+        from transformers import CLIPModel, CLIPProcessor
+
+        path = tiny_clip_dir() if self.model_id == TINY_CLIP_NAME else self.model_id
+        try:
+            model = CLIPModel.from_pretrained(path, dtype=self.dtype)
+            processor = CLIPProcessor.from_pretrained(path)
+        except Exception as e:
+            raise RuntimeError(
+                f'Could not load the CLIP model {self.model_id!r}: {e}\n'
+                'Set S2I_CLIP_MODEL to a local transformers CLIP folder, or to a Hugging Face model id that '
+                'this machine can download (or has in its cache). S2I_CLIP_MODEL=tiny runs a tiny '
+                'random-weight model that checks the wiring and gives noise.'
+            ) from e
+        if is_tiny_clip(path):
+            self.logger.warning(f'\n{"!" * 78}\n!!  {self.model_id}: {TINY_CLIP_WARNING.upper()}\n{"!" * 78}')
+        model.to(self.device).eval()
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        memory = f', GPU memory allocated {torch.cuda.memory_allocated(self.device) / 2**30:.2f} GiB' \
+            if self.device.type == 'cuda' else ''
+        self.logger.info(f'loaded {self.model_id} as CLIPModel on {self.device} ({self.dtype}): '
+                         f'{weights / 2**20:.1f} MiB of weights{memory}')
+        return model, processor, path
+
+    # --- endpoints ---
+
+    @requests(on='/tag')
+    def tag(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """Each image's ``top_k`` best labels in ``doc.tags``, best first: softmax shares of the labels
+        (``single``), or each label's own sigmoid score, above ``threshold`` (``multi``)."""
+        params = request_parameters(docs, parameters, self.defaults, check=self._check_limits)
+        if params is None:
+            return docs
+        if not self._ready(docs):
+            return docs
+        labels = params.labels or self.labels
+        if not labels:
+            mark_failed(docs, 'invalid parameters: no labels: give labels in the request (or configure the labels setting)')
+            return docs
+        docs_with_images, features = self._image_features(docs)
+        if not docs_with_images:
+            return docs
+        with torch.inference_mode():
+            label_features = self.label_embeddings(labels)
+            logits = self.model.logit_scale.exp().float() * (features.float() @ label_features.float().T)
+            if params.tag_mode == 'single':
+                scores = logits.softmax(dim=-1)
+            else:
+                scores = (logits - self.model.logit_scale.exp().float() * self.multi_label_offset).sigmoid()
+        for doc, row in zip(docs_with_images, scores.tolist()):
+            ranked = sorted(zip(labels, row), key=lambda pair: pair[1], reverse=True)
+            if params.tag_mode == 'multi':
+                ranked = [(label, score) for label, score in ranked if score > params.threshold]
+            doc.tags = DocList[Tag]([Tag(label=label, score=score) for label, score in ranked[: params.top_k]])
+        return docs
+
+    @requests(on='/interrogate')
+    def interrogate(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """A prompt for each image in ``doc.interrogated``: its ``caption`` (set by a caption executor
+        earlier in the Flow; without one the prompt has no caption) and the labels of the CLIP
+        Interrogator's lists that CLIP ranks highest for the image."""
+        params = request_parameters(docs, parameters, self.defaults, check=self._check_limits)
+        if params is None or not self._ready(docs):
+            return docs
+        docs_with_images, features = self._image_features(docs)
+        if not docs_with_images:
+            return docs
+        try:
+            tables = self._interrogator_tables()  # at the first request, unless loaded at start-up
+        except Exception as e:
+            self.logger.error("loading the interrogator's label embeddings failed", exc_info=True)
+            mark_failed(docs_with_images, f'interrogation failed: {type(e).__name__}; {DETAILS_LOGGED}')
+            return docs
+        flavors = params.flavor_count()
+        with torch.inference_mode():
+            if params.interrogate_mode == 'fast':
+                tops = self.merged_table.top(features, flavors)
+                prompts = [[doc.caption, *top] for doc, top in zip(docs_with_images, tops)]
+            else:
+                best = {name: tables[name].top(features, 1) for name in ('mediums', 'artists', 'trendings', 'movements')}
+                flavor_tops = tables['flavors'].top(features, flavors)
+                prompts = [
+                    [classic_start(doc.caption, best['mediums'][i][0], best['artists'][i][0]),
+                     best['trendings'][i][0], best['movements'][i][0], *flavor_tops[i]]
+                    for i, doc in enumerate(docs_with_images)
+                ]
+        for doc, parts in zip(docs_with_images, prompts):
+            doc.interrogated = self._fit_to_text_encoder([part for part in parts if part])
+        return docs
+
+    @requests(on=['/generate', '/text2image', '/restyle'])
+    def keep_best_of(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """In the Flow, after Stable Diffusion: with ``best_of``, it drew that many candidates per
+        document, and this keeps the ``num_images`` best (``/rank``); without, nothing changes."""
+        if parameters.get('best_of') is None:
+            return docs
+        return self.rank(docs, parameters)
+
+    @requests
+    def pass_on(self, docs: DocList[PromptDoc], **kwargs) -> DocList[PromptDoc]:
+        """Every other endpoint (/caption, /generate_stream, ...) passes through unchanged: Jina's Flow
+        check wants each executor to take the endpoints of the ones before it."""
+        return docs
+
+    @requests(on='/rank')
+    def rank(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """Each document's images (``matches``) scored against its English ``text`` (``clip_score``:
+        the cosine similarity of their CLIP embeddings), best first, and the ``num_images`` best kept.
+
+        After Stable Diffusion with ``best_of``: it draws the candidates, this keeps the best."""
+        params = request_parameters(docs, parameters, self.defaults, check=self._check_limits)
+        if params is None or not self._ready(docs):
+            return docs
+        images: List[Tuple[PromptDoc, int, Image.Image]] = []  # (document, index among its matches, pixels)
+        ranking = []
+        for doc in docs:
+            if doc.error:
+                continue
+            with self._own_failure(doc, 'reading the images'):
+                doc_images = self._match_images(doc)
+                if doc_images is not None:
+                    images += [(doc, i, image) for i, image in enumerate(doc_images)]
+                    ranking.append(doc)
+        if not ranking:
+            return docs
+        try:
+            with torch.inference_mode():
+                image_features = self._embed_images([image for _, _, image in images])
+                text_features = self.embed_texts([doc.text for doc in ranking])
+        except Exception as e:
+            self.logger.error(f'ranking {len(images)} image(s) failed', exc_info=True)
+            mark_failed(ranking, f'ranking failed: {type(e).__name__}; {DETAILS_LOGGED}')
+            return docs
+        row_of = {id(doc): row for row, doc in enumerate(ranking)}
+        for (doc, i, _), features in zip(images, image_features):
+            doc.matches[i].clip_score = float(features.float() @ text_features[row_of[id(doc)]].float())
+        for doc in ranking:
+            best_first = sorted(doc.matches, key=lambda match: match.clip_score, reverse=True)
+            doc.matches = type(doc.matches)(best_first[: params.num_images])
+        return docs
+
+    @requests(on=PARAMETERS_ENDPOINT)
+    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id)
+
+    # --- embeddings ---
+
+    def label_embeddings(self, labels: List[str]) -> torch.Tensor:
+        """The unit-length text embeddings of ``labels`` put into words by ``label_template``,
+        from the in-memory cache when this list was embedded before."""
+        return self.label_cache.get(tuple(labels), self.label_template, self.embed_texts)
+
+    def embed_texts(self, texts: List[str]) -> torch.Tensor:
+        """Unit-length CLIP text embeddings, one row per text; texts beyond 77 tokens are cut."""
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.text_batch_size):
+                tokens = self.processor.tokenizer(
+                    texts[start : start + self.text_batch_size], padding=True, truncation=True, return_tensors='pt'
+                ).to(self.device)
+                rows.append(_features(self.model.get_text_features(**tokens)))
+        return _unit_length(torch.cat(rows))
+
+    def _embed_images(self, images: List[Image.Image]) -> torch.Tensor:
+        rows = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = self.processor.image_processor(images[start : start + self.batch_size], return_tensors='pt')
+            pixel_values = pixels['pixel_values'].to(self.device, self.dtype)
+            rows.append(_features(self.model.get_image_features(pixel_values=pixel_values)))
+        return _unit_length(torch.cat(rows))
+
+    def _image_features(self, docs: DocList[PromptDoc]) -> Tuple[List[PromptDoc], Optional[torch.Tensor]]:
+        """The documents whose input image could be read, and its embedding for each; the others get an error."""
+        readable, images = [], []
+        for doc in docs:
+            if doc.error:
+                continue
+            try:
+                images.append(document_image(doc, self.image_policy))
+                readable.append(doc)
+            except ImageError as e:
+                doc.error = str(e)
+            except Exception as e:
+                self.logger.error(f'reading the image failed for document {doc.id}', exc_info=True)
+                doc.error = f'reading the image failed: {type(e).__name__}; {DETAILS_LOGGED}'
+        if not readable:
+            return [], None
+        try:
+            with torch.inference_mode():
+                return readable, self._embed_images(images)
+        except Exception as e:
+            self.logger.error(f'embedding {len(images)} image(s) failed', exc_info=True)
+            mark_failed(readable, f'embedding the image failed: {type(e).__name__}; {DETAILS_LOGGED}')
+            return [], None
+
+    def _interrogator_tables(self) -> Dict[str, LabelTable]:
+        if self.tables is None:
+            key = model_key(self.model_id, self.model_path)
+            lists = interrogator_labels(self.max_labels_per_list)
+            self.tables = {}
+            for name in INTERROGATOR_LISTS:
+                table, _ = cached_table(name, lists[name], self.model_id, key, self.embed_texts, self.logger)
+                self.tables[name] = LabelTable(table.labels, table.embeddings.to(self.device, self.dtype))
+            self.merged_table = LabelTable.merged([self.tables[name] for name in INTERROGATOR_LISTS])
+        return self.tables
+
+    # --- per-document steps ---
+
+    def _check_limits(self, params: ClipParams) -> None:
+        params.check_limits(self.max_labels, self.max_label_chars)
+
+    def _match_images(self, doc: PromptDoc) -> Optional[List[Image.Image]]:
+        """The pixels of ``doc``'s images, or None with the document's error set."""
+        if not doc.text.strip():
+            doc.error = 'nothing to rank against: the document has no text prompt'
+            return None
+        if not doc.matches:
+            doc.error = 'nothing to rank: the document has no images (matches)'
+            return None
+        images = []
+        for i, match in enumerate(doc.matches):
+            if not match.png:
+                doc.error = f'image {i} has no PNG bytes to rank'
+                return None
+            try:
+                image = Image.open(io.BytesIO(match.png))
+                image.load()
+            except Exception as e:
+                doc.error = f'image {i} is not a readable image: {type(e).__name__}'
+                return None
+            images.append(image.convert('RGB'))
+        return images
+
+    def _fit_to_text_encoder(self, parts: List[str]) -> str:
+        """``parts`` joined with ", ", leaving out the trailing ones that would not fit CLIP's 77 tokens."""
+        limit = self.processor.tokenizer.model_max_length
+        prompt = parts[0] if parts else ''
+        for part in parts[1:]:
+            longer = f'{prompt}, {part}' if prompt else part
+            if len(self.processor.tokenizer(longer, truncation=True, max_length=limit + 1)['input_ids']) > limit:
+                break
+            prompt = longer
+        return prompt
+
+    @contextmanager
+    def _own_failure(self, doc: PromptDoc, step: str):
+        """An exception in one document's ``step`` becomes that document's error."""
+        try:
+            yield
+        except Exception as e:
+            self.logger.error(f'{step} failed for document {doc.id}', exc_info=True)
+            mark_failed([doc], f'{step} failed: {type(e).__name__}; {DETAILS_LOGGED}')
+
+
+def classic_start(caption: str, medium: str, artist: str) -> str:
+    """The start of a classic prompt, as the CLIP Interrogator writes it: "<caption>, <medium> <artist>",
+    or "<caption> <artist>" when the caption already starts with the medium."""
+    if caption and caption.startswith(medium):
+        return f'{caption} {artist}'
+    return ', '.join(filter(None, (caption, f'{medium} {artist}')))
+
+
+def _features(output) -> torch.Tensor:
+    """The projected embedding: transformers 5 returns it as the output's ``pooler_output``, 4.x as a tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _unit_length(features: torch.Tensor) -> torch.Tensor:
+    return features / features.norm(dim=-1, keepdim=True)

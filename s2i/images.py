@@ -1,0 +1,229 @@
+"""A document's input image (caption, tag, interrogate, restyle): where it may come from, how much of
+it the server accepts, and how it becomes the RGB picture a model expects.
+
+Clients send the file inline: ``image`` bytes, or an ``image_uri`` holding a base64 ``data:`` URI.
+A server path is read only under a configured input directory, by the same rule as audio
+(s2i.inputs.path_under); image URLs are never fetched. Everything is checked before any pixel is
+decoded: the byte limit, that the file is in one of ACCEPTED_FORMATS, and the pixel count that its
+header declares (a 5 kB PNG can declare 50,000 x 50,000 pixels: 7.5 GB once decoded).
+
+Animated images (GIF, APNG, WebP) give their first frame: it is what a thumbnail shows, and what a
+client who sent "a picture" means.
+
+Every failure is an ImageError whose message a client can act on; client values are quoted through
+s2i.params.quote, and an unexpected exception from Pillow is named by its type only.
+"""
+
+import binascii
+import io
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from s2i.docs import PromptDoc
+from s2i.encoding import from_data_uri
+from s2i.inputs import path_under
+from s2i.params import quote
+
+# Pillow's names, in the order the error message lists them. A short list on purpose: Pillow can also
+# open EPS (through Ghostscript), PSD, ICO, TIFF and a dozen others, each a parser a client could aim at.
+ACCEPTED_FORMATS = ('PNG', 'JPEG', 'WEBP', 'GIF', 'BMP')
+ACCEPTED_NAMES = 'PNG, JPEG, WebP, GIF or BMP'
+SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')  # grey levels 0..65535 (I: 32-bit ints, clipped to that)
+ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
+WHITE = (255, 255, 255)
+SEND_INLINE = 'send the image inline (image bytes, or image_uri as a data: URI)'
+
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the turn that shows the picture upright, as ImageOps.exif_transpose has it
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_WARNING_FILTERS = threading.Lock()  # see quiet_pillow
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    max_bytes: int = 20 * 2**20  # per document, after data-URI decoding
+    # width x height as the header declares it, refused before decoding; Pillow refuses over
+    # Image.MAX_IMAGE_PIXELS (89.5 M) whatever this says
+    max_pixels: int = 40_000_000
+    input_dir: Optional[str] = None  # server-side paths are read only under here; None: no paths
+
+
+class ImageError(ValueError):
+    """A document's image cannot be used; the message says why, in words a client understands."""
+
+
+def document_image(doc: PromptDoc, policy: ImagePolicy) -> Image.Image:
+    """The document's image as RGB, EXIF orientation applied, ready for a model; ImageError if it cannot be."""
+    data = image_bytes(doc.image, doc.image_uri, policy)
+    with open_header(data, policy) as image:
+        decode_pixels(image)
+        try:
+            return upright(to_rgb(image), orientation(image))
+        except Exception as e:  # Pillow failing somewhere we did not foresee: a per-document error, not a crash
+            raise ImageError(f'could not read the image: {type(e).__name__}') from e
+
+
+# 1. Where the bytes come from
+
+
+def image_bytes(image: Optional[bytes], image_uri: Optional[str], policy: ImagePolicy) -> bytes:
+    """The image file of a document (its ``image``, or what its ``image_uri`` holds), within the byte limit."""
+    if image is not None and image_uri is not None:
+        raise ImageError('both image and image_uri are set: send the image in one of them')
+    if image is None and image_uri is None:
+        raise ImageError('no image: set image (file bytes) or image_uri (a data: URI)')
+    data = image if image is not None else _read_uri(image_uri, policy)
+    if not data:
+        raise ImageError('empty image: the file has 0 bytes')
+    _check_size(len(data), policy)
+    return data
+
+
+def _check_size(size: int, policy: ImagePolicy) -> None:
+    if size > policy.max_bytes:
+        raise ImageError(f'image too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_image_bytes)')
+
+
+def _read_uri(uri: str, policy: ImagePolicy) -> bytes:
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError as e:  # "http://[::1"
+        raise ImageError(f'malformed image_uri {quote(uri)}') from e
+    if scheme == 'data':
+        return _read_data_uri(uri, policy)
+    if scheme:
+        raise ImageError(f'image_uri scheme {quote(scheme)} is not accepted: image URLs are not fetched; {SEND_INLINE}')
+    return _read_server_path(uri, policy)
+
+
+def _read_data_uri(uri: str, policy: ImagePolicy) -> bytes:
+    estimated = len(uri) * 3 // 4  # base64 is 4/3 of the bytes: refuse a huge URI before decoding it
+    if estimated > policy.max_bytes + 1024:  # + room for the header
+        _check_size(estimated, policy)
+    try:
+        return from_data_uri(uri)
+    except binascii.Error as e:
+        raise ImageError('bad image data URI: its base64 data is malformed') from e
+    except ValueError as e:
+        raise ImageError(f'bad image data URI: it must read data:<media type>;base64,<data>, got {quote(uri[:40])}') from e
+
+
+def _read_server_path(path: str, policy: ImagePolicy) -> bytes:
+    if not policy.input_dir:
+        raise ImageError(f'server-side image paths are off (input_dir is not set): {SEND_INLINE}')
+    try:
+        resolved = path_under(policy.input_dir, path)
+    except ValueError as e:  # a NUL byte in the path
+        raise ImageError(f'malformed image path {quote(path)}') from e
+    if resolved is None:
+        raise ImageError(f'image path {quote(path)} is outside the input directory')
+    if not os.path.isfile(resolved):
+        raise ImageError(f'image path {quote(path)} is not a file in the input directory')
+    _check_size(os.path.getsize(resolved), policy)
+    with open(resolved, 'rb') as file:
+        return file.read(policy.max_bytes + 1)  # the file may have grown since: image_bytes checks again
+
+
+# 2. The header: format and declared size, before any pixel is decoded
+
+
+def open_header(data: bytes, policy: ImagePolicy) -> Image.Image:
+    """The opened image, its pixels not yet decoded; ImageError for a file that is not an accepted
+    image, or that declares more than ``max_pixels``."""
+    try:
+        with quiet_pillow():
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError as e:
+        raise ImageError(f'not an image this service reads: send a {ACCEPTED_NAMES} file') from e
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        # over Pillow's own limit (Image.MAX_IMAGE_PIXELS), which it checks before we see the size
+        raise _too_many_pixels(f'more than {Image.MAX_IMAGE_PIXELS}', policy) from e
+    except Exception as e:  # a header Pillow recognises but cannot parse (SyntaxError, OSError, ...)
+        raise ImageError(f'could not read the image: {type(e).__name__}') from e
+    width, height = image.size
+    if width * height > policy.max_pixels:
+        image.close()
+        raise _too_many_pixels(f'{width} x {height}', policy)
+    if not width or not height:
+        image.close()
+        raise ImageError(f'empty image: it declares {width} x {height} pixels')
+    return image
+
+
+def _too_many_pixels(declared: str, policy: ImagePolicy) -> ImageError:
+    return ImageError(
+        f'image too large: it declares {declared} pixels, the limit is {policy.max_pixels} pixels (max_image_pixels); not decoded'
+    )
+
+
+@contextmanager
+def quiet_pillow():
+    """Pillow's warnings about a client's file turned off (a damaged EXIF block or APNG header is the
+    client's business, not the server log's), but for DecompressionBombWarning, which becomes an
+    exception to catch. Warning filters are process-wide, so these sections take turns: they read
+    headers and metadata only, never pixels."""
+    with _WARNING_FILTERS, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        yield
+
+
+# 3. The pixels
+
+
+def decode_pixels(image: Image.Image) -> None:
+    """Decodes the (first frame's) pixels in place; ImageError for a truncated or damaged file.
+
+    Truncated files fail rather than come back half grey: ImageFile.LOAD_TRUNCATED_IMAGES stays False."""
+    try:
+        image.load()
+    except Image.DecompressionBombError as e:  # a GIF frame larger than the screen its header declared
+        raise ImageError('image too large: a frame declares more pixels than the limit; not decoded') from e
+    except (OSError, SyntaxError, EOFError) as e:
+        raise ImageError(f'truncated or damaged {image.format} image: its pixels could not be decoded') from e
+    except Exception as e:
+        raise ImageError(f'could not read the image: {type(e).__name__}') from e
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1: upright already); 1 for an EXIF block too damaged to read, as viewers do."""
+    try:
+        with quiet_pillow():  # after load(): a PNG's eXIf chunk may follow its pixels
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def upright(image: Image.Image, orientation: int) -> Image.Image:
+    # ImageOps.exif_transpose would do this, but re-parses the EXIF of its result, warnings and all
+    return image.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit grey scaled down (not clipped, as Pillow's convert would), transparency
+    composited on white (what a viewer shows; black would be what dropping alpha shows), the rest
+    (palette, grey, CMYK, YCbCr, 1-bit) by Pillow's conversion."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        return Image.fromarray(np.round(grey / 257).astype(np.uint8), mode='L').convert('RGB')
+    if image.mode in ALPHA_MODES or 'transparency' in image.info:
+        rgba = image.convert('RGBA')
+        return Image.alpha_composite(Image.new('RGBA', rgba.size, WHITE + (255,)), rgba).convert('RGB')
+    return image.convert('RGB')

@@ -1,0 +1,88 @@
+"""A tiny random-weight CLIP model, for checking wiring without downloading weights.
+
+Its scores are noise. Everything that uses it says so: the CLIP executor logs a warning at
+start-up. It is a transformers ``CLIPModel`` with a ``CLIPProcessor``, written to a folder with
+``save_pretrained`` and read back with ``from_pretrained``: the same path a hub id takes.
+
+Why transformers' CLIPModel and not open_clip: transformers is already a dependency (Stable
+Diffusion's text encoder, Whisper), and it loads a hub id (``openai/clip-vit-large-patch14``, the
+CLIP Interrogator's ViT-L/14) and a local folder the same way, so this tiny model exercises the
+real loading code. open_clip would be one more package whose models load by another route.
+
+    python -m s2i.tiny_clip OUT_DIR   # write it as a transformers folder; S2I_CLIP_MODEL=OUT_DIR uses it
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from s2i.runtime import cache_dir
+
+TINY_CLIP_NAME = 'tiny'  # S2I_CLIP_MODEL value that selects this model
+TINY_CLIP_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
+TINY_CLIP_WARNING = 'tiny random-weight test model: its scores, tags and prompts are noise'
+TINY_CLIP_VERSION = 1  # bump when the architecture changes, so cached copies are rebuilt
+IMAGE_SIZE = 32  # pixels per side the tiny vision tower sees
+EMBEDDING_SIZE = 16  # projection_dim: the size of the shared image/text embedding
+
+
+def is_tiny_clip(path: str) -> bool:
+    return (Path(path) / TINY_CLIP_MARKER_FILE).is_file()
+
+
+def write_tiny_clip(folder: str, seed: int = 0) -> str:
+    """Build the tiny CLIP model with weights drawn from ``seed`` and save it, with its processor, to ``folder``."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    # The tokenizer is byte-level (256 symbols, each with and without "</w>", then the two specials):
+    # 514 tokens, the last one end-of-text, which CLIP pools its text embedding from.
+    tokenizer = byte_level_clip_tokenizer()
+    text_config = dict(
+        vocab_size=len(tokenizer), bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+        pad_token_id=len(tokenizer) - 1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77,
+    )
+    vision_config = dict(
+        image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=EMBEDDING_SIZE))
+    image_processor = CLIPImageProcessor(
+        size={'shortest_edge': IMAGE_SIZE}, crop_size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE}
+    )
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    (Path(folder) / TINY_CLIP_MARKER_FILE).write_text(TINY_CLIP_WARNING + '\n')
+    return folder
+
+
+def tiny_clip_dir() -> str:
+    """The tiny model in the cache folder, written on first use (same weights every time)."""
+    folder = cache_dir() / f'tiny-clip-v{TINY_CLIP_VERSION}'
+    if not is_tiny_clip(str(folder)):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=folder.parent, prefix='.tiny-clip-')
+        write_tiny_clip(staging)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another replica finished first; its copy is identical
+            pass
+    return str(folder)
+
+
+def byte_level_clip_tokenizer():
+    """A CLIP tokenizer with only the byte-level symbols and no merges: no download needed.
+
+    The same tokenizer the tiny Stable Diffusion pipeline writes (s2i.tiny_sd)."""
+    from s2i.tiny_sd import _byte_level_clip_tokenizer
+
+    return _byte_level_clip_tokenizer()
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 2:
+        sys.exit('usage: python -m s2i.tiny_clip OUT_DIR')
+    print(f'wrote {write_tiny_clip(sys.argv[1])}  ({TINY_CLIP_WARNING})')

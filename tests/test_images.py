@@ -1,0 +1,295 @@
+"""A document's input image (s2i/images.py): what reads correctly, and what is refused with which message.
+
+Every image is made here with Pillow; nothing binary is checked in."""
+
+import base64
+import io
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from s2i.docs import PromptDoc
+from s2i.images import ImageError, ImagePolicy, document_image
+
+RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+EXIF_ORIENTATION = 0x0112
+DEFAULT = ImagePolicy()
+
+
+def encoded(image: Image.Image, format: str = 'PNG', **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def noise(size=(64, 48), mode='RGB') -> Image.Image:
+    """Random pixels: they compress badly, so a file cut in half is cut inside its pixel data."""
+    channels = len(mode)
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8), mode)
+
+
+def read(data: bytes, policy: ImagePolicy = DEFAULT) -> Image.Image:
+    return document_image(PromptDoc(image=data), policy)
+
+
+def refusal(policy: ImagePolicy = DEFAULT, **doc) -> str:
+    with pytest.raises(ImageError) as caught:
+        document_image(PromptDoc(**doc), policy)
+    return str(caught.value)
+
+
+def declaring(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header (IHDR) is patched to declare width x height pixels, CRC fixed."""
+    png = bytearray(encoded(Image.new('L', (1, 1))))
+    png[16:24] = struct.pack('>II', width, height)  # IHDR data starts after the signature, length and type
+    png[29:33] = struct.pack('>I', zlib.crc32(bytes(png[12:29])))  # the CRC covers the type and the data
+    return bytes(png)
+
+
+def data_uri(data: bytes, media_type: str = 'image/png') -> str:
+    return f'data:{media_type};base64,' + base64.b64encode(data).decode()
+
+
+# --- what reads, and how it is converted ---
+
+
+@pytest.mark.parametrize('format', ['PNG', 'JPEG', 'WEBP', 'GIF', 'BMP'])
+def test_each_accepted_format_reads_as_rgb_of_its_size(format):
+    image = read(encoded(noise((64, 48)), format))
+    assert (image.mode, image.size) == ('RGB', (64, 48))
+
+
+def test_a_cmyk_jpeg_reads_as_rgb_with_its_colour():
+    image = read(encoded(Image.new('CMYK', (8, 8), (0, 255, 255, 0)), 'JPEG'))  # no cyan, full magenta and yellow
+    assert image.mode == 'RGB'
+    assert np.allclose(image.getpixel((4, 4)), RED, atol=8)
+
+
+def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():
+    grey = np.array([[0, 257 * 100, 40000, 65535]], dtype=np.uint16)
+    data = encoded(Image.fromarray(grey))
+    assert Image.open(io.BytesIO(data)).mode == 'I;16'  # really a 16-bit file
+    image = read(data)
+    assert [image.getpixel((x, 0)) for x in range(4)] == [(0, 0, 0), (100, 100, 100), (156, 156, 156), (255, 255, 255)]
+
+
+@pytest.mark.parametrize('mode, opaque', [('RGBA', (255, 0, 0, 255)), ('LA', (80, 255))])
+def test_a_transparent_pixel_becomes_white_and_an_opaque_one_keeps_its_colour(mode, opaque):
+    picture = Image.new(mode, (4, 4), opaque)
+    picture.putpixel((0, 0), (0, 0, 0, 0) if mode == 'RGBA' else (0, 0))  # black, but fully transparent
+    image = read(encoded(picture))
+    assert image.getpixel((0, 0)) == WHITE
+    assert image.getpixel((3, 3)) == (RED if mode == 'RGBA' else (80, 80, 80))
+
+
+def test_half_transparent_red_is_blended_with_white():
+    image = read(encoded(Image.new('RGBA', (2, 2), (255, 0, 0, 128))))
+    assert np.allclose(image.getpixel((0, 0)), (255, 127, 127), atol=1)
+
+
+@pytest.mark.parametrize('format', ['PNG', 'GIF'])
+def test_a_palette_image_with_a_transparent_index_reads_as_rgb_on_white(format):
+    picture = Image.new('P', (4, 4), 1)
+    picture.putpalette([0, 0, 0, *BLUE] + [0] * 762)
+    picture.putpixel((0, 0), 0)  # index 0: black, declared transparent
+    image = read(encoded(picture, format, transparency=0))
+    assert (image.mode, image.getpixel((0, 0)), image.getpixel((3, 3))) == ('RGB', WHITE, BLUE)
+
+
+def test_a_palette_image_without_transparency_keeps_its_colours():
+    picture = Image.new('P', (4, 4), 1)
+    picture.putpalette([0, 0, 0, *BLUE] + [0] * 762)
+    assert read(encoded(picture)).getpixel((2, 2)) == BLUE
+
+
+def test_grayscale_reads_as_three_equal_channels():
+    assert read(encoded(Image.new('L', (3, 3), 90))).getpixel((1, 1)) == (90, 90, 90)
+
+
+def test_exif_orientation_6_turns_the_picture_upright():
+    stored = Image.new('RGB', (40, 20), BLUE)
+    stored.paste(RED, (0, 0, 8, 8))  # mark the stored top-left corner
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+    image = read(encoded(stored, 'JPEG', exif=exif, quality=95))
+    assert image.size == (20, 40)
+    assert np.allclose(image.getpixel((17, 2)), RED, atol=40)  # the stored top-left is now the top-right
+    assert np.allclose(image.getpixel((2, 2)), BLUE, atol=40)
+
+
+def test_an_animated_gif_gives_its_first_frame():
+    frames = [Image.new('RGB', (8, 8), RED), Image.new('RGB', (8, 8), BLUE)]
+    data = encoded(frames[0], 'GIF', save_all=True, append_images=frames[1:], duration=100)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert read(data).getpixel((4, 4)) == RED
+
+
+def test_a_data_uri_reads_like_bytes():
+    image = document_image(PromptDoc(image_uri=data_uri(encoded(noise((10, 7))))), ImagePolicy())
+    assert image.size == (10, 7)
+
+
+def test_a_server_path_under_input_dir_reads(tmp_path):
+    (tmp_path / 'photos').mkdir()
+    (tmp_path / 'photos' / 'cat.png').write_bytes(encoded(noise((5, 6))))
+    image = document_image(PromptDoc(image_uri='photos/cat.png'), ImagePolicy(input_dir=str(tmp_path)))
+    assert image.size == (5, 6)
+
+
+# --- what is refused, with the message the client sees ---
+
+
+def test_an_empty_file_is_refused():
+    assert refusal(image=b'') == 'empty image: the file has 0 bytes'
+
+
+def test_a_file_over_max_bytes_is_refused():
+    data = encoded(noise())
+    message = refusal(ImagePolicy(max_bytes=1000), image=data)
+    assert message == f'image too large: {len(data)} bytes, the limit is 1000 bytes (max_image_bytes)'
+
+
+def test_a_data_uri_over_max_bytes_is_refused_before_it_is_decoded():
+    assert refusal(ImagePolicy(max_bytes=1000), image_uri=data_uri(encoded(noise()))).startswith('image too large:')
+
+
+@pytest.mark.parametrize('data', [b'hello, this is text, not a picture', encoded(noise((8, 8)), 'TIFF')], ids=['text', 'tiff'])
+def test_a_file_that_is_not_an_accepted_image_is_refused_naming_the_formats(data):
+    assert refusal(image=data) == 'not an image this service reads: send a PNG, JPEG, WebP, GIF or BMP file'
+
+
+@pytest.mark.parametrize('format', ['PNG', 'JPEG'])
+def test_a_truncated_file_is_refused(format):
+    data = encoded(noise((256, 256)), format)
+    assert refusal(image=data[: len(data) // 2]) == f'truncated or damaged {format} image: its pixels could not be decoded'
+
+
+# 8000x8000 passes Pillow's own limits (so ours refuses it); 10000x10000 makes Pillow warn and 50000x50000 raise
+@pytest.mark.filterwarnings('error')
+@pytest.mark.parametrize('width, height', [(8000, 8000), (10_000, 10_000), (50_000, 50_000)])
+def test_a_decompression_bomb_is_refused_from_its_header(width, height):
+    data = declaring(width, height)
+    assert len(data) < 100
+    message = refusal(image=data)
+    assert message.startswith('image too large: it declares ')
+    assert message.endswith('pixels, the limit is 40000000 pixels (max_image_pixels); not decoded')
+
+
+def test_a_decompression_bomb_stays_small_in_memory():
+    script = textwrap.dedent(f"""
+        import resource
+        from s2i.docs import PromptDoc
+        from s2i.images import ImageError, ImagePolicy, document_image
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            document_image(PromptDoc(image={declaring(50_000, 50_000)!r}), ImagePolicy(max_pixels=10**10))
+        except ImageError as e:
+            print(e)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # MB (ru_maxrss is in kB)
+        """)
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60, check=True)
+    message, grown_mb = done.stdout.splitlines()
+    assert message.startswith('image too large: it declares more than')  # Pillow's limit, under a policy above it
+    assert int(grown_mb) < 100
+
+
+def test_an_image_with_both_fields_is_refused():
+    data = encoded(noise((4, 4)))
+    assert refusal(image=data, image_uri=data_uri(data)) == 'both image and image_uri are set: send the image in one of them'
+
+
+def test_a_document_without_an_image_is_refused():
+    assert refusal() == 'no image: set image (file bytes) or image_uri (a data: URI)'
+
+
+@pytest.mark.parametrize('uri, message', [
+    ('data:image/png,not-base64', "bad image data URI: it must read data:<media type>;base64,<data>, got 'data:image/png,not-base64'"),
+    ('data:image/png;base64,@@@@', 'bad image data URI: its base64 data is malformed'),
+])
+def test_a_malformed_data_uri_is_refused(uri, message):
+    assert refusal(image_uri=uri) == message
+
+
+def test_server_paths_are_refused_when_input_dir_is_unset():
+    assert refusal(image_uri='photos/cat.png') == (
+        'server-side image paths are off (input_dir is not set): send the image inline (image bytes, or image_uri as a data: URI)'
+    )
+
+
+def test_a_path_climbing_out_of_input_dir_is_refused(tmp_path):
+    (tmp_path / 'secret.png').write_bytes(encoded(noise((4, 4))))
+    (tmp_path / 'inputs').mkdir()
+    policy = ImagePolicy(input_dir=str(tmp_path / 'inputs'))
+    assert refusal(policy, image_uri='../secret.png') == "image path '../secret.png' is outside the input directory"
+    assert refusal(policy, image_uri=str(tmp_path / 'secret.png')).endswith('is outside the input directory')
+
+
+def test_a_symlink_out_of_input_dir_is_refused(tmp_path):
+    (tmp_path / 'secret.png').write_bytes(encoded(noise((4, 4))))
+    (tmp_path / 'inputs').mkdir()
+    os.symlink(tmp_path / 'secret.png', tmp_path / 'inputs' / 'innocent.png')
+    policy = ImagePolicy(input_dir=str(tmp_path / 'inputs'))
+    assert refusal(policy, image_uri='innocent.png') == "image path 'innocent.png' is outside the input directory"
+
+
+def test_a_path_that_is_not_a_file_is_refused(tmp_path):
+    (tmp_path / 'folder').mkdir()
+    policy = ImagePolicy(input_dir=str(tmp_path))
+    assert refusal(policy, image_uri='folder') == "image path 'folder' is not a file in the input directory"
+    assert refusal(policy, image_uri='missing.png') == "image path 'missing.png' is not a file in the input directory"
+    assert refusal(policy, image_uri='a\x00b.png') == "malformed image path 'a\\x00b.png'"
+
+
+@pytest.mark.parametrize('uri', ['https://example.com/cat.png', 'http://127.0.0.1/cat.png', 'file:///etc/passwd'])
+def test_image_urls_are_not_fetched(uri, tmp_path):
+    scheme = uri.split(':')[0]
+    assert refusal(ImagePolicy(input_dir=str(tmp_path)), image_uri=uri) == (
+        f"image_uri scheme '{scheme}' is not accepted: image URLs are not fetched; "
+        'send the image inline (image bytes, or image_uri as a data: URI)'
+    )
+
+
+# --- whatever the bytes, an ImageError or an image: never anything else ---
+
+
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_give_an_image_or_an_image_error(data):
+    try:
+        read(data)
+    except ImageError:
+        pass
+
+
+VALID_FILES = [encoded(noise((16, 16), mode), format) for mode, format in
+               [('RGB', 'PNG'), ('RGB', 'JPEG'), ('RGBA', 'WEBP'), ('RGB', 'GIF'), ('RGB', 'BMP'), ('LA', 'PNG')]]
+
+
+@given(st.sampled_from(VALID_FILES), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, 10**6))
+def test_damaged_real_files_give_an_image_or_an_image_error(data, changes, cut):
+    damaged = bytearray(data[: max(1, cut % (len(data) + 1))])
+    for at, value in changes:
+        damaged[at % len(damaged)] = value
+    try:
+        image = read(bytes(damaged))
+    except ImageError:
+        return
+    assert image.mode == 'RGB'
+
+
+@pytest.mark.filterwarnings('error')
+def test_a_damaged_exif_block_is_ignored_and_the_picture_read_as_stored():
+    truncated_exif = b'Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01'  # announces 5 tags, holds part of one
+    data = encoded(Image.new('RGB', (40, 20), BLUE), 'JPEG', exif=truncated_exif)
+    with pytest.warns(UserWarning, match='Corrupt EXIF'):
+        Image.open(io.BytesIO(data)).getexif()  # Pillow itself warns about this file
+    assert read(data).size == (40, 20)
