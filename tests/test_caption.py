@@ -186,3 +186,9 @@ def test_a_lazy_model_loads_at_the_first_request_and_a_missing_one_fails_only_it
     missing = CaptionExecutor(model=str(tmp_path / 'no-such-model'), device='cpu', load_at_start=False)
     [doc] = caption(missing, image_doc())
     assert doc.error.startswith('the captioning model could not be loaded: ') and not doc.caption
+
+
+def test_the_image_limits_are_the_executor_s_settings(tiny_blip_dir):
+    strict = CaptionExecutor(model=tiny_blip_dir, device='cpu', max_image_pixels=100)
+    [doc] = caption(strict, image_doc())  # 40 x 30 = 1200 pixels
+    assert doc.error.startswith('image too large: it declares 40 x 30 pixels, the limit is 100 pixels (max_image_pixels)')

@@ -34,3 +34,34 @@ def test_faster_whisper_runs_in_float16_on_cuda():
     assert whisper.backend.model.model.device == 'cuda'
     (doc,) = whisper.transcribe(DocList[PromptDoc]([PromptDoc(blob=ENGLISH_CLIP.read_bytes())]), {})
     assert 'fox' in doc.text.lower()
+
+
+# Real vision weights: they need downloads (Hugging Face), so they run only where a GPU (and the hub) is.
+
+def red_square_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new('RGB', (224, 224), (220, 20, 20)).save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+def test_real_clip_tags_a_red_square_as_red_in_fp16():
+    from executors.clip.executor import ClipExecutor
+
+    clip = ClipExecutor(device='auto', load_at_start=True, interrogator_at_startup=False)  # openai/clip-vit-large-patch14
+    assert clip.model.dtype == torch.float16
+    docs = DocList[PromptDoc]([PromptDoc(image=red_square_png())])
+    clip.tag(docs, {'labels': ['a red square', 'a green forest', 'a blue sky']})
+    assert docs[0].tags[0].label == 'a red square'
+
+
+def test_real_blip_captions_a_red_square_in_fp16():
+    from executors.caption.executor import CaptionExecutor
+
+    captioner = CaptionExecutor(device='auto')  # Salesforce/blip-image-captioning-large
+    docs = DocList[PromptDoc]([PromptDoc(image=red_square_png())])
+    captioner.caption(docs, {})
+    assert 'red' in docs[0].caption.lower()

@@ -39,6 +39,9 @@ class CaptionExecutor(Executor):
         request_defaults: Optional[Dict[str, Any]] = None,
         batch_size: int = 16,
         load_at_start: bool = True,
+        max_image_bytes: int = ImagePolicy.max_bytes,
+        max_image_pixels: int = ImagePolicy.max_pixels,
+        input_dir: Optional[str] = None,
         **kwargs,
     ):
         refuse_unknown_settings(type(self), kwargs)
@@ -50,7 +53,7 @@ class CaptionExecutor(Executor):
         if batch_size < 1:
             raise ValueError(f'batch_size must be at least 1, got {batch_size}')
         self.batch_size = batch_size
-        self.image_policy = ImagePolicy()
+        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir)  # s2i/images.py
         self.model = self.processor = None  # set once the model is loaded
         self.lazy_model = LazyModel(self._load_model, 'captioning', self.logger)
         if load_at_start:

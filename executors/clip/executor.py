@@ -48,6 +48,9 @@ class ClipExecutor(Executor):
         interrogator_at_startup: bool = True,
         max_labels_per_list: Optional[int] = None,
         load_at_start: bool = True,
+        max_image_bytes: int = ImagePolicy.max_bytes,
+        max_image_pixels: int = ImagePolicy.max_pixels,
+        input_dir: Optional[str] = None,
         **kwargs,
     ):
         refuse_unknown_settings(type(self), kwargs)
@@ -67,7 +70,7 @@ class ClipExecutor(Executor):
         if max_labels_per_list is None and self.model_id == TINY_CLIP_NAME:
             max_labels_per_list = TINY_LIST_LABELS  # a wiring check: 100,000 flavours would only make noise slower
         self.max_labels_per_list = max_labels_per_list
-        self.image_policy = ImagePolicy()
+        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir)  # s2i/images.py
         self.model = self.processor = self.model_path = None  # set once the model is loaded
         self.lazy_model = LazyModel(self._load_model, 'CLIP', self.logger)
         self.label_cache = LabelCache(label_cache_size)

@@ -94,6 +94,9 @@ class StableDiffusionExecutor(Executor):
         compile_unet: bool = False,
         low_memory: bool = False,
         warmup: bool = True,
+        max_image_bytes: int = ImagePolicy.max_bytes,
+        max_image_pixels: int = ImagePolicy.max_pixels,
+        input_dir: Optional[str] = None,
         **kwargs,
     ):
         refuse_unknown_settings(type(self), kwargs)
@@ -121,7 +124,7 @@ class StableDiffusionExecutor(Executor):
         apply_fast_paths(self.pipe, channels_last, fuse_qkv, compile_unet, self.logger)
         self.schedulers = build_schedulers(self.pipe)
         self.restyle_pipe = None  # built from self.pipe, sharing its weights, at the first /restyle
-        self.image_policy = ImagePolicy()
+        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir)  # s2i/images.py
         # The pipeline and its scheduler swap are not thread-safe, and a stream's worker thread runs
         # beside /generate's (Jina serialises only its synchronous endpoints): one call at a time.
         self.pipeline_lock = threading.Lock()
