@@ -15,7 +15,7 @@ from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
 from s2i.runtime import EXECUTOR_UNAVAILABLE, unreachable_executor
 
 # flow.yml's names of the executors
-TRANSCRIBER, GENERATOR, STORE = 'whisper', 'stable_diffusion', 'store'
+TRANSCRIBER, GENERATOR, RANKER, STORE = 'whisper', 'stable_diffusion', 'clip', 'store'
 GENERATE_ENDPOINT, GENERATE_STREAM_ENDPOINT = '/generate', '/generate_stream'
 
 

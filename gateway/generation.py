@@ -1,34 +1,61 @@
-"""The generation fields of /v1/images/generations and /v1/jobs (OpenAI's ``n`` and ``size``, and this
-service's extras) as the Flow's request parameters, checked before any work: a bad value is a 400
-naming the field the client sent."""
+"""The generation fields of /v1/images/generations, /v1/images/edits and /v1/jobs (OpenAI's ``n`` and
+``size``, and this service's extras) as the Flow's request parameters, checked before any work: a bad
+value is a 400 naming the field the client sent."""
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, get_args
 
-from executors.stable_diffusion.params import GenerationParams
+from executors.stable_diffusion.params import GenerationParams, RestyleParams
 from gateway.errors import APIError
 from s2i.params import ParameterError, quote
 
 EXTRAS = ('seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'best_of')  # ours, beside OpenAI's fields
+RESTYLE_EXTRAS = tuple(sorted(RestyleParams.keys() - GenerationParams.keys()))  # /restyle's own keys (strength)
 URL_SECONDS = 3600  # response_format url: presigned URLs (S3 stores) last an hour, as OpenAI's image URLs do
 FIELD_OF = {'width': 'size', 'height': 'size', 'num_images': 'n'}  # the executor's key -> the field the client sent
 
 
-def generation_parameters(n: Optional[int], size: Optional[str], extras: Mapping[str, Any]) -> Dict[str, Any]:
+def generation_parameters(n: Optional[int], size: Optional[str], extras: Mapping[str, Any],
+                          restyle: bool = False) -> Dict[str, Any]:
     """``num_images``, ``width``, ``height`` and the extras given, checked against the executor's own
-    parameter model (its configured limits, such as max_pixels, are checked where it runs)."""
-    unknown = sorted(set(extras) - set(EXTRAS))
+    parameter model: text-to-image's, or with ``restyle`` image-to-image's (its configured limits, such
+    as max_pixels, are checked where it runs)."""
+    accepted, model = (EXTRAS + RESTYLE_EXTRAS, RestyleParams) if restyle else (EXTRAS, GenerationParams)
+    unknown = sorted(set(extras) - set(accepted))
     if unknown:
         raise APIError(400, f'unknown field(s) {", ".join(map(quote, unknown))}; besides OpenAI\'s fields this service '
-                       f'takes {", ".join(EXTRAS)}', param=unknown[0])
+                       f'takes {", ".join(accepted)}', param=unknown[0])
     parameters = {key: value for key, value in extras.items() if value is not None}
     if n is not None:
         parameters['num_images'] = n
     parameters.update(image_size(size))
     try:
-        GenerationParams.from_request(GenerationParams(), parameters)
+        model.from_request(model(), parameters)
     except ParameterError as e:
         raise APIError(400, f'invalid parameters: {e}', param=named_field(str(e))) from None
     return parameters
+
+
+def form_extras(fields: Mapping[str, Any]) -> Dict[str, Any]:
+    """Extras sent as multipart form fields, where every value is text: numbers again for the keys
+    whose values are numbers (a value that does not read as one is left for the check to name)."""
+    return {key: form_value(key, value) for key, value in fields.items()}
+
+
+def form_value(key: str, value: Any) -> Any:
+    field = RestyleParams.model_fields.get(key)
+    if field is None or not isinstance(value, str) or not {int, float} & types_in(field.annotation):
+        return value
+    for number in (int, float):
+        try:
+            return number(value)
+        except ValueError:
+            pass
+    return value
+
+
+def types_in(annotation: Any) -> set:
+    """``annotation`` and everything inside it: ``Optional[Annotated[int, ...]]`` holds int."""
+    return {annotation}.union(*(types_in(inner) for inner in get_args(annotation)))
 
 
 def image_size(size: Optional[str]) -> Dict[str, int]:
@@ -45,4 +72,4 @@ def image_size(size: Optional[str]) -> Dict[str, int]:
 def named_field(message: str) -> Optional[str]:
     """The request field a parameter error names by its first word (``width must be ...``)."""
     key = message.split(' ', 1)[0]
-    return FIELD_OF.get(key, key if key in EXTRAS else None)
+    return FIELD_OF.get(key, key if key in EXTRAS + RESTYLE_EXTRAS else None)

@@ -6,12 +6,15 @@ Every error leaves as ``APIError`` (gateway/errors.py), in OpenAI's ``{"error": 
 differs from OpenAI is said in each route's docstring; in short: audio is decoded with beam search
 (``temperature`` 0 only), languages are ISO 639-1 codes, verbose answers carry only the fields Whisper
 gives (no tokens or log-probabilities), and images take this service's own parameters (``seed``,
-``steps``, ``guidance_scale``, ``negative_prompt``, ``scheduler``) as extra body fields.
+``steps``, ``guidance_scale``, ``negative_prompt``, ``scheduler``, ``best_of``; ``strength`` for
+edits and variations) as extra body or form fields. Edits restyle the whole image after the prompt
+(the Flow's ``/restyle``, image-to-image): no masks, so no inpainting. Variations restyle the image
+after the prompt the Flow's caption and CLIP executors make of it (``/interrogate``).
 """
 
 import base64
 import time
-from typing import Dict, Iterable, List, Literal, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple
 
 from docarray import DocList
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -21,20 +24,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from executors.whisper.quality import CANNOT_TRANSLATE, LANGUAGE_UNCERTAIN, NO_SPEECH, UNUSABLE_SPEECH
 from gateway.errors import APIError
 from gateway.flow_calls import GENERATOR, TRANSCRIBER, FlowCalls, FlowFailure
-from gateway.generation import URL_SECONDS, generation_parameters, named_field
+from gateway.generation import URL_SECONDS, form_extras, generation_parameters, named_field
 from s2i.docs import GeneratedImage, PromptDoc
 from s2i.params import quote
 
 WHISPER_ALIAS = 'whisper-1'  # OpenAI's name, for the Flow's Whisper whatever its size
 AudioFormat = Literal['json', 'text', 'srt', 'verbose_json', 'vtt']
 AUDIO_FIELDS = frozenset({'file', 'model', 'prompt', 'response_format', 'temperature', 'timestamp_granularities[]'})
-IMAGE_ECHOED = ('seed', 'width', 'height', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler')
+IMAGE_ECHOED = ('seed', 'width', 'height', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'strength')
+ImageFormat = Literal['b64_json', 'url']
+# OpenAI's form fields of /images/edits and /images/variations; any other is one of this service's extras.
+EDIT_FIELDS = frozenset({'image', 'image[]', 'prompt', 'mask', 'model', 'n', 'size', 'response_format', 'user'})
+VARIATION_FIELDS = EDIT_FIELDS - {'prompt', 'mask'}
+RESTYLE_ENDPOINT, INTERROGATE_ENDPOINT = '/restyle', '/interrogate'
 # Whisper's document errors that are the audio's fault (400), by how they start; 'audio too large' is 413.
 AUDIO_TOO_LARGE = 'audio too large'
 SPEECH_ERRORS = (NO_SPEECH, UNUSABLE_SPEECH)
 AUDIO_ERRORS = ('empty audio', 'could not decode audio', 'audio too long', 'bad audio', 'malformed audio')
 # Stable Diffusion's document errors that are the request's fault (400); any other is the service's (500).
-IMAGE_REQUEST_ERRORS = ('invalid parameters: ', 'invalid seed: ', 'prompt ')
+IMAGE_REQUEST_ERRORS = ('invalid parameters: ', 'invalid seed: ', 'prompt ', 'nothing to draw', 'nothing to restyle with')
+# The input image's document errors (s2i/images.py, and restyle's size): 400, param image, code invalid_image.
+INPUT_IMAGE_ERRORS = ('not an image this service reads', 'image too large', 'empty image', 'could not read the image',
+                      'truncated or damaged', 'image cannot be restyled', 'nothing to restyle:')
 
 
 def openai_router(flow: FlowCalls, guard) -> APIRouter:
@@ -98,8 +109,60 @@ def openai_router(flow: FlowCalls, guard) -> APIRouter:
         if body.response_format == 'url':
             parameters['presign_seconds'] = URL_SECONDS  # the store's key; a local store ignores it
         doc = await answer_of(flow.call(DocList[PromptDoc]([PromptDoc(text=body.prompt)]), parameters))
-        images = delivered_images(doc, body.response_format)
-        return {'created': int(time.time()), 'data': [image_data(image, doc.text, body.response_format) for image in images]}
+        return images_answer(doc, body.response_format)
+
+    @router.post('/images/edits')
+    async def edits(
+        request: Request,
+        prompt: str = Form(..., min_length=1),
+        model: Optional[str] = Form(None),
+        n: Optional[int] = Form(None),
+        size: Optional[str] = Form(None),
+        response_format: ImageFormat = Form('b64_json'),
+        user: Optional[str] = Form(None),
+    ):
+        """The image restyled after the prompt (image-to-image, the Flow's ``/restyle``), answered as
+        /images/generations answers; ``revised_prompt`` is the English text used, and each image
+        echoes its ``strength`` too.
+
+        Unlike OpenAI: one ``image`` per request (any format the executor reads: PNG, JPEG, WebP, ...);
+        no ``mask`` (a 400: the whole image is redrawn, nothing is inpainted); ``size`` omitted or
+        ``auto`` keeps the input image's size (rounded down to a multiple of 8, scaled to fit the
+        executor's max_pixels). Extra form fields: ``strength`` (how far from the image to go, 0 to 1;
+        the model denoises int(steps x strength) steps) and the extras of /images/generations."""
+        form = await request.form()
+        image = await one_image(form)
+        if 'mask' in form:
+            raise APIError(400, 'mask is not supported: this service restyles the whole image after the prompt and '
+                           'offers no inpainting; send the image and prompt without a mask', param='mask')
+        parameters = await restyle_parameters(flow, model, n, size, response_format, extras_of(form, EDIT_FIELDS))
+        return images_answer(await restyled(flow, image, prompt, parameters), response_format)
+
+    @router.post('/images/variations')
+    async def variations(
+        request: Request,
+        model: Optional[str] = Form(None),
+        n: Optional[int] = Form(None),
+        size: Optional[str] = Form(None),
+        response_format: ImageFormat = Form('b64_json'),
+        user: Optional[str] = Form(None),
+    ):
+        """The image restyled after what the Flow sees in it: the prompt its caption and CLIP
+        executors make of the image (``/interrogate``), then ``/restyle`` as /images/edits does.
+
+        Unlike OpenAI: ``revised_prompt`` is that prompt; the image need not be a square PNG; the
+        extra form fields of /images/edits (``strength``, ``seed``, ...) are taken; a Flow without
+        the caption and CLIP executors cannot make variations (a 500 that says so)."""
+        form = await request.form()
+        image = await one_image(form)
+        parameters = await restyle_parameters(flow, model, n, size, response_format, extras_of(form, VARIATION_FIELDS))
+        described = await answer_of(flow.call(DocList[PromptDoc]([PromptDoc(image=image)]), endpoint=INTERROGATE_ENDPOINT))
+        if described.error:
+            raise image_error(described.error)
+        if not described.interrogated:
+            raise APIError(500, 'variations need the caption and clip executors in the Flow (flow.yml), '
+                           'and this one has none to describe the image', code='server_error')
+        return images_answer(await restyled(flow, image, described.interrogated, parameters), response_format)
 
     @router.get('/models')
     async def models():
@@ -245,7 +308,7 @@ class ImageRequest(BaseModel):
     model: Optional[str] = None
     n: Optional[int] = None  # None: 1
     size: Optional[str] = None  # 'WIDTHxHEIGHT'; None or 'auto': the executor's default
-    response_format: Literal['b64_json', 'url'] = 'b64_json'
+    response_format: ImageFormat = 'b64_json'
     user: Optional[str] = None  # accepted, not used
 
 
@@ -253,6 +316,48 @@ async def check_image_model(flow: FlowCalls, model: Optional[str]) -> None:
     loaded = (await flow.models()).get(GENERATOR)
     if model is not None and loaded is not None and model != loaded:
         raise model_not_found(model, [loaded])
+
+
+async def one_image(form: Mapping[str, Any]) -> bytes:
+    """The file of the form's ``image`` (or ``image[]``, as OpenAI's SDKs send a list): exactly one."""
+    files = [*form.getlist('image'), *form.getlist('image[]')]
+    if len(files) != 1:
+        raise APIError(400, f'send exactly one image (a file in the image field), got {len(files)}: '
+                       'this service restyles one image per request', param='image')
+    [file] = files
+    if isinstance(file, str):
+        raise APIError(400, 'image must be a file (multipart/form-data), not a text field', param='image')
+    data = await file.read()
+    if not data:
+        raise APIError(400, 'empty image: the file has 0 bytes', param='image', code='invalid_image')
+    return data
+
+
+def extras_of(form: Mapping[str, Any], openai_fields: frozenset) -> Dict[str, Any]:
+    """The form's fields that are not OpenAI's: this service's extras, numbers read as numbers."""
+    return form_extras({key: value for key, value in form.items() if key not in openai_fields})
+
+
+async def restyle_parameters(flow: FlowCalls, model: Optional[str], n: Optional[int], size: Optional[str],
+                             response_format: str, extras: Dict[str, Any]) -> Dict[str, Any]:
+    """The Flow's parameters for ``/restyle``, checked before any work."""
+    await check_image_model(flow, model)
+    parameters = generation_parameters(n, size, extras, restyle=True)
+    if response_format == 'url':
+        parameters['presign_seconds'] = URL_SECONDS
+    return parameters
+
+
+async def restyled(flow: FlowCalls, image: bytes, text: str, parameters: Dict[str, Any]) -> PromptDoc:
+    """``image`` redrawn after the English ``text`` by the Flow's ``/restyle``."""
+    docs = DocList[PromptDoc]([PromptDoc(image=image, text=text)])
+    return await answer_of(flow.call(docs, parameters, endpoint=RESTYLE_ENDPOINT))
+
+
+def images_answer(doc: PromptDoc, response_format: str) -> dict:
+    """OpenAI's images answer: each of the document's images, or the APIError that says why there are none."""
+    images = delivered_images(doc, response_format)
+    return {'created': int(time.time()), 'data': [image_data(image, doc.text, response_format) for image in images]}
 
 
 def delivered_images(doc: PromptDoc, response_format: str) -> List[GeneratedImage]:
@@ -270,6 +375,8 @@ def delivered_images(doc: PromptDoc, response_format: str) -> List[GeneratedImag
 
 
 def image_error(error: str) -> APIError:
+    if error.startswith(INPUT_IMAGE_ERRORS):
+        return APIError(400, error, param='image', code='invalid_image')
     if not error.startswith(IMAGE_REQUEST_ERRORS):
         return APIError(500, error, code='server_error')
     if error.startswith('invalid parameters: '):

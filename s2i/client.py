@@ -454,6 +454,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--steps', type=int, help='denoising steps')
     parser.add_argument('--guidance-scale', type=float)
     parser.add_argument('--seed', type=int, help='image i of an input gets seed+i')
+    parser.add_argument('--best-of', type=int, help='draw this many candidates per input; CLIP keeps the --num-images best')
     parser.add_argument('--width', type=int, help='a multiple of 8')
     parser.add_argument('--height', type=int, help='a multiple of 8')
     parser.add_argument('--negative-prompt')
@@ -475,14 +476,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def parameters_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    names = ('num_images', 'steps', 'guidance_scale', 'seed', 'width', 'height', 'negative_prompt', 'scheduler', 'language')
+    names = ('num_images', 'steps', 'guidance_scale', 'seed', 'width', 'height', 'negative_prompt', 'scheduler', 'language',
+             'best_of')
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def job_fields(args: argparse.Namespace) -> Dict[str, Any]:
     """The generation options as POST /v1/jobs's fields (parse_args made sure width and height come together)."""
     fields = {'n': args.num_images, 'steps': args.steps, 'guidance_scale': args.guidance_scale, 'seed': args.seed,
-              'negative_prompt': args.negative_prompt, 'scheduler': args.scheduler, 'language': args.language}
+              'negative_prompt': args.negative_prompt, 'scheduler': args.scheduler, 'language': args.language,
+              'best_of': args.best_of}
     if args.width is not None:
         fields['size'] = f'{args.width}x{args.height}'
     return {name: value for name, value in fields.items() if value is not None}

@@ -9,7 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional
+from typing import List
 
 import pytest
 import requests
@@ -18,52 +18,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import DATA, GERMAN_CLIP
-from front_door import SECOND_KEY, TOKEN, WEBHOOK_SECRET, FrontDoor, serve_front_door
+from front_door import (
+    EVENT_WAIT, SECOND_KEY, TERMINAL, TOKEN, WEBHOOK_SECRET, auth, events, job, kinds, serve_front_door, submit, submitted,
+)
 from gateway.jobs.webhooks import SIGNATURE_HEADER, sign
 from s2i.client import generate
 
-TERMINAL = {'succeeded', 'failed', 'cancelled'}
-EVENT_WAIT = 120  # seconds any one event may take to arrive (a cold Whisper on 2 cores)
 QUICK = {'n': 2, 'size': '64x64', 'steps': 3, 'seed': 11}
-
-
-def auth(token: str = TOKEN) -> Dict[str, str]:
-    return {'authorization': f'Bearer {token}'}
-
-
-def submit(door: FrontDoor, audio: Optional[bytes] = None, token: str = TOKEN, **fields) -> requests.Response:
-    if audio is not None:
-        form = {key: str(value) for key, value in fields.items()}
-        return requests.post(f'{door.api}/jobs', files={'file': ('speech.wav', audio)}, data=form, headers=auth(token), timeout=30)
-    return requests.post(f'{door.api}/jobs', json=fields, headers=auth(token), timeout=30)
-
-
-def submitted(door: FrontDoor, **fields) -> Dict[str, Any]:
-    answer = submit(door, **fields)
-    assert answer.status_code == 202, answer.text
-    return answer.json()
-
-
-def events(door: FrontDoor, job_id: str, after: int = 0, stop_after: Optional[int] = None, token: str = TOKEN) -> List[dict]:
-    """The job's events after ``after`` until its terminal event (or ``stop_after`` of them: then disconnect)."""
-    received = []
-    with connect(f'{door.ws}/v1/jobs/{job_id}/events?after={after}', additional_headers=auth(token), open_timeout=30) as ws:
-        while stop_after is None or len(received) < stop_after:
-            event = json.loads(ws.recv(timeout=EVENT_WAIT))
-            received.append(event)
-            if event['kind'] in TERMINAL:
-                break
-    return received
-
-
-def job(door: FrontDoor, job_id: str, token: str = TOKEN) -> Dict[str, Any]:
-    answer = requests.get(f'{door.api}/jobs/{job_id}', headers=auth(token), timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
-
-
-def kinds(received: List[dict]) -> List[str]:
-    return [event['kind'] for event in received]
 
 
 # Events

@@ -94,3 +94,14 @@ def test_the_client_subcommands_print_one_json_object_per_image(front_door, tmp_
     assert 'snow' in restyled['text'].lower() and len(restyled['images']) == 1
     assert Image.open(restyled['images'][0]).size == (96, 64)
     assert broken['error'].startswith('not an image this service reads') and broken['images'] == []
+
+
+def test_a_job_with_best_of_keeps_clip_s_favourites(front_door):
+    import requests
+
+    from front_door import auth, events, submitted
+
+    started = submitted(front_door, prompt='a lighthouse', n=1, best_of=3, size='64x64', steps=2, seed=30)
+    assert events(front_door, started['id'])[-1]['kind'] == 'succeeded'
+    [image] = requests.get(f'{front_door.api}/jobs/{started["id"]}', headers=auth(), timeout=30).json()['images']
+    assert image['parameters']['best_of'] == 3 and image['seed'] in (30, 31, 32)

@@ -39,6 +39,7 @@ class JobRequest(BaseModel):
     guidance_scale: Optional[float] = None
     negative_prompt: Optional[str] = None
     scheduler: Optional[str] = None
+    best_of: Optional[int] = None  # candidates drawn; CLIP keeps the n best
     response_format: Literal['b64_json', 'url'] = 'b64_json'
     language: Optional[str] = Field(None, min_length=2, max_length=3)
     callback_url: Optional[str] = None
@@ -126,7 +127,7 @@ def job_input(asked: JobRequest, audio: Optional[bytes], webhooks: Webhooks) -> 
         raise APIError(400, 'the audio file is empty', param='file')
     if asked.callback_url and (refused := webhooks.refusal(asked.callback_url)):
         raise APIError(400, refused, param='callback_url', code='callback_url_not_allowed')
-    extras = asked.model_dump(include={'seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler'}, exclude_none=True)
+    extras = asked.model_dump(include={'seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'best_of'}, exclude_none=True)
     return JobInput(
         prompt=asked.prompt or '', audio=audio, language=asked.language,
         parameters=generation_parameters(asked.n, asked.size, extras),

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from docarray import DocList
 
-from gateway.flow_calls import GENERATOR, STORE, TRANSCRIBER, FlowCalls, FlowFailure
+from gateway.flow_calls import GENERATOR, RANKER, STORE, TRANSCRIBER, FlowCalls, FlowFailure
 from gateway.generation import URL_SECONDS
 from gateway.jobs.store import TERMINAL, JobStore
 from gateway.jobs.webhooks import Webhooks
@@ -189,6 +189,8 @@ class JobRunner:
                 return 'failed', {'error': doc.error}
         with clock.timing('generate_s'):
             doc = await self._generate(job_id, doc, job_input)
+            if job_input.parameters.get('best_of') and not doc.error:  # CLIP keeps the n best of the candidates
+                [doc] = await self.flow.call_executor(RANKER, DocList[PromptDoc]([doc]), job_input.parameters)
         if doc.error:
             return 'failed', {'error': doc.error}
         with clock.timing('store_s'):

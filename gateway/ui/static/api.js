@@ -1,4 +1,5 @@
-// The job API as the page uses it: the token, requests with OpenAI-shaped errors, and a job's events.
+// The job API as the page uses it: the token, requests with OpenAI-shaped errors, and a job's events;
+// and the Flow's image endpoints.
 
 const TOKEN_KEY = 's2i.token';
 export const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
@@ -39,6 +40,19 @@ export const submitJob = (body) => call('POST', '/v1/jobs', body);
 export const cancelJob = (id) => call('DELETE', `/v1/jobs/${encodeURIComponent(id)}`);
 export const lookUpJob = (id) => call('GET', `/v1/jobs/${encodeURIComponent(id)}`);
 export const parameterSchemas = () => call('GET', '/ui/parameters');
+
+/**
+ * One image through one of the Flow's image endpoints (/caption, /tag, /restyle) over Jina's HTTP route:
+ * the answered document (caption, tags, matches with data_uri). An error the executor wrote into the
+ * document is thrown as a RequestError, like a refused request.
+ */
+export async function imageRequest(endpoint, document, parameters = {}) {
+  const answer = await call('POST', endpoint, { data: [document], parameters });
+  const [answered] = answer.data || [];
+  if (!answered) throw new RequestError(0, 'the service answered without a document');
+  if (answered.error) throw new RequestError(200, answered.error);
+  return answered;
+}
 
 /**
  * Follows a job's events from seq ``after``, calling onEvent with each one in order, until the terminal

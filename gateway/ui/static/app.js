@@ -1,6 +1,8 @@
-// The page: three ways in (record, upload, type), one job followed at a time, and the session's gallery.
+// The page: three ways in (record, upload, type), one job followed at a time, and the session's gallery;
+// and an image to caption, tag or restyle (images.js).
 
 import { TERMINAL, cancelJob, followJob, parameterSchemas, setToken, submitJob, token } from './api.js';
+import { NOT_AN_IMAGE, wireImages } from './images.js';
 import { Recorder } from './recorder.js';
 
 const JOB_KEY = 's2i.job';          // the job being followed: a reload resumes it
@@ -19,6 +21,7 @@ const ADVICE = [
   [/^could not decode/i, 'This file cannot be read as audio. Try a WAV, MP3, OGG, FLAC or WebM recording.'],
   [/^empty audio/i, 'The recording is empty. Check the microphone, or choose another file.'],
   [/^audio too (long|large)/i, 'The recording is too long or too large for this service.'],
+  [/^not an image this service reads/i, NOT_AN_IMAGE],
 ];
 const AUDIO_ERRORS = /^(no speech|no usable speech|empty audio|could not decode|audio too|bad audio|malformed audio)/i;
 
@@ -250,7 +253,7 @@ function addImage(image) {
   const saved = savedImages();
   if (saved.some((old) => old.job === image.job && old.index === image.index)) return;  // replayed after a reload
   const kept = { job: image.job, index: image.index, seed: image.seed, width: image.width, height: image.height,
-    parameters: image.parameters, src: image.b64_json ? `data:image/png;base64,${image.b64_json}` : image.url };
+    parameters: image.parameters, src: image.src || (image.b64_json ? `data:image/png;base64,${image.b64_json}` : image.url) };
   saved.push(kept);
   while (saved.length) {  // the oldest images go when the session's storage is full
     try {
@@ -300,6 +303,9 @@ function showDetails(image) {
   }));
   $('download').href = image.src;
   $('download').download = `s2i-${image.seed}.png`;
+  const restyled = image.parameters?.mode === 'restyle';  // its input image is not kept: nothing to draw again from
+  $('again').hidden = restyled;
+  $('variations').hidden = restyled;
   $('details').showModal();
 }
 
@@ -396,6 +402,8 @@ function wire() {
   });
   $('again').addEventListener('click', () => again(true));
   $('variations').addEventListener('click', () => again(false));
+
+  wireImages({ showError, clearError, plainly, settings, addImage, inputFor: (parameter) => SETTINGS[parameter] });
 
   savedImages().forEach(showImage);
   const resumed = JSON.parse(sessionStorage.getItem(JOB_KEY) || 'null');
