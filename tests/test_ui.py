@@ -1,5 +1,5 @@
 """The page (/ui) in a real browser: Debian's Chromium driven by Playwright, against the real service
-(tests/front_door.py: gateway, bundled Whisper, tiny SD). Each test reads like a person's steps; the
+(tests/front_door.py: gateway, bundled Whisper, tiny SD, BLIP and CLIP). Each test reads like a person's steps; the
 main states are saved as screenshots in tests/artifacts/ (git-ignored) for a reviewer to look at."""
 
 import http.client
@@ -273,3 +273,85 @@ def test_the_page_and_its_files_are_served_with_their_types_and_nothing_else(fro
     schemas = {schema['executor']: schema['json_schema'] for schema in answer.json()['data']}
     assert any('steps' in schema['properties'] for schema in schemas.values())
 
+
+
+@pytest.fixture
+def shapes_png(tmp_path) -> Path:
+    """A 96x64 PNG: a red square beside a blue circle."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new('RGB', (96, 64), 'white')
+    drawing = ImageDraw.Draw(image)
+    drawing.rectangle((8, 12, 44, 48), fill='red')
+    drawing.ellipse((54, 14, 88, 48), fill='blue')
+    path = tmp_path / 'shapes.png'
+    image.save(path)
+    return path
+
+
+def test_an_uploaded_image_is_captioned_and_tagged_best_first(visit, shapes_png):
+    page = visit.open()
+    page.get_by_test_id('image-file').set_input_files(str(shapes_png))
+    sync_api.expect(page.get_by_test_id('image-preview')).to_be_visible()
+    page.get_by_test_id('caption-button').click()
+    sync_api.expect(page.get_by_test_id('caption')).to_have_text(re.compile(r'\S'))
+
+    page.get_by_test_id('labels').fill('a red square, a blue circle')
+    page.get_by_test_id('labels').press('Enter')  # the keyboard's way to ask for tags
+    tags = page.get_by_test_id('tags').get_by_test_id('tag')
+    sync_api.expect(tags).to_have_count(2)
+    labels = tags.locator('span:first-child').all_text_contents()
+    scores = [float(score) for score in tags.locator('.score').all_text_contents()]
+    assert sorted(labels) == ['a blue circle', 'a red square']
+    assert scores == sorted(scores, reverse=True) and all(0 <= score <= 1 for score in scores), scores
+    visit.screenshot('image-caption-tags')
+    assert visit.foreign_hosts() == []
+    assert visit.console_errors == []
+
+
+def test_an_image_restyled_after_the_typed_prompt_joins_the_gallery_at_its_size(visit, shapes_png):
+    page = visit.open(n='1', steps='2')
+    page.get_by_test_id('image-file').set_input_files(str(shapes_png))
+    page.get_by_test_id('prompt').fill('as an oil painting')
+    page.get_by_test_id('strength').fill('0.5')
+    held = []
+    page.route('**/restyle', lambda route: held.append(route))  # the request waits until let through: the page shows it is busy
+    page.get_by_test_id('restyle').click()
+
+    sync_api.expect(page.get_by_test_id('restyle')).to_have_attribute('aria-busy', 'true')
+    sync_api.expect(page.get_by_test_id('restyle')).to_be_disabled()
+    sync_api.expect(page.get_by_role('progressbar', name='Waiting for the service')).to_be_visible()
+    held[0].continue_()
+    sync_api.expect(images(page)).to_have_count(1)
+    assert images(page).first.evaluate('img => [img.naturalWidth, img.naturalHeight]') == [96, 64]
+    sync_api.expect(page.get_by_test_id('restyle')).to_be_enabled()  # no longer busy
+    visit.screenshot('image-restyled')
+    images(page).first.click()
+    sync_api.expect(page.get_by_test_id('parameter-prompt')).to_have_text('as an oil painting')
+    sync_api.expect(page.get_by_test_id('parameter-strength')).to_have_text('0.5')
+    assert visit.foreign_hosts() == []
+    assert visit.console_errors == []
+
+
+def test_a_file_that_is_not_an_image_shows_the_error_beside_the_image_input_and_no_image(visit, tmp_path):
+    text = tmp_path / 'notes.txt'
+    text.write_text('a fox in the snow, as words rather than pixels\n')
+    svg = tmp_path / 'circle.svg'  # an image the browser shows but the service does not read
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><circle cx="32" cy="32" r="20"/></svg>')
+    page = visit.open(**SMALL)
+    page.get_by_test_id('prompt').fill('as an oil painting')
+    error = page.locator('#image-drop').get_by_test_id('error')
+
+    page.get_by_test_id('image-file').set_input_files(str(text))
+    sync_api.expect(error).to_contain_text('cannot be read as an image')
+    sync_api.expect(page.get_by_test_id('restyle')).to_be_disabled()
+    visit.screenshot('image-bad-file')
+
+    page.get_by_test_id('image-file').set_input_files(str(svg))
+    sync_api.expect(error).to_be_hidden()
+    page.get_by_test_id('restyle').click()
+    sync_api.expect(error).to_contain_text('cannot be read as an image')
+    sync_api.expect(error).to_contain_text('not an image this service reads')
+    assert images(page).count() == 0
+    assert visit.foreign_hosts() == []
+    assert visit.console_errors == []

@@ -4,7 +4,8 @@
     GET /ui/<file>          its styles and scripts, from static/ only, by exact name
     GET /ui/parameters      the executors' parameter schemas (ranges, defaults, choices): needs the token
 
-The page talks to the job API (POST /v1/jobs, WS /v1/jobs/{id}/events, DELETE /v1/jobs/{id}) with the
+The page talks to the job API (POST /v1/jobs, WS /v1/jobs/{id}/events, DELETE /v1/jobs/{id}), and for an
+image to the Flow's own HTTP routes (POST /caption, /tag, /restyle), with the
 token from its own field, as ``Authorization: Bearer`` and, on the WebSocket, as the subprotocol
 ``bearer.<token>``. It loads nothing from any other host.
 """
