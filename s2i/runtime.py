@@ -144,3 +144,44 @@ class LazyModel:
             self.logger.error(f'loading the {self.name} model failed', exc_info=True)
             mark_failed(docs, f'the {self.name} model could not be loaded: {str(e).splitlines()[0][:200]}')
             return False
+
+
+def built_once(folder_name: str, write, is_built) -> str:
+    """``cache_dir()/folder_name``, written by ``write(folder)`` the first time (a tiny model): into a
+    staging folder that is renamed into place, so replicas starting together never read half a model."""
+    import tempfile
+
+    folder = cache_dir() / folder_name
+    if not is_built(str(folder)):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder_name}-')
+        write(staging)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another replica finished first; its copy is identical
+            pass
+    return str(folder)
+
+
+def ready_on_device(model, model_id: str, device, dtype, tiny_warning: Optional[str], logger: logging.Logger):
+    """``model`` moved to ``device`` for inference, with one log line of what it holds (and a banner
+    if it is a tiny random-weight model): each executor reports its memory when its model loads."""
+    import torch
+
+    if tiny_warning:
+        logger.warning(f'\n{"!" * 78}\n!!  {model_id}: {tiny_warning.upper()}\n{"!" * 78}')
+    model.to(device).eval()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory = f', GPU memory allocated {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB' if device.type == 'cuda' else ''
+    logger.info(f'loaded {model_id} as {type(model).__name__} on {device} ({dtype}): {weights / 2**20:.1f} MiB of weights{memory}')
+    return model
+
+
+def unloadable(what: str, model_id: str, variable: str, folder: str, error: Exception) -> RuntimeError:
+    """The start-up (or first-use) error for a model that cannot be loaded: which one, why, and what to set."""
+    return RuntimeError(
+        f'Could not load the {what} model {model_id!r}: {error}\n'
+        f'Set {variable} to a local {folder}, or to a Hugging Face model id that this machine can download '
+        f'(or has in its cache; pre-download with `huggingface-cli download <id>`). {variable}=tiny runs a '
+        'tiny random-weight model that checks the wiring and gives noise.'
+    )

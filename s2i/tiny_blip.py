@@ -14,13 +14,12 @@ The output layer never picks a special token: every caption is ``max_new_tokens`
     python -m s2i.tiny_blip OUT_DIR   # write it as a transformers folder; S2I_CAPTION_MODEL=OUT_DIR uses it
 """
 
-import os
 import string
 import sys
 import tempfile
 from pathlib import Path
 
-from s2i.runtime import cache_dir
+from s2i.runtime import built_once
 
 TINY_BLIP_NAME = 'tiny'  # S2I_CAPTION_MODEL value that selects this model
 TINY_BLIP_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
@@ -76,16 +75,7 @@ def write_tiny_blip(folder: str, seed: int = 0) -> str:
 
 def tiny_blip_dir() -> str:
     """The tiny model in the cache folder, written on first use (same weights every time)."""
-    folder = cache_dir() / f'tiny-blip-v{TINY_BLIP_VERSION}'
-    if not is_tiny_blip(str(folder)):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=folder.parent, prefix='.tiny-blip-')
-        write_tiny_blip(staging)
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another replica finished first; its copy is identical
-            pass
-    return str(folder)
+    return built_once(f'tiny-blip-v{TINY_BLIP_VERSION}', write_tiny_blip, is_tiny_blip)
 
 
 def _bert_tokenizer(vocab: list):

@@ -12,12 +12,11 @@ real loading code. open_clip would be one more package whose models load by anot
     python -m s2i.tiny_clip OUT_DIR   # write it as a transformers folder; S2I_CLIP_MODEL=OUT_DIR uses it
 """
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from s2i.runtime import cache_dir
+from s2i.runtime import built_once
+from s2i.tiny_sd import byte_level_clip_tokenizer
 
 TINY_CLIP_NAME = 'tiny'  # S2I_CLIP_MODEL value that selects this model
 TINY_CLIP_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
@@ -61,25 +60,7 @@ def write_tiny_clip(folder: str, seed: int = 0) -> str:
 
 def tiny_clip_dir() -> str:
     """The tiny model in the cache folder, written on first use (same weights every time)."""
-    folder = cache_dir() / f'tiny-clip-v{TINY_CLIP_VERSION}'
-    if not is_tiny_clip(str(folder)):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=folder.parent, prefix='.tiny-clip-')
-        write_tiny_clip(staging)
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another replica finished first; its copy is identical
-            pass
-    return str(folder)
-
-
-def byte_level_clip_tokenizer():
-    """A CLIP tokenizer with only the byte-level symbols and no merges: no download needed.
-
-    The same tokenizer the tiny Stable Diffusion pipeline writes (s2i.tiny_sd)."""
-    from s2i.tiny_sd import _byte_level_clip_tokenizer
-
-    return _byte_level_clip_tokenizer()
+    return built_once(f'tiny-clip-v{TINY_CLIP_VERSION}', write_tiny_clip, is_tiny_clip)
 
 
 if __name__ == '__main__':

@@ -7,12 +7,11 @@ and every image carries ``parameters["warning"]``.
 """
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from s2i.runtime import cache_dir
+from s2i.runtime import built_once
 
 TINY_MODEL_NAME = 'tiny'  # S2I_SD_MODEL value that selects this pipeline
 TINY_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
@@ -64,7 +63,7 @@ def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
         beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', num_train_timesteps=1000, steps_offset=1
     )
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_byte_level_clip_tokenizer(),
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_clip_tokenizer(),
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)
@@ -74,19 +73,10 @@ def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
 
 def tiny_pipeline_dir() -> str:
     """The tiny pipeline in the cache folder, written on first use (same weights every time)."""
-    out_dir = cache_dir() / f'tiny-sd-v{TINY_VERSION}'
-    if not is_tiny_model(str(out_dir)):
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=out_dir.parent, prefix='.tiny-sd-')
-        write_tiny_pipeline(staging)
-        try:
-            os.rename(staging, out_dir)
-        except OSError:  # another replica finished first; its copy is identical
-            pass
-    return str(out_dir)
+    return built_once(f'tiny-sd-v{TINY_VERSION}', write_tiny_pipeline, is_tiny_model)
 
 
-def _byte_level_clip_tokenizer():
+def byte_level_clip_tokenizer():
     """A CLIP tokenizer with only the 256 byte-level symbols and no merges: no download needed."""
     from transformers import CLIPTokenizer
 

@@ -19,7 +19,7 @@ from PIL import Image
 from executors.caption.params import DEFAULT_MODEL, CaptionParams
 from s2i.docs import ParameterSchema, PromptDoc, mark_failed
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
-from s2i.runtime import DETAILS_LOGGED, LazyModel, refuse_unknown_settings, resolve_device, setting
+from s2i.runtime import DETAILS_LOGGED, LazyModel, ready_on_device, unloadable, refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_blip import TINY_BLIP_NAME, TINY_BLIP_WARNING, is_tiny_blip, tiny_blip_dir
 
 from s2i.images import ImageError, ImagePolicy, document_image
@@ -78,20 +78,10 @@ class CaptionExecutor(Executor):
             model = AutoCaptionModel.from_pretrained(path, dtype=self.dtype)
             processor = AutoProcessor.from_pretrained(path)
         except Exception as e:
-            raise RuntimeError(
-                f'Could not load the captioning model {self.model_id!r}: {e}\n'
-                'Set S2I_CAPTION_MODEL to a local transformers image-to-text folder (BLIP, GIT, BLIP-2, ...), or '
-                'to a Hugging Face model id that this machine can download (or has in its cache). '
-                'S2I_CAPTION_MODEL=tiny runs a tiny random-weight model that checks the wiring and gives noise.'
-            ) from e
-        if is_tiny_blip(path):
-            self.logger.warning(f'\n{"!" * 78}\n!!  {self.model_id}: {TINY_BLIP_WARNING.upper()}\n{"!" * 78}')
-        model.to(self.device).eval()
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        memory = f', GPU memory allocated {torch.cuda.memory_allocated(self.device) / 2**30:.2f} GiB' \
-            if self.device.type == 'cuda' else ''
-        self.logger.info(f'loaded {self.model_id} as {type(model).__name__} on {self.device} ({self.dtype}): '
-                         f'{weights / 2**20:.1f} MiB of weights{memory}')
+            raise unloadable('captioning', self.model_id, 'S2I_CAPTION_MODEL',
+                             'transformers image-to-text folder (BLIP, GIT, BLIP-2, ...)', e) from e
+        warning = TINY_BLIP_WARNING if is_tiny_blip(path) else None
+        model = ready_on_device(model, self.model_id, self.device, self.dtype, warning, self.logger)
         return model, processor
 
     # --- endpoints ---

@@ -18,7 +18,7 @@ from executors.clip.labels import INTERROGATOR_LISTS, LabelCache, LabelTable, ca
 from executors.clip.params import DEFAULT_MODEL, ClipParams
 from s2i.docs import ParameterSchema, PromptDoc, Tag, mark_failed
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
-from s2i.runtime import DETAILS_LOGGED, LazyModel, refuse_unknown_settings, resolve_device, setting
+from s2i.runtime import DETAILS_LOGGED, LazyModel, ready_on_device, unloadable, refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, is_tiny_clip, tiny_clip_dir
 
 from s2i.images import ImageError, ImagePolicy, document_image
@@ -96,20 +96,9 @@ class ClipExecutor(Executor):
             model = CLIPModel.from_pretrained(path, dtype=self.dtype)
             processor = CLIPProcessor.from_pretrained(path)
         except Exception as e:
-            raise RuntimeError(
-                f'Could not load the CLIP model {self.model_id!r}: {e}\n'
-                'Set S2I_CLIP_MODEL to a local transformers CLIP folder, or to a Hugging Face model id that '
-                'this machine can download (or has in its cache). S2I_CLIP_MODEL=tiny runs a tiny '
-                'random-weight model that checks the wiring and gives noise.'
-            ) from e
-        if is_tiny_clip(path):
-            self.logger.warning(f'\n{"!" * 78}\n!!  {self.model_id}: {TINY_CLIP_WARNING.upper()}\n{"!" * 78}')
-        model.to(self.device).eval()
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        memory = f', GPU memory allocated {torch.cuda.memory_allocated(self.device) / 2**30:.2f} GiB' \
-            if self.device.type == 'cuda' else ''
-        self.logger.info(f'loaded {self.model_id} as CLIPModel on {self.device} ({self.dtype}): '
-                         f'{weights / 2**20:.1f} MiB of weights{memory}')
+            raise unloadable('CLIP', self.model_id, 'S2I_CLIP_MODEL', 'transformers CLIP folder', e) from e
+        warning = TINY_CLIP_WARNING if is_tiny_clip(path) else None
+        model = ready_on_device(model, self.model_id, self.device, self.dtype, warning, self.logger)
         return model, processor, path
 
     # --- endpoints ---

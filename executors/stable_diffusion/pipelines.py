@@ -6,6 +6,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from s2i.runtime import unloadable
 from s2i.tiny_sd import TINY_MODEL_NAME, TINY_WARNING, is_tiny_model, tiny_pipeline_dir
 
 # Request name -> diffusers scheduler class name, with config overrides.
@@ -28,13 +29,7 @@ def load_pipeline(model: str, dtype: torch.dtype, enable_safety_checker: bool, l
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(path, **options)
     except Exception as e:
-        raise RuntimeError(
-            f'Could not load the Stable Diffusion model {model!r}: {e}\n'
-            'Set S2I_SD_MODEL to a local diffusers folder, or to a Hugging Face model id that this '
-            'machine can download (or has in its cache; pre-download with '
-            '`huggingface-cli download <id>`). S2I_SD_MODEL=tiny runs a tiny random-weight model '
-            'that checks the wiring and makes noise images.'
-        ) from e
+        raise unloadable('Stable Diffusion', model, 'S2I_SD_MODEL', 'diffusers folder', e) from e
     pipe.set_progress_bar_config(disable=True)  # the executor logs each quarter of the steps instead
     is_tiny = is_tiny_model(path)
     if is_tiny:
