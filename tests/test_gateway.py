@@ -179,7 +179,7 @@ def test_with_a_token_the_executors_answer_only_the_gateway(jina_flow_with_token
     from jina.types.request.data import DataRequest
 
     ports = executor_ports(jina_flow_with_token['server'], jina_flow_with_token).values()
-    assert len(ports) == 3, ports  # whisper, stable_diffusion and store
+    assert len(ports) == 5, ports  # whisper, stable_diffusion, caption, clip and store
     for port in ports:
         request = DataRequest()
         request.header.exec_endpoint = '/generate'

@@ -19,7 +19,10 @@ from PIL import Image
 from executors.caption.params import DEFAULT_MODEL, CaptionParams
 from s2i.docs import ParameterSchema, PromptDoc, mark_failed
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
-from s2i.runtime import DETAILS_LOGGED, LazyModel, ready_on_device, unloadable, refuse_unknown_settings, resolve_device, setting
+from s2i.runtime import (
+    DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, ready_on_device, refuse_unknown_settings, resolve_device,
+    setting, unloadable,
+)
 from s2i.tiny_blip import TINY_BLIP_NAME, TINY_BLIP_WARNING, is_tiny_blip, tiny_blip_dir
 
 from s2i.images import ImageError, ImagePolicy, document_image
@@ -109,9 +112,11 @@ class CaptionExecutor(Executor):
         return docs
 
     @requests
-    def pass_on(self, docs: DocList[PromptDoc], **kwargs) -> DocList[PromptDoc]:
+    def pass_on(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         """Every other endpoint (/generate, /restyle, /tag, ...) passes through unchanged: Jina's Flow
         check wants each executor to take the endpoints of the ones before it."""
+        if not from_the_gateway(parameters):  # a caller around the gateway learns nothing, even here
+            mark_failed(docs, UNAUTHENTICATED)
         return docs
 
     @requests(on=PARAMETERS_ENDPOINT)

@@ -18,7 +18,10 @@ from executors.clip.labels import INTERROGATOR_LISTS, LabelCache, LabelTable, ca
 from executors.clip.params import DEFAULT_MODEL, ClipParams
 from s2i.docs import ParameterSchema, PromptDoc, Tag, mark_failed
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
-from s2i.runtime import DETAILS_LOGGED, LazyModel, ready_on_device, unloadable, refuse_unknown_settings, resolve_device, setting
+from s2i.runtime import (
+    DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, ready_on_device, refuse_unknown_settings, resolve_device,
+    setting, unloadable,
+)
 from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, is_tiny_clip, tiny_clip_dir
 
 from s2i.images import ImageError, ImagePolicy, document_image
@@ -172,13 +175,15 @@ class ClipExecutor(Executor):
         """In the Flow, after Stable Diffusion: with ``best_of``, it drew that many candidates per
         document, and this keeps the ``num_images`` best (``/rank``); without, nothing changes."""
         if parameters.get('best_of') is None:
-            return docs
+            return self.pass_on(docs, parameters)
         return self.rank(docs, parameters)
 
     @requests
-    def pass_on(self, docs: DocList[PromptDoc], **kwargs) -> DocList[PromptDoc]:
+    def pass_on(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         """Every other endpoint (/caption, /generate_stream, ...) passes through unchanged: Jina's Flow
         check wants each executor to take the endpoints of the ones before it."""
+        if not from_the_gateway(parameters):  # a caller around the gateway learns nothing, even here
+            mark_failed(docs, UNAUTHENTICATED)
         return docs
 
     @requests(on='/rank')

@@ -17,7 +17,7 @@ from executors.store.stores import LocalFolder, S3Bucket, describe_failure, open
 from s2i.docs import ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import from_data_uri
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
-from s2i.runtime import refuse_unknown_settings, setting
+from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, setting
 
 STORE_VARIABLE = 'S2I_STORE'
 # A folder beside the checkout: relative paths are resolved against the working directory at
@@ -81,10 +81,12 @@ class ResultStoreExecutor(Executor):
         return describe_parameters(docs, self.metas.name, self.defaults)
 
     @requests
-    def pass_on(self, docs: DocList[PromptDoc], **kwargs) -> DocList[PromptDoc]:
+    def pass_on(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         """Every endpoint the store does not serve (/caption, /tag, /interrogate, /generate_stream, ...)
         passes through unchanged: Jina's Flow check wants the last executor to take each endpoint of
         the ones before it, and those answers are not results to keep."""
+        if not from_the_gateway(parameters):  # a caller around the gateway learns nothing, even here
+            mark_failed(docs, UNAUTHENTICATED)
         return docs
 
     @requests(on=['/generate', '/text2image', '/restyle'])
