@@ -44,7 +44,7 @@ from gateway.flow_calls import FlowCalls
 from gateway.jobs.routes import jobs_router
 from gateway.jobs.runner import JobLimits, JobRunner
 from gateway.jobs.store import open_store
-from gateway.jobs.webhooks import Webhooks
+from gateway.jobs.webhooks import ATTEMPTS as WEBHOOK_ATTEMPTS, Webhooks
 from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendable
 from gateway.openai_routes import openai_router
 from gateway.ui import ui_router
@@ -80,7 +80,7 @@ class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
                  max_active_jobs_per_key: int = JobLimits.max_active_jobs_per_key,
                  max_running_jobs: int = JobLimits.max_running_jobs, max_job_seconds: float = JobLimits.max_job_seconds,
                  job_ttl_seconds: float = JobLimits.job_ttl_seconds, webhook_hosts: Optional[List[str]] = None,
-                 webhook_attempts: int = 5, **kwargs):
+                 webhook_attempts: int = WEBHOOK_ATTEMPTS, **kwargs):
         super().__init__(**kwargs)
         token = os.environ.get(AUTH_TOKEN_VARIABLE) or None  # None: no check
         guard = Guard(token, RequestLimits(max_documents, max_request_bytes, max_depth),

@@ -23,6 +23,7 @@ from s2i.params import quote
 from s2i.urls import host_and_port, host_refusal
 
 SIGNATURE_HEADER = 'X-S2I-Signature'
+ATTEMPTS = 5  # requests per delivery at most, the first included (the gateway's webhook_attempts)
 EVENT_HEADER, EVENT = 'X-S2I-Event', 'job.finished'
 JOB_HEADER = 'X-S2I-Job'
 MAX_DELAY = 60.0  # seconds between attempts, however many there are
@@ -49,7 +50,7 @@ class Webhooks:
     """Delivers finished jobs' records to their callback URLs, within the allow-list."""
 
     def __init__(
-        self, allowed_hosts: Sequence[str] = (), secret: Optional[str] = None, attempts: int = 5,
+        self, allowed_hosts: Sequence[str] = (), secret: Optional[str] = None, attempts: int = ATTEMPTS,
         first_delay: float = 1.0, timeout: float = 10.0, logger=None,
     ):
         if attempts < 1 or first_delay < 0 or timeout <= 0:
