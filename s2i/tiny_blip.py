@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 from s2i.runtime import built_once
+from s2i.tiny_sd import is_tiny_model, mark_tiny
 
 TINY_BLIP_NAME = 'tiny'  # S2I_CAPTION_MODEL value that selects this model
-TINY_BLIP_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
 TINY_BLIP_WARNING = 'tiny random-weight test model: its captions are noise'
 TINY_BLIP_VERSION = 1  # bump when the architecture changes, so cached copies are rebuilt
 IMAGE_SIZE = 32  # pixels per side the tiny vision tower sees
@@ -31,10 +31,6 @@ INIT_RANGE = 0.2  # weights' spread; BLIP's 0.02 leaves tiny towers deaf to the 
 # BERT's specials first (as bert-base-uncased numbers them: [PAD] 0 ... ), BLIP's decoder start last.
 SPECIAL_TOKENS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
 DECODER_START, ENCODER_START = '[DEC]', '[ENC]'  # BLIP's bos token and its image-grounded encoder token
-
-
-def is_tiny_blip(path: str) -> bool:
-    return (Path(path) / TINY_BLIP_MARKER_FILE).is_file()
 
 
 def tiny_vocabulary() -> list:
@@ -69,13 +65,12 @@ def write_tiny_blip(folder: str, seed: int = 0) -> str:
     image_processor = BlipImageProcessor(size={'height': IMAGE_SIZE, 'width': IMAGE_SIZE})
     model.save_pretrained(folder)
     BlipProcessor(image_processor=image_processor, tokenizer=_bert_tokenizer(vocab)).save_pretrained(folder)
-    (Path(folder) / TINY_BLIP_MARKER_FILE).write_text(TINY_BLIP_WARNING + '\n')
-    return folder
+    return mark_tiny(folder, TINY_BLIP_WARNING)
 
 
 def tiny_blip_dir() -> str:
     """The tiny model in the cache folder, written on first use (same weights every time)."""
-    return built_once(f'tiny-blip-v{TINY_BLIP_VERSION}', write_tiny_blip, is_tiny_blip)
+    return built_once(f'tiny-blip-v{TINY_BLIP_VERSION}', write_tiny_blip, is_tiny_model)
 
 
 def _bert_tokenizer(vocab: list):

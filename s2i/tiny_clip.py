@@ -13,21 +13,15 @@ real loading code. open_clip would be one more package whose models load by anot
 """
 
 import sys
-from pathlib import Path
 
 from s2i.runtime import built_once
-from s2i.tiny_sd import byte_level_clip_tokenizer
+from s2i.tiny_sd import byte_level_clip_tokenizer, is_tiny_model, mark_tiny
 
 TINY_CLIP_NAME = 'tiny'  # S2I_CLIP_MODEL value that selects this model
-TINY_CLIP_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
 TINY_CLIP_WARNING = 'tiny random-weight test model: its scores, tags and prompts are noise'
 TINY_CLIP_VERSION = 1  # bump when the architecture changes, so cached copies are rebuilt
 IMAGE_SIZE = 32  # pixels per side the tiny vision tower sees
 EMBEDDING_SIZE = 16  # projection_dim: the size of the shared image/text embedding
-
-
-def is_tiny_clip(path: str) -> bool:
-    return (Path(path) / TINY_CLIP_MARKER_FILE).is_file()
 
 
 def write_tiny_clip(folder: str, seed: int = 0) -> str:
@@ -54,13 +48,12 @@ def write_tiny_clip(folder: str, seed: int = 0) -> str:
     )
     model.save_pretrained(folder)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    (Path(folder) / TINY_CLIP_MARKER_FILE).write_text(TINY_CLIP_WARNING + '\n')
-    return folder
+    return mark_tiny(folder, TINY_CLIP_WARNING)
 
 
 def tiny_clip_dir() -> str:
     """The tiny model in the cache folder, written on first use (same weights every time)."""
-    return built_once(f'tiny-clip-v{TINY_CLIP_VERSION}', write_tiny_clip, is_tiny_clip)
+    return built_once(f'tiny-clip-v{TINY_CLIP_VERSION}', write_tiny_clip, is_tiny_model)
 
 
 if __name__ == '__main__':

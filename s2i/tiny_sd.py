@@ -14,13 +14,20 @@ from pathlib import Path
 from s2i.runtime import built_once
 
 TINY_MODEL_NAME = 'tiny'  # S2I_SD_MODEL value that selects this pipeline
-TINY_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # present in every folder this module writes
+TINY_MARKER_FILE = 'S2I_TINY_RANDOM_WEIGHTS'  # in every folder holding a tiny model (SD here; CLIP, BLIP too)
 TINY_WARNING = 'tiny random-weight test model: this image is noise, not a generation'
 TINY_VERSION = 2  # bump when the architecture changes, so cached copies are rebuilt
 
 
 def is_tiny_model(path: str) -> bool:
+    """Whether ``path`` holds a tiny random-weight model this package wrote (SD, CLIP or BLIP)."""
     return (Path(path) / TINY_MARKER_FILE).is_file()
+
+
+def mark_tiny(folder: str, warning: str) -> str:
+    """Mark ``folder`` as a tiny random-weight model (the marker holds what it is good for)."""
+    (Path(folder) / TINY_MARKER_FILE).write_text(warning + '\n')
+    return folder
 
 
 def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
@@ -67,8 +74,7 @@ def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)
-    (Path(out_dir) / TINY_MARKER_FILE).write_text(TINY_WARNING + '\n')
-    return out_dir
+    return mark_tiny(out_dir, TINY_WARNING)
 
 
 def tiny_pipeline_dir() -> str:

@@ -23,7 +23,8 @@ from s2i.runtime import (
     DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, ready_on_device, refuse_unknown_settings, resolve_device,
     setting, unloadable,
 )
-from s2i.tiny_blip import TINY_BLIP_NAME, TINY_BLIP_WARNING, is_tiny_blip, tiny_blip_dir
+from s2i.tiny_sd import is_tiny_model
+from s2i.tiny_blip import TINY_BLIP_NAME, TINY_BLIP_WARNING, tiny_blip_dir
 
 from s2i.images import ImageError, ImagePolicy, document_image
 
@@ -83,7 +84,7 @@ class CaptionExecutor(Executor):
         except Exception as e:
             raise unloadable('captioning', self.model_id, 'S2I_CAPTION_MODEL',
                              'transformers image-to-text folder (BLIP, GIT, BLIP-2, ...)', e) from e
-        warning = TINY_BLIP_WARNING if is_tiny_blip(path) else None
+        warning = TINY_BLIP_WARNING if is_tiny_model(path) else None
         model = ready_on_device(model, self.model_id, self.device, self.dtype, warning, self.logger)
         return model, processor
 

@@ -22,7 +22,8 @@ from s2i.runtime import (
     DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, ready_on_device, refuse_unknown_settings, resolve_device,
     setting, unloadable,
 )
-from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, is_tiny_clip, tiny_clip_dir
+from s2i.tiny_sd import is_tiny_model
+from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, tiny_clip_dir
 
 from s2i.images import ImageError, ImagePolicy, document_image
 
@@ -100,7 +101,7 @@ class ClipExecutor(Executor):
             processor = CLIPProcessor.from_pretrained(path)
         except Exception as e:
             raise unloadable('CLIP', self.model_id, 'S2I_CLIP_MODEL', 'transformers CLIP folder', e) from e
-        warning = TINY_CLIP_WARNING if is_tiny_clip(path) else None
+        warning = TINY_CLIP_WARNING if is_tiny_model(path) else None
         model = ready_on_device(model, self.model_id, self.device, self.dtype, warning, self.logger)
         return model, processor, path
 
