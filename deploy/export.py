@@ -293,6 +293,16 @@ def complete_compose(compose: Dict[str, Any], flow: Dict[str, Any], publish_host
             device.pop('count')
             device['device_ids'] = [str(index * count + i) for i in range(count)]
     compose['volumes'] = {MODELS_VOLUME: {}}
+    create_volume_once(compose['services'])
+
+
+def create_volume_once(services: Dict[str, Any]) -> None:
+    """Docker fills an empty named volume with the image's /models when a container using it is created;
+    containers created at the same moment race on that copy (`mkdir .../_data/cache: file exists`, seen in
+    CI). The first service with the volume is created alone: the others depend on it."""
+    first, *others = [name for name, service in services.items() if 'volumes' in service]
+    for name in others:
+        services[name]['depends_on'] = [first]
 
 
 # 3. Write.

@@ -267,6 +267,15 @@ def test_compose_file_runs_each_part_from_the_image_with_the_model_cache():
         assert 'ports' not in service or service is gateway
 
 
+def test_compose_creates_one_container_on_the_empty_model_volume_before_the_others():
+    """Containers created at once race on Docker's copy of /models into the new volume ('file exists')."""
+    services = read_compose()['services']
+    with_volume = [name for name, service in services.items() if 'volumes' in service]
+    first = with_volume[0]
+    assert 'depends_on' not in services[first]
+    assert all(services[name]['depends_on'] == [first] for name in with_volume[1:])
+
+
 def test_compose_health_checks_are_spaced_out_and_allow_a_first_download():
     """Jina's export checked every 2 s with no timeout and no start period: an idle stack used ~2 cores."""
     services = read_compose()['services']
