@@ -3,13 +3,16 @@
 Sections (each prints a table; the end compares every target with its measured value):
   stt       faster-whisper vs openai-whisper on identical weights (the bundled base, converted),
             and faster-whisper's throughput on eight short clips at batch sizes 1 to 8
+  stock     the project's default Whisper path (WhisperExecutor from config.yml) vs stock
+            openai-whisper transcribe(task='translate'): same weights, the same eight 3.5-9 s clips, texts side by side
   sd        per-image latency and images/s vs batch size, with and without each fast-path setting,
             for the tiny pipeline and (full run) a full-size SD 1.5-shaped random-weight pipeline:
             256x256 and 2 steps on a CPU; on a GPU 512x512 and 50 steps, plus low-memory mode and
             peak GPU memory
   batching  throughput of 8 concurrent clients vs one sequential client, through a real Flow
   overhead  latency through the gateway minus model time, with a replayed answer and with tiny SD
-  cold      seconds from `python -m s2i.serve` to ready (bundled Whisper, tiny SD)
+  cold      seconds from `python -m s2i.serve` to ready (bundled Whisper, tiny SD); then a spoken and
+            a typed prompt through it, end to end, and Whisper's share of the spoken one
 
 Every timed request must be answered: a document with an error (or with no text, or without its
 images) stops the bench with that error, so no figure is the time it took to refuse a request.
@@ -48,6 +51,10 @@ CLIPS = [ROOT / 'examples' / 'fox_in_snow_en.wav', ROOT / 'examples' / 'dog_in_s
 TARGETS = {
     'flow_overhead_ms_p50': ('Flow overhead p50, gRPC on localhost, open channel (ms)', 5.0, '<='),
     'stt_speedup_faster_vs_openai': ('faster-whisper speed-up over openai-whisper, same weights', 4.0, '>='),
+    'stt_speedup_vs_stock_openai_whisper': (
+        "the project's default Whisper path vs stock openai-whisper transcribe(task='translate'), same weights and clips", 4.0, '>=',
+    ),
+    'stt_latency_3s_clip_s': ('the default Whisper path on a 3-4 s clip (fox_in_snow_en.wav, 3.5 s), median seconds', 0.6, '<='),
     'stt_batch8_throughput_ratio': ('faster-whisper clips/s at batch 8 / batch 1 (scales with batch size)', 1.0, '>'),
     'sd_batch_throughput_ratio_c8': ('SD throughput, 8 concurrent clients / sequential', None, '>='),
     'cold_start_s': ('Flow ready after start, weights cached (s)', 20.0, '<='),
@@ -59,19 +66,12 @@ TARGETS = {
 
 def bench_stt(quick: bool) -> dict:
     """Each backend in its own process, so its peak RSS is its own."""
-    results = {}
-    for backend in ('faster-whisper', 'openai-whisper'):
-        run = subprocess.run(
-            [sys.executable, __file__, '--stt-worker', backend] + (['--quick'] if quick else []),
-            capture_output=True, text=True, cwd=ROOT, timeout=900,
-        )
-        if run.returncode != 0:
-            raise RuntimeError(f'STT worker {backend} failed:\n{run.stderr[-3000:]}')
-        results[backend] = json.loads(run.stdout.strip().splitlines()[-1])
+    results = {backend: run_worker(['--stt-worker', backend], quick) for backend in ('faster-whisper', 'openai-whisper')}
     fast, slow = results['faster-whisper'], results['openai-whisper']
     speedup = sum(c['latency_s'] for c in slow['clips']) / sum(c['latency_s'] for c in fast['clips'])
     print_table(
-        'Speech to text: VAD + transcribe (+ translate when not English), after a warm-up, median of 3 runs (--quick and the long clip: 1)',
+        f'Speech to text: VAD + transcribe (+ translate when not English), after a warm-up, median of 3 runs (--quick and the long clip: 1); '
+        f'faster-whisper in its default config (encoder window: {fast["window"]}), openai-whisper with the full 30 s window',
         ['backend', 'clip', 'audio s', 'language', 'translated', 'latency s', 'RTF', 'peak RSS MB'],
         [
             [name, c['clip'], f'{c["audio_s"]:.1f}', c['language'], 'yes' if c['translated'] else 'no',
@@ -95,13 +95,24 @@ def bench_stt(quick: bool) -> dict:
     }
 
 
+def run_worker(worker_args: list, quick: bool) -> dict:
+    """This script run as a worker in a process of its own; the last line it prints is its JSON."""
+    run = subprocess.run(
+        [sys.executable, __file__, *worker_args] + (['--quick'] if quick else []),
+        capture_output=True, text=True, cwd=ROOT, timeout=1800,  # stock openai-whisper: 25 transcribe() calls, some in temperature fallback
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f'worker {" ".join(worker_args)} failed:\n{run.stderr[-3000:]}')
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def stt_worker(backend: str, quick: bool) -> None:
-    from docarray import DocList
-
     from executors.whisper.executor import WhisperExecutor
-    from s2i.docs import SAMPLE_RATE, PromptDoc
+    from s2i.docs import SAMPLE_RATE
 
-    whisper = WhisperExecutor(backend=backend, model='base')
+    # openai-whisper decodes the full 30 s window only; faster-whisper runs the constructor's defaults
+    settings = {'encoder_margin': None} if backend == 'openai-whisper' else {}
+    whisper = WhisperExecutor(backend=backend, model='base', **settings)
     clips = {path.name: path.read_bytes() for path in CLIPS}
     if not quick:  # a longer recording: the fixed 30 s encoder window matters less
         from faster_whisper.audio import decode_audio
@@ -109,20 +120,38 @@ def stt_worker(backend: str, quick: bool) -> None:
         speech = [decode_audio(str(path), sampling_rate=SAMPLE_RATE) for path in CLIPS]
         silence = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
         clips['en+de x3 (30.5 s)'] = np.concatenate([part for _ in range(3) for s in speech for part in (s, silence)])
+    rows = timed_clips(whisper, clips, quick, backend)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    scaling = batch_scaling(whisper, clips, quick) if backend == 'faster-whisper' else None
+    print(json.dumps({
+        'clips': rows, 'peak_rss_mb': peak_mb, 'weights': whisper.backend.model_path, 'batching': scaling,
+        'window': str(getattr(whisper.backend, 'window', 'not reported')),
+    }))
 
-    def transcribe(audio) -> DocList[PromptDoc]:
-        doc = PromptDoc(tensor=audio) if isinstance(audio, np.ndarray) else PromptDoc(blob=audio)
-        return whisper.transcribe(DocList[PromptDoc]([doc]), {})
 
-    answered(transcribe(clips[CLIPS[0].name]))  # warm-up
+def transcribe_one(whisper, audio):
+    """One document through the executor's endpoint: the file's bytes (decoded inside), or a waveform."""
+    from docarray import DocList
+
+    from s2i.docs import PromptDoc
+
+    doc = PromptDoc(tensor=audio) if isinstance(audio, np.ndarray) else PromptDoc(blob=audio)
+    return whisper.transcribe(DocList[PromptDoc]([doc]), {})
+
+
+def timed_clips(whisper, clips: dict, quick: bool, label: str) -> list:
+    """After a warm-up on the first clip, each clip's median of 3 (1 with --quick, and for a waveform: the long clip)."""
+    from s2i.docs import SAMPLE_RATE
+
+    answered(transcribe_one(whisper, next(iter(clips.values()))))  # warm-up
     rows = []
     for name, audio in clips.items():
         times = []
-        for _ in range(1 if quick or isinstance(audio, np.ndarray) else 3):  # the long clip: once
+        for _ in range(1 if quick or isinstance(audio, np.ndarray) else 3):
             try:
-                seconds, (doc,) = timed_answer(lambda: transcribe(audio))
+                seconds, (doc,) = timed_answer(lambda: transcribe_one(whisper, audio))
             except DocumentFailed as e:
-                raise DocumentFailed(f'{backend}, clip {name!r}: {e}') from e
+                raise DocumentFailed(f'{label}, clip {name!r}: {e}') from e
             times.append(seconds)
         rows.append({
             'clip': name, 'audio_s': len(audio) / SAMPLE_RATE if isinstance(audio, np.ndarray) else audio_seconds(audio),
@@ -130,9 +159,7 @@ def stt_worker(backend: str, quick: bool) -> None:
             'translated': doc.language != 'en',  # the executor translates every other language to English
             'transcript': doc.transcript, 'text': doc.text,
         })
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    scaling = batch_scaling(whisper, clips, quick) if backend == 'faster-whisper' else None
-    print(json.dumps({'clips': rows, 'peak_rss_mb': peak_mb, 'weights': whisper.backend.model_path, 'batching': scaling}))
+    return rows
 
 
 def batch_scaling(whisper, clips: dict, quick: bool) -> list:
@@ -164,6 +191,82 @@ def audio_seconds(blob: bytes) -> float:
     from faster_whisper.audio import decode_audio
 
     return len(decode_audio(io.BytesIO(blob))) / 16000
+
+
+def bench_stt_vs_stock(quick: bool) -> dict:
+    """Stock openai-whisper and the project's default Whisper path, each in a process of its own, on the same clips."""
+    stock, project = run_worker(['--vs-stock-worker', 'stock'], quick), run_worker(['--vs-stock-worker', 'project'], quick)
+    by_clip = {c['clip']: c for c in project['clips']}
+    pairs = [(s, by_clip[s['clip']]) for s in stock['clips']]
+    stock_s, project_s = (sum(side['latency_s'] for side in sides) for sides in zip(*pairs))
+    print_table(
+        f'Speech to English text: stock openai-whisper transcribe(task=\'translate\', fp16=False), the file decoded beforehand '
+        f'(not timed), vs the project\'s default Whisper path (WhisperExecutor from config.yml: {project["backend"]}, '
+        f'encoder window: {project["window"]}; decoding of the file\'s bytes timed); same weights ({stock["weights"]} '
+        f'converted from the bundled CTranslate2 base), after a warm-up, median of 3 per clip (--quick: 1)',
+        ['clip', 'audio s', 'language stock / project', 'stock s', 'project s', 'stock / project'],
+        [[s['clip'], f'{p["audio_s"]:.1f}', f'{s["language"]} / {p["language"]}', f'{s["latency_s"]:.2f}', f'{p["latency_s"]:.2f}',
+          f'{s["latency_s"] / p["latency_s"]:.1f}'] for s, p in pairs]
+        + [[f'all {len(pairs)} clips', '', '', f'{stock_s:.2f}', f'{project_s:.2f}', f'{stock_s / project_s:.1f}']],
+    )
+    for s, p in pairs:
+        print(f'  {s["clip"]}\n    stock:   {s["text"]!r}\n    project: {p["text"]!r}')
+    return {
+        'stt_vs_stock': {'stock': stock, 'project': project},
+        'stt_speedup_vs_stock_openai_whisper': round(stock_s / project_s, 2),
+        'stt_latency_3s_clip_s': round(by_clip[CLIPS[0].name]['latency_s'], 3),
+    }
+
+
+def stock_comparison_clips() -> list:
+    """The two examples and the clips of tests/data that Whisper base understands (files of 3.5-9 s)."""
+    data = ROOT / 'tests' / 'data'
+    labels = json.loads((data / 'speech_clips.json').read_text())
+    return CLIPS + [data / name for name, label in labels.items() if label['base'] == 'understood']
+
+
+def stock_worker(quick: bool) -> None:
+    """openai-whisper as its README uses it: transcribe(task='translate'), every other argument at its default."""
+    import whisper
+
+    from executors.whisper.audio import AudioPolicy, decode_bounded
+    from s2i.docs import SAMPLE_RATE
+    from s2i.whisper_weights import bundled_openai_checkpoint
+
+    checkpoint = bundled_openai_checkpoint('base')
+    model = whisper.load_model(checkpoint, device='cpu')
+    clips = {path.name: decode_bounded(path.read_bytes(), AudioPolicy()) for path in stock_comparison_clips()}
+    timed_stock(model, CLIPS[0].name, clips[CLIPS[0].name])  # warm-up
+    rows = []
+    for name, audio in clips.items():
+        runs = [timed_stock(model, name, audio) for _ in range(1 if quick else 3)]
+        rows.append({
+            'clip': name, 'audio_s': len(audio) / SAMPLE_RATE, 'latency_s': statistics.median(seconds for seconds, _ in runs),
+            'language': runs[-1][1]['language'], 'text': runs[-1][1]['text'].strip(),
+        })
+    print(json.dumps({'clips': rows, 'weights': checkpoint}))
+
+
+def timed_stock(model, name: str, audio: np.ndarray):
+    """Seconds that stock transcribe() took, and its result, which must hold text (checked after the clock stopped)."""
+    started = time.perf_counter()
+    result = model.transcribe(audio, task='translate', fp16=False)
+    seconds = time.perf_counter() - started
+    if not result['text'].strip():
+        raise DocumentFailed(f'stock openai-whisper, clip {name!r}: no text (language {result["language"]})')
+    return seconds, result
+
+
+def project_worker(quick: bool) -> None:
+    """The WhisperExecutor as the default deployment configures it: config.yml's settings, the bundled base weights."""
+    from jina import Executor
+
+    whisper = Executor.load_config(str(ROOT / 'executors' / 'whisper' / 'config.yml'), uses_with={'model': 'base'})
+    clips = {path.name: path.read_bytes() for path in stock_comparison_clips()}
+    print(json.dumps({
+        'clips': timed_clips(whisper, clips, quick, 'default Whisper path'), 'weights': whisper.backend.model_path,
+        'backend': type(whisper.backend).__name__, 'window': str(getattr(whisper.backend, 'window', 'not reported')),
+    }))
 
 
 # ---------------------------------------------------------------- stable diffusion
@@ -393,8 +496,11 @@ def bench_overhead(quick: bool, tiny_dir: str) -> dict:
     }
 
 
-def bench_cold_start(tiny_dir: str) -> dict:
-    """Seconds until the server says it is ready; then one spoken request must get its image through it."""
+def bench_cold_start(tiny_dir: str, whisper_s: float, quick: bool) -> dict:
+    """Seconds until the server says it is ready; then one spoken request must get its image through it.
+
+    Then the spoken prompt against the same words typed, through the same Flow: ``whisper_s`` is
+    Whisper alone on that clip, in-process (the default path, bench_stt_vs_stock)."""
     from s2i import client
     from s2i.serve import READY_LINE
 
@@ -411,13 +517,37 @@ def bench_cold_start(tiny_dir: str) -> dict:
             raise RuntimeError('the Flow exited before it was ready')
         threading.Thread(target=server.stdout.read, daemon=True).start()  # keep its pipe from filling up
         with client.Connection(f'grpc://127.0.0.1:{port}') as flow:
-            (doc,) = answered(flow.generate(audio_files=[CLIPS[0]]), images_each=1)
+            (doc,) = answered(flow.generate(audio_files=[CLIPS[0]], parameters={'seed': 1}), images_each=1)
+            spoken_s, typed_s = spoken_vs_typed(flow, doc.text, 3 if quick else 5)
     finally:
         server.terminate()
         server.wait(timeout=60)
     print(f'\nCold start: `python -m s2i.serve` (faster-whisper base, tiny SD) ready in {seconds:.1f}s; '
           f'then {CLIPS[0].name} got its image ({doc.text!r})')
-    return {'cold_start_s': round(seconds, 1)}
+    print_table(
+        f'A spoken prompt ({CLIPS[0].name}) and the same words typed ({doc.text!r}), through the Flow of `python -m s2i.serve` '
+        f'(tiny SD, seed 1), taking turns, median of {3 if quick else 5} after the first request',
+        ['what', 'seconds', 'share of spoken'],
+        [
+            ['spoken prompt end to end (Whisper + the same as below)', f'{spoken_s:.3f}', '100%'],
+            ['text prompt end to end (tiny SD at the server\'s defaults + the Flow: gateway, hops, flow.yml\'s other executors)', f'{typed_s:.3f}', f'{typed_s / spoken_s:.0%}'],
+            ['what the speech adds through the Flow (spoken - typed)', f'{spoken_s - typed_s:.3f}', f'{(spoken_s - typed_s) / spoken_s:.0%}'],
+            ['Whisper alone, in-process (same clip, section above)', f'{whisper_s:.3f}', f'{whisper_s / spoken_s:.0%}'],
+        ],
+    )
+    return {
+        'cold_start_s': round(seconds, 1), 'spoken_prompt_e2e_s': round(spoken_s, 3), 'typed_prompt_e2e_s': round(typed_s, 3),
+        'spoken_prompt_whisper_s': whisper_s, 'spoken_prompt_whisper_share': round(whisper_s / spoken_s, 3),
+    }
+
+
+def spoken_vs_typed(flow, text: str, repeats: int):
+    """Median seconds of the clip and of ``text``, sent in turns (so a slow spell of a shared machine hits both), one image each."""
+    parameters = {'seed': 1}
+    spoken = partial(flow.generate, audio_files=[CLIPS[0]], parameters=parameters)
+    typed = partial(flow.generate, prompts=[text], parameters=parameters)
+    times = [(timed(spoken, images_each=1), timed(typed, images_each=1)) for _ in range(repeats)]
+    return tuple(statistics.median(column) for column in zip(*times))
 
 
 # ---------------------------------------------------------------- reporting
@@ -500,9 +630,12 @@ def main() -> None:
     parser.add_argument('--quick', action='store_true', help='fewer repeats; no full-size SD, no long clip')
     parser.add_argument('--json', type=Path, help='also write the figures here')
     parser.add_argument('--stt-worker', help=argparse.SUPPRESS)
+    parser.add_argument('--vs-stock-worker', choices=('stock', 'project'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stt_worker:
         return stt_worker(args.stt_worker, args.quick)
+    if args.vs_stock_worker:
+        return (stock_worker if args.vs_stock_worker == 'stock' else project_worker)(args.quick)
 
     # Executors in Flows start in fresh processes: forking after torch has run in this process (the
     # in-process SD tables) can deadlock the child.
@@ -522,10 +655,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tiny_dir = write_tiny_pipeline(f'{tmp}/tiny')
         figures.update(bench_stt(args.quick))
+        figures.update(bench_stt_vs_stock(args.quick))
         figures['sd'] = bench_sd(args.quick)
         figures.update(bench_batching(args.quick, tiny_dir))
         figures.update(bench_overhead(args.quick, tiny_dir))
-        figures.update(bench_cold_start(tiny_dir))
+        figures.update(bench_cold_start(tiny_dir, figures['stt_latency_3s_clip_s'], args.quick))
     rows = verdicts(figures, torch.cuda.is_available())
     print_table(
         'Targets',

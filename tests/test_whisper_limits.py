@@ -11,7 +11,7 @@ from docarray import DocList
 from executors.whisper.audio import AudioError, AudioPolicy, decode_bounded
 from executors.whisper.backends import BACKENDS, Transcription, segment
 from executors.whisper.executor import WhisperExecutor
-from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge, usable_segments
+from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge, judge_translation, usable_segments
 from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc
 from s2i.encoding import to_data_uri
 
@@ -152,6 +152,15 @@ def test_documents_whose_text_is_not_what_was_said_get_an_error_that_says_why(re
     assert judge(result, speech_seconds, False, SpeechChecks()).startswith(error)  # the shipped thresholds
 
 
+def test_a_looping_translation_is_refused_but_a_low_confidence_one_passes():
+    """The loop bench/stt_accuracy.py caught on the Italian fixture with a cropped window."""
+    loop = Transcription('it', 1.0, [said('long, ' * 60, avg_logprob=-0.2, end=7.5)])
+    plain = Transcription('it', 1.0, [said('My grandfather walks in the mountains.', avg_logprob=-1.4, no_speech_prob=0.7, end=7.5)])
+    assert judge_translation(loop, 7.5, SpeechChecks()).startswith(f'{UNUSABLE_SPEECH}: the translation to English repeats itself')
+    assert judge_translation(plain, 7.5, SpeechChecks()) is None
+    assert judge_translation(Transcription('it', 1.0, []), 7.5, SpeechChecks()).endswith('the translation to English came out empty')
+
+
 def test_a_language_hint_skips_the_language_check():
     result = Transcription('th', 0.2, [said("Let's go to the next episode.", end=2.0)])
     assert judge(result, 2.0, True, SpeechChecks()) is None
@@ -162,8 +171,8 @@ def test_a_language_hint_skips_the_language_check():
 class StandIn:
     """A WhisperBackend that hears German unless told otherwise, and translates it to English."""
 
-    def __init__(self, model, device, compute_type, cpu_threads):
-        self.model_path, self.is_multilingual, self.languages = model, True, {'en', 'de'}
+    def __init__(self, model, device, compute_type, cpu_threads, window):
+        self.model_path, self.is_multilingual, self.languages, self.window = model, True, {'en', 'de'}, window
 
     def load_audio(self, data, policy):
         return decode_bounded(data, policy)

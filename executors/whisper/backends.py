@@ -5,6 +5,7 @@ per clip. To add one (e.g. a GPU batch backend): implement ``WhisperBackend`` an
 class in ``BACKENDS``; the executor picks it by name (its ``backend`` setting).
 """
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Sequence, Set, Tuple, Type
@@ -47,6 +48,48 @@ class Transcription:
         return ' '.join(s.text.strip() for s in self.segments).strip()
 
 
+@dataclass(frozen=True)
+class EncoderWindow:
+    """How much audio the encoder sees for a clip of up to 30 s of speech.
+
+    Whisper was trained on 30 s windows, and its encoder costs as much for a 3 s clip padded to
+    30 s as for 30 s of speech. The CTranslate2 encoder also takes fewer frames (whisper.cpp's
+    `audio_ctx`): then a clip's window is its speech plus ``margin`` seconds, rounded up to a
+    multiple of ``step`` seconds, if its language (the hint, else the one detected on that cropped
+    window) is one of ``languages``; other clips get the full window. ``margin`` None is the full
+    30 s window for every clip; ``languages`` None crops every language.
+
+    The defaults are what bench/stt_accuracy.py justified (bench/RESULTS.md): with speech + 3 s,
+    English clips lost no words against the full window; other languages turned into more
+    refusals and looping translations, and a 1 s margin lost words in every language.
+
+    The window depends on the clip alone, never on the rest of its batch: the same audio gives the
+    same text (and so, with a seed, the same image) however requests were batched."""
+
+    margin: Optional[float] = 3.0
+    step: float = 1.0
+    languages: Optional[Tuple[str, ...]] = ('en',)
+
+    FRAMES_PER_SECOND = 100  # Whisper's log-mel frames: a 10 ms hop
+    FULL_FRAMES = 3000  # 30 s
+
+    def frames(self, samples: int) -> int:
+        if self.margin is None:
+            return self.FULL_FRAMES
+        seconds = math.ceil((samples / SAMPLE_RATE + self.margin) / self.step) * self.step
+        frames = math.ceil(seconds * self.FRAMES_PER_SECOND / 2) * 2  # the encoder's first layer halves it
+        return min(frames, self.FULL_FRAMES)
+
+    def crops(self, language: str) -> bool:
+        return self.margin is not None and (self.languages is None or language in self.languages)
+
+    def __str__(self) -> str:
+        if self.margin is None:
+            return 'full 30 s window'
+        which = '' if self.languages is None else f' for {", ".join(self.languages)} (others: the full 30 s window)'
+        return f'speech + {self.margin:g} s, in steps of {self.step:g} s{which}'
+
+
 def compression_ratio(text: str) -> float:
     """Whisper's repetition signal: bytes of the text over bytes of its zlib compression."""
     data = text.strip().encode('utf-8')
@@ -61,7 +104,9 @@ def segment(start: float, end: float, text: str, no_speech_prob: float, avg_logp
 
 class WhisperBackend(Protocol):
     """What the executor needs from a Whisper implementation; constructed as
-    ``Backend(model, device, compute_type, cpu_threads)``."""
+    ``Backend(model, device, compute_type, cpu_threads, window)``."""
+
+    window: EncoderWindow  # the window it really uses, which the executor logs
 
     model_path: str  # the weights it loaded: a folder, a checkpoint or a hub name
     is_multilingual: bool  # False: English-only weights, which neither detect nor translate
@@ -80,7 +125,7 @@ class WhisperBackend(Protocol):
 class FasterWhisperBackend:
     """CTranslate2 Whisper: int8 on CPU, float16 on CUDA unless ``compute_type`` says otherwise."""
 
-    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int):
+    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int, window: EncoderWindow = EncoderWindow()):
         from faster_whisper import WhisperModel
 
         if compute_type in (None, '', 'auto'):
@@ -93,6 +138,7 @@ class FasterWhisperBackend:
         )
         self.is_multilingual = self.model.model.is_multilingual
         self.languages = set(self.model.supported_languages)
+        self.window = window
 
     @staticmethod
     def load_audio(data: bytes, policy: AudioPolicy = AudioPolicy()) -> np.ndarray:
@@ -111,22 +157,30 @@ class FasterWhisperBackend:
     ) -> List[Transcription]:
         """Clips of up to 30 s share one encoder pass and one beam search; longer ones go one by one.
 
-        A clip always takes the same path whatever else is in its batch, so its text does not
-        depend on the batch."""
+        A clip always takes the same path and the same window whatever else is in its batch, so its
+        text does not depend on the batch."""
         results: List[Optional[Transcription]] = [None] * len(clips)
-        short = [i for i, clip in enumerate(clips) if len(clip) <= self.model.feature_extractor.n_samples]
-        if short:
-            decoded = self._decode_windows([clips[i] for i in short], task, [languages[i] for i in short], beam_size)
-            for i, transcription in zip(short, decoded):
-                results[i] = transcription
+        windows: Dict[int, List[int]] = {}  # frames -> the short clips that get that window
+        for i, clip in enumerate(clips):
+            if len(clip) <= self.model.feature_extractor.n_samples:
+                croppable = languages[i] is None or self.window.crops(languages[i])
+                windows.setdefault(self.window.frames(len(clip)) if croppable else EncoderWindow.FULL_FRAMES, []).append(i)
+        full = windows.pop(EncoderWindow.FULL_FRAMES, [])
+        for frames, group in windows.items():  # each group padded to its window, not to 30 s
+            decoded = self._decode_windows([clips[i] for i in group], frames, task, [languages[i] for i in group], beam_size)
+            results_of(results, group, decoded)
+            full += [i for i, transcription in zip(group, decoded) if transcription is None]  # not a cropped language
+        if full:
+            decoded = self._decode_windows([clips[i] for i in full], EncoderWindow.FULL_FRAMES, task, [languages[i] for i in full], beam_size)
+            results_of(results, full, decoded)
         return [
             result if result is not None else self.transcribe(clip, task, language, beam_size)
             for clip, language, result in zip(clips, languages, results)
         ]
 
     def _decode_windows(
-        self, clips: Sequence[np.ndarray], task: str, languages: Sequence[Optional[str]], beam_size: int
-    ) -> List[Transcription]:
+        self, clips: Sequence[np.ndarray], frames: int, task: str, languages: Sequence[Optional[str]], beam_size: int
+    ) -> List[Optional[Transcription]]:
         """faster-whisper's BatchedInferencePipeline, applied across documents instead of across the
         chunks of one recording, with the sequential path's decoding settings.
 
@@ -135,13 +189,25 @@ class FasterWhisperBackend:
         a separate detect_language call per clip would repeat the encoder pass that dominates the
         cost on a CPU. So this calls the public WhisperModel pieces (feature_extractor, encode,
         get_prompt and the CTranslate2 model's detect_language and generate) and splits the
-        tokens at their timestamps itself, instead of the private _split_segments_by_timestamps."""
+        tokens at their timestamps itself, instead of the private _split_segments_by_timestamps.
+
+        With a cropped window, a clip detected in a language the window does not crop gets None, to
+        be decoded again with the full window."""
         from faster_whisper.audio import pad_or_trim
 
         model = self.model
-        features = np.stack([pad_or_trim(model.feature_extractor(clip)[..., :-1]) for clip in clips])
+        features = np.stack([pad_or_trim(model.feature_extractor(clip)[..., :-1], frames) for clip in clips])
         encoded = model.encode(features)
         detected = self._languages(encoded, languages)
+        if frames < EncoderWindow.FULL_FRAMES:
+            keep = [i for i, (language, _) in enumerate(detected) if self.window.crops(language)]
+            if len(keep) < len(clips):  # the others go back for the full window; the rest encoded again (cheap, cropped)
+                decoded = self._decode_windows([clips[i] for i in keep], frames, task, [detected[i][0] for i in keep], beam_size) if keep else []
+                answers: List[Optional[Transcription]] = [None] * len(clips)
+                results_of(answers, keep, decoded)
+                for i, transcription in zip(keep, decoded):  # the language found on the first pass, with its probability
+                    transcription.language, transcription.language_probability = detected[i]
+                return answers
         tokenizers = [self._tokenizer(task, language) for language, _ in detected]
         results = model.model.generate(
             encoded, [model.get_prompt(tokenizer, []) for tokenizer in tokenizers],
@@ -183,6 +249,11 @@ class FasterWhisperBackend:
         return get_suppressed_tokens(tokenizer, [-1])  # faster-whisper's default: the non-speech symbols
 
 
+def results_of(results: List[Optional[Transcription]], indices: Sequence[int], decoded: Sequence[Optional[Transcription]]) -> None:
+    for i, transcription in zip(indices, decoded):
+        results[i] = transcription
+
+
 def split_at_timestamps(
     tokens: Sequence[int], timestamp_begin: int, time_precision: float, seconds: float
 ) -> List[Tuple[float, float, List[int]]]:
@@ -214,12 +285,14 @@ class OpenAIWhisperBackend:
     """The reference PyTorch implementation: a model name (downloaded) or a local ``.pt`` checkpoint.
 
     'base' and 'tiny.en' use the bundled CTranslate2 weights converted to a checkpoint, so both
-    backends run the same weights offline."""
+    backends run the same weights offline. Its encoder always sees the full 30 s window, whatever
+    ``window`` asks for (the executor logs a warning when it asked for less)."""
 
-    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int):
+    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int, window: EncoderWindow = EncoderWindow()):
         import torch
         import whisper
 
+        self.window = EncoderWindow(margin=None)
         if cpu_threads:
             torch.set_num_threads(cpu_threads)
         self.model_path = bundled_openai_checkpoint(model) or model

@@ -12,9 +12,9 @@ from jina import Executor, requests
 from executors.whisper.audio import (
     AudioError, AudioPolicy, Timeline, described, document_audio, keep_speech, to_original_time,
 )
-from executors.whisper.backends import BACKENDS, Transcription
+from executors.whisper.backends import BACKENDS, EncoderWindow, Transcription
 from executors.whisper.params import TranscriptionParams
-from executors.whisper.quality import CANNOT_TRANSLATE, NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge
+from executors.whisper.quality import CANNOT_TRANSLATE, NO_SPEECH, SpeechChecks, judge, judge_translation
 from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc, Segment, mark_failed
 from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, quote, request_parameters
 from s2i.runtime import refuse_unknown_settings, resolve_device, setting
@@ -65,6 +65,9 @@ class WhisperExecutor(Executor):
         request_defaults: Optional[Dict[str, Any]] = None,
         vad_filter: bool = True,
         batch_size: int = 8,
+        encoder_margin: Optional[float] = EncoderWindow.margin,
+        encoder_step: float = EncoderWindow.step,
+        encoder_languages: Optional[List[str]] = EncoderWindow.languages,
         cpu_threads: int = 0,
         max_audio_bytes: int = AudioPolicy.max_bytes,
         max_audio_seconds: float = AudioPolicy.max_seconds,
@@ -90,11 +93,14 @@ class WhisperExecutor(Executor):
             raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
         if batch_size < 1:
             raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+        if encoder_margin is not None and encoder_margin < 0 or encoder_step <= 0:
+            raise ValueError(f'encoder_margin must be null or at least 0 and encoder_step positive, got {encoder_margin}, {encoder_step}')
         if url_timeout <= 0:
             raise ValueError(f'url_timeout must be a positive number of seconds, got {url_timeout}')
         self.defaults = TranscriptionParams.with_defaults(request_defaults or {})
         started = time.perf_counter()
-        self.backend = BACKENDS[backend](model, device, compute_type, cpu_threads)
+        window = EncoderWindow(encoder_margin, encoder_step, None if encoder_languages is None else tuple(encoder_languages))
+        self.backend = BACKENDS[backend](model, device, compute_type, cpu_threads, window)
         self.model = model
         self.translates = trained_to_translate(model) or translate_with_turbo
         self.vad_filter = vad_filter
@@ -107,8 +113,11 @@ class WhisperExecutor(Executor):
             max_no_speech_prob, min_avg_logprob, max_compression_ratio,
             min_speech_seconds, min_language_probability, min_coverage, max_chars_per_second,
         )
+        if self.backend.window != window:
+            self.logger.warning(f'{backend} cannot crop the encoder window ({window} asked for): it uses the {self.backend.window}')
         self.logger.info(
-            f'{backend} {model} ({self.backend.model_path}) on {device} loaded in {time.perf_counter() - started:.1f}s'
+            f'{backend} {model} ({self.backend.model_path}) on {device} loaded in {time.perf_counter() - started:.1f}s; '
+            f'encoder window: {self.backend.window}'
         )
 
     @requests(on=PARAMETERS_ENDPOINT)
@@ -177,11 +186,9 @@ class WhisperExecutor(Executor):
         for clip, translation in zip(foreign, translations):
             if translation is None:
                 continue
-            if translation.text:
-                clip.doc.text = translation.text
-            else:  # never the untranslated transcript, and never an empty prompt passed on as if it were one
-                clip.doc.error = f'{UNUSABLE_SPEECH}: the translation to English came out empty'
-                clip.doc.text = ''
+            # Never the untranslated transcript, and never an empty or looping prompt passed on as if it were one.
+            clip.doc.error = judge_translation(translation, clip.speech_seconds, self.checks) or ''
+            clip.doc.text = '' if clip.doc.error else translation.text
         # 3. Log what each document became.
         for clip in clips:
             doc = clip.doc

@@ -84,3 +84,21 @@ def judge(result: Transcription, speech_seconds: float, language_given: bool, ch
     if not result.text:
         return f'{UNUSABLE_SPEECH}: {reason}'
     return checks.why_document_unusable(result, speech_seconds, language_given)
+
+
+def judge_translation(result: Transcription, speech_seconds: float, checks: SpeechChecks) -> Optional[str]:
+    """The document's error if the English translation is a decoder loop, else None.
+
+    Only the loop signals: translating lowers avg_logprob and no_speech_prob moves even for clear
+    speech, but "long, long, long, ..." is never a translation of anything (bench/stt_accuracy.py
+    found such loops, which would otherwise reach Stable Diffusion as the prompt)."""
+    if not result.text:
+        return f'{UNUSABLE_SPEECH}: the translation to English came out empty'
+    limit = checks.max_compression_ratio
+    looping = [s for s in result.segments if limit is not None and s.compression_ratio > limit]
+    if looping:
+        return f'{UNUSABLE_SPEECH}: the translation to English repeats itself (compression ratio {looping[0].compression_ratio:.2f} > {limit:g})'
+    rate = len(result.text) / max(speech_seconds, 1.0)
+    if checks.max_chars_per_second is not None and rate > checks.max_chars_per_second:
+        return f'{UNUSABLE_SPEECH}: the translation to English is longer than anyone says in that time ({rate:.0f} characters/s > {checks.max_chars_per_second:g})'
+    return None
