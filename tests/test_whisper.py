@@ -284,3 +284,37 @@ def test_speech_that_says_the_same_sentences_three_times_is_transcribed(whisper_
     assert doc.error == ''
     assert doc.transcript.lower().count('schnee') >= 2  # the repetition is kept, not taken for a decoder loop
     assert doc.text
+
+
+# --- the encoder window (backends.py EncoderWindow; bench/stt_accuracy.py chose the default) ------------
+
+@pytest.fixture(scope='module')
+def whisper_full_window():
+    return WhisperExecutor(backend='faster-whisper', model='base', device='cpu', encoder_margin=None)
+
+
+def test_english_heard_through_the_short_window_has_the_words_of_the_full_one(whisper_base, whisper_full_window):
+    clips = [ENGLISH_CLIP, DATA / 'harbour_en.ogg', DATA / 'garden_en.ogg']
+    short = transcribe(whisper_base, *(PromptDoc(blob=path.read_bytes()) for path in clips))
+    full = transcribe(whisper_full_window, *(PromptDoc(blob=path.read_bytes()) for path in clips))
+    for path, cropped, padded in zip(clips, short, full):
+        assert cropped.error == padded.error == '' and cropped.language == 'en', path.name
+        for word in ('fox', 'moon') if path == ENGLISH_CLIP else SPOKEN[path.name]['keywords']:
+            assert word in cropped.text.lower() and word in padded.text.lower(), (path.name, word)
+
+
+def test_other_languages_are_decoded_exactly_as_with_the_full_window(whisper_base, whisper_full_window):
+    """The short window lost words and made translations loop outside English (bench/RESULTS.md)."""
+    clips = [GERMAN_CLIP, DATA / 'gato_es.ogg', DATA / 'montagna_it.ogg']
+    short = transcribe(whisper_base, *(PromptDoc(blob=path.read_bytes()) for path in clips))
+    full = transcribe(whisper_full_window, *(PromptDoc(blob=path.read_bytes()) for path in clips))
+    for path, cropped, padded in zip(clips, short, full):
+        assert cropped.language != 'en', path.name
+        assert (cropped.error, cropped.transcript, cropped.text, cropped.language_probability) == (
+            padded.error, padded.transcript, padded.text, padded.language_probability), path.name
+
+
+@pytest.mark.parametrize('setting', [{'encoder_margin': -1.0}, {'encoder_step': 0}])
+def test_an_impossible_encoder_window_is_refused_at_start(setting):
+    with pytest.raises(ValueError, match='encoder_margin must be null or at least 0'):
+        WhisperExecutor(backend='faster-whisper', model='base', device='cpu', **setting)
