@@ -3,6 +3,7 @@
 Sections (each prints a table; the end compares every target with its measured value):
   stt       faster-whisper vs openai-whisper on identical weights (the bundled base, converted),
             and faster-whisper's throughput on eight short clips at batch sizes 1 to 8
+  accuracy  word error rates of the full and the default encoder window (bench/stt_accuracy.py --quick)
   stock     the project's default Whisper path (WhisperExecutor from config.yml) vs stock
             openai-whisper transcribe(task='translate'): same weights, the same eight 3.5-9 s clips, texts side by side
   sd        per-image latency and images/s vs batch size, with and without each fast-path setting,
@@ -274,6 +275,21 @@ def project_worker(quick: bool) -> None:
     }))
 
 
+def bench_stt_accuracy() -> dict:
+    """Word error rates with the full window and the default one: bench/stt_accuracy.py --quick, in
+    every mode (its full table takes 15 minutes: run that script for it)."""
+    import stt_accuracy  # bench/stt_accuracy.py: the folder of the script being run is on the path
+
+    clips = stt_accuracy.make_clips(quick=True)
+    summaries = stt_accuracy.report([stt_accuracy.run_setting(*setting, clips) for setting in stt_accuracy.QUICK_SETTINGS])
+    full, default = summaries
+    return {
+        'stt_accuracy': summaries,
+        'stt_english_wer_full_window': round(full['english_clips_wer'], 3),
+        'stt_english_wer_default_window': round(default['english_clips_wer'], 3),
+    }
+
+
 # ---------------------------------------------------------------- stable diffusion
 
 
@@ -340,7 +356,7 @@ def write_sd15_shaped_pipeline(out_dir: str) -> str:
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from s2i.tiny_sd import _byte_level_clip_tokenizer
+    from s2i.tiny_sd import byte_level_clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -358,7 +374,7 @@ def write_sd15_shaped_pipeline(out_dir: str) -> str:
     ))
     scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', steps_offset=1)
     StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_byte_level_clip_tokenizer(), scheduler=scheduler,
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_clip_tokenizer(), scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     ).save_pretrained(out_dir)
     return out_dir
@@ -661,6 +677,7 @@ def main() -> None:
         tiny_dir = write_tiny_pipeline(f'{tmp}/tiny')
         figures.update(bench_stt(args.quick))
         figures.update(bench_stt_vs_stock(args.quick))
+        figures.update(bench_stt_accuracy())
         figures['sd'] = bench_sd(args.quick)
         figures.update(bench_batching(args.quick, tiny_dir))
         figures.update(bench_overhead(args.quick, tiny_dir))
