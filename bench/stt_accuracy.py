@@ -2,9 +2,10 @@
 
 Every Whisper window is padded to 30 s, so a 3 s clip pays the encoder cost of 30 s. The
 faster-whisper backend can give the encoder only the speech plus a margin (EncoderWindow in
-executors/whisper/backends.py; the executor's `encoder_margin` and `encoder_step`). This bench
-runs the WhisperExecutor, as the Flow runs it (VAD, quality checks, translation to English, no
-language hint), once per window setting over the same clips, and reports for each setting:
+executors/whisper/backends.py; the executor's `encoder_margin`, `encoder_step` and
+`encoder_languages`). This bench runs the WhisperExecutor, as the Flow runs it (VAD, quality
+checks, translation to English, no language hint), once per window setting over the same clips,
+and reports for each setting:
 
 - word error rate of the transcript (in the spoken language) and of the English text (what Stable
   Diffusion gets), against the text that was said and its reference translation; a refused clip
