@@ -25,10 +25,11 @@ class Server:
         threading.Thread(target=self._collect_output, daemon=True).start()
 
     def _collect_output(self) -> None:
-        for line in self.process.stdout:
-            with self.changed:
-                self.lines.append(line)
-                self.changed.notify_all()
+        with self.process.stdout as output:  # closed at the end of output: never left to the garbage collector
+            for line in output:
+                with self.changed:
+                    self.lines.append(line)
+                    self.changed.notify_all()
         with self.changed:
             self.lines.append(None)  # end of output
             self.changed.notify_all()

@@ -194,5 +194,6 @@ def test_ctrl_c_in_the_cli_cancels_the_job_and_exits_130(front_door, tmp_path):
     finally:
         if cli.poll() is None:
             cli.kill()
+        cli.stderr.close()
     job_id = re.search(rb'interrupted: job (\w+) cancelled', written)[1].decode()
     assert kinds(list(job_events(front_door.http, TOKEN, job_id)))[-1] == 'cancelled'
