@@ -2,6 +2,7 @@
 // and an image to caption, tag or restyle (images.js).
 
 import { TERMINAL, cancelJob, followJob, parameterSchemas, setToken, submitJob, token } from './api.js';
+import { $, dropZone } from './dom.js';
 import { NOT_AN_IMAGE, wireImages } from './images.js';
 import { Recorder } from './recorder.js';
 
@@ -25,7 +26,6 @@ const ADVICE = [
 ];
 const AUDIO_ERRORS = /^(no speech|no usable speech|empty audio|could not decode|audio too|bad audio|malformed audio)/i;
 
-const $ = (id) => document.getElementById(id);
 let job = null;       // {id, source, follower, images}
 let recorder = null;
 
@@ -378,14 +378,7 @@ function wire() {
   });
   $('record').addEventListener('click', toggleRecording);
   $('file').addEventListener('change', () => sendFile($('file').files[0]));
-  const drop = $('drop');
-  drop.addEventListener('dragover', (event) => { event.preventDefault(); drop.classList.add('over'); });
-  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', (event) => {
-    event.preventDefault();
-    drop.classList.remove('over');
-    if (!job) sendFile(event.dataTransfer.files[0]);
-  });
+  dropZone($('drop'), (file) => { if (!job) sendFile(file); });
   $('dice').addEventListener('click', () => { $('seed').value = Math.floor(Math.random() * MAX_SEED); });
   $('cancel').addEventListener('click', async () => {
     if (!job) return;

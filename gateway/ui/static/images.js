@@ -2,13 +2,13 @@
 // The Flow's /caption, /tag and /restyle over Jina's HTTP routes: one request each, answered when done.
 
 import { imageRequest } from './api.js';
+import { $, dropZone } from './dom.js';
 
 // What the service says about the image itself (s2i/images.py and the executors): shown beside the image input.
 const IMAGE_ERRORS = /^(not an image|empty image|image too large|bad image|truncated or damaged|could not read the image|reading the image failed|no image|nothing to restyle:)/i;
 export const NOT_AN_IMAGE = 'This file cannot be read as an image. Choose a PNG, JPEG or WebP file.';
 const ACTIONS = ['caption-button', 'tags-button', 'restyle'];
 
-const $ = (id) => document.getElementById(id);
 
 /**
  * Wires the image section. ``page`` is app.js's: showError(message, inputId), clearError(), plainly(error),
@@ -130,14 +130,7 @@ export function wireImages(page) {
   }
 
   $('image-file').addEventListener('change', () => choose($('image-file').files[0]));
-  const drop = $('image-drop');
-  drop.addEventListener('dragover', (event) => { event.preventDefault(); drop.classList.add('over'); });
-  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', (event) => {
-    event.preventDefault();
-    drop.classList.remove('over');
-    choose(event.dataTransfer.files[0]);
-  });
+  dropZone($('image-drop'), choose);
   $('caption-button').addEventListener('click', caption);
   $('tagging').addEventListener('submit', (event) => { event.preventDefault(); tag(); });
   $('restyle').addEventListener('click', restyle);
