@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from executors.whisper.audio import AudioPolicy, decode_bounded  # noqa: E402
 from s2i.docs import SAMPLE_RATE  # noqa: E402
+from run import print_table  # noqa: E402  (bench/run.py, beside this file)
 
 DATA = ROOT / 'tests' / 'data'
 SPOKEN = json.loads((DATA / 'speech_clips.json').read_text())
@@ -216,13 +217,6 @@ def summary(run: Dict, full: Dict) -> Dict:
 
 def length_band(seconds: float) -> str:
     return 'under 4 s' if seconds < 4 else '4-8 s' if seconds < 8 else '8 s and over'
-
-
-def print_table(title: str, header, rows) -> None:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    print(f'\n{title}')
-    for row in [header, ['-' * w for w in widths], *rows]:
-        print('  ' + '  '.join(str(x).rjust(w) for x, w in zip(row, widths)))
 
 
 def report(runs: List[Dict]) -> List[Dict]:
