@@ -314,6 +314,17 @@ def test_other_languages_are_decoded_exactly_as_with_the_full_window(whisper_bas
             padded.error, padded.transcript, padded.text, padded.language_probability), path.name
 
 
+def test_english_and_german_of_the_same_length_batched_together_read_as_alone(whisper_base):
+    """Same length, same short window: the German clip leaves its group for the full window, the English one stays."""
+    english = decoded(ENGLISH_CLIP)
+    german = decoded(GERMAN_CLIP)[: len(english)]
+    together = transcribe(whisper_base, PromptDoc(tensor=english), PromptDoc(tensor=german))
+    alone = [transcribe(whisper_base, PromptDoc(tensor=clip))[0] for clip in (english, german)]
+    assert [doc.language for doc in together] == ['en', 'de']
+    for one, other in zip(together, alone):
+        assert (one.transcript, one.text, one.language_probability) == (other.transcript, other.text, other.language_probability)
+
+
 @pytest.mark.parametrize('setting', [{'encoder_margin': -1.0}, {'encoder_step': 0}])
 def test_an_impossible_encoder_window_is_refused_at_start(setting):
     with pytest.raises(ValueError, match='encoder_margin must be null or at least 0'):

@@ -202,12 +202,18 @@ class FasterWhisperBackend:
         if frames < EncoderWindow.FULL_FRAMES:
             keep = [i for i, (language, _) in enumerate(detected) if self.window.crops(language)]
             if len(keep) < len(clips):  # the others go back for the full window; the rest encoded again (cheap, cropped)
-                decoded = self._decode_windows([clips[i] for i in keep], frames, task, [detected[i][0] for i in keep], beam_size) if keep else []
                 answers: List[Optional[Transcription]] = [None] * len(clips)
-                results_of(answers, keep, decoded)
-                for i, transcription in zip(keep, decoded):  # the language found on the first pass, with its probability
-                    transcription.language, transcription.language_probability = detected[i]
+                if keep:
+                    decoded = self._generate([clips[i] for i in keep], model.encode(features[keep]), [detected[i] for i in keep], task, beam_size)
+                    results_of(answers, keep, decoded)
                 return answers
+        return self._generate(clips, encoded, detected, task, beam_size)
+
+    def _generate(
+        self, clips: Sequence[np.ndarray], encoded, detected: Sequence[Tuple[str, float]], task: str, beam_size: int
+    ) -> List[Transcription]:
+        """One beam search over the clips' encoder output, each in its (language, probability)."""
+        model = self.model
         tokenizers = [self._tokenizer(task, language) for language, _ in detected]
         results = model.model.generate(
             encoded, [model.get_prompt(tokenizer, []) for tokenizer in tokenizers],
