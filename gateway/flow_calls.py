@@ -9,6 +9,7 @@ covers every use of it)."""
 
 from typing import AsyncIterator, Dict, Optional
 
+import grpc
 from docarray import DocList
 
 from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
@@ -85,15 +86,23 @@ class FlowCalls:
         message.header.target_executor = GENERATOR
         message.parameters = {}  # never None: Jina's protobuf setter raises on it
         pool = self.streamer._connection_pool
+        stream = pool.send_single_document_request(
+            request=message, deployment=GENERATOR, head=True, endpoint=GENERATE_STREAM_ENDPOINT,
+        )
+        if stream is None:  # Jina's pool has no connection to it at all
+            raise FlowFailure(f'the {GENERATOR} {EXECUTOR_UNAVAILABLE}', unavailable=True)
         try:
-            async for response, _ in pool.send_single_document_request(
-                request=message, deployment=GENERATOR, head=True, endpoint=GENERATE_STREAM_ENDPOINT,
-            ):
+            async for response, _ in stream:
+                if isinstance(response, BaseException):  # the pool yields its failure in the response's place
+                    raise response
                 self._raise_failure(response)
                 response.document_cls = GenerationEvent
                 yield response.data.doc
         except InternalNetworkError as e:
             raise self._unavailable(e) from None
+        except grpc.aio.AioRpcError as e:  # what the pool did not turn into InternalNetworkError
+            self.guard.logger.error(f'the {GENERATOR} stream failed: {e.code()} {e.details()}')
+            raise FlowFailure(f'the {GENERATOR} executor failed: {e.code().name}', unavailable=e.code() == grpc.StatusCode.UNAVAILABLE) from None
 
     async def models(self) -> Dict[str, str]:
         """Each executor's loaded model, by executor name (those that load one)."""

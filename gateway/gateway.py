@@ -4,17 +4,19 @@ flow.yml names this component (``gateway: uses: gateway/config.yml``), so every 
 Flow runs it: ``jina flow --uses flow.yml``, ``python -m s2i.serve``, the image and the manifests
 in deploy/. What it adds to Jina's own gateway, in the order a request meets it:
 
-1. **Token.** With S2I_AUTH_TOKEN set when the gateway starts, every request needs
+1. **Origin** (origins.py). A browser page of another site may not open a WebSocket or send a
+   POST, PUT, PATCH or DELETE here; the page at /ui and programs (no ``Origin``) may.
+2. **Token.** With S2I_AUTH_TOKEN set when the gateway starts, every request needs
    ``authorization: Bearer <token>`` (gRPC metadata or HTTP header); health checks stay open.
    Unknown gRPC methods get the same answer, so that a caller without the token learns nothing.
-2. **Limits** (limits.py): documents per request, request bytes, and over HTTP what Jina's
+3. **Limits** (limits.py): documents per request, request bytes, and over HTTP what Jina's
    transport cannot carry (NaN, lone surrogates, deep nesting, out-of-range fields), refused
    whole with a status that names the limit, before any executor works.
-3. **Parameters.** A key that no executor of the Flow owns is refused, naming it. Each executor
+4. **Parameters.** A key that no executor of the Flow owns is refused, naming it. Each executor
    lists its keys on ``/parameters``; the gateway asks once, on the first request with parameters.
-4. **Images over HTTP.** JSON cannot carry bytes: HTTP answers get each image's PNG as a
+5. **Images over HTTP.** JSON cannot carry bytes: HTTP answers get each image's PNG as a
    ``data:`` URI in ``data_uri`` instead of bytes in ``png``. gRPC answers keep the bytes.
-5. **Failures.** An executor's traceback goes to the gateway's log; the client gets the
+6. **Failures.** An executor's traceback goes to the gateway's log; the client gets the
    exception's name, the executor and the request id, never server paths.
 
 HTTP routes of later features go into ``HTTPServer.app``, behind the same token check.
@@ -47,6 +49,7 @@ from gateway.jobs.store import open_store
 from gateway.jobs.webhooks import ATTEMPTS as WEBHOOK_ATTEMPTS, Webhooks
 from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendable
 from gateway.openai_routes import openai_router
+from gateway.origins import ORIGINS_VARIABLE, CheckOrigin
 from gateway.ui import ui_router
 from s2i.docs import ParameterSchema
 from s2i.encoding import png_data_uri
@@ -66,9 +69,9 @@ RETRY_SECONDS = 10  # after the executors could not be asked for their parameter
 REDIS_URL_VARIABLE = 'S2I_REDIS_URL'  # redis://host:port/db: gateways share jobs; unset: SQLite in JOBS_DB
 JOBS_DB_VARIABLE = 'S2I_JOBS_DB'  # default: <cache dir>/jobs.sqlite3
 WEBHOOK_HOSTS_VARIABLE = 'S2I_WEBHOOK_HOSTS'  # comma-separated; the gateway's webhook_hosts setting wins
-WEBHOOK_SECRET_VARIABLE = 'S2I_WEBHOOK_SECRET'  # signs each webhook (X-S2I-Signature); unset: unsigned
+WEBHOOK_SECRET_VARIABLE = 'S2I_WEBHOOK_SECRET'  # whsec_<base64>: signs each webhook (Standard Webhooks); unset: unsigned
 # What the gateway alone reads from the environment (deploy/export.py gives them to it, not to the executors).
-GATEWAY_VARIABLES = (REDIS_URL_VARIABLE, JOBS_DB_VARIABLE, WEBHOOK_HOSTS_VARIABLE, WEBHOOK_SECRET_VARIABLE)
+GATEWAY_VARIABLES = (REDIS_URL_VARIABLE, JOBS_DB_VARIABLE, WEBHOOK_HOSTS_VARIABLE, WEBHOOK_SECRET_VARIABLE, ORIGINS_VARIABLE)
 
 
 class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
@@ -80,7 +83,7 @@ class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
                  max_active_jobs_per_key: int = JobLimits.max_active_jobs_per_key,
                  max_running_jobs: int = JobLimits.max_running_jobs, max_job_seconds: float = JobLimits.max_job_seconds,
                  job_ttl_seconds: float = JobLimits.job_ttl_seconds, webhook_hosts: Optional[List[str]] = None,
-                 webhook_attempts: int = WEBHOOK_ATTEMPTS, **kwargs):
+                 webhook_attempts: int = WEBHOOK_ATTEMPTS, allowed_origins: Optional[List[str]] = None, **kwargs):
         super().__init__(**kwargs)
         token = os.environ.get(AUTH_TOKEN_VARIABLE) or None  # None: no check
         guard = Guard(token, RequestLimits(max_documents, max_request_bytes, max_depth),
@@ -89,7 +92,8 @@ class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
             JobLimits(max_active_jobs, max_active_jobs_per_key, max_running_jobs, max_job_seconds, job_ttl_seconds),
             webhook_hosts=listed(webhook_hosts, WEBHOOK_HOSTS_VARIABLE), webhook_attempts=webhook_attempts,
         )
-        servers = {ProtocolType.GRPC: GRPCServer, ProtocolType.HTTP: partial(HTTPServer, jobs=jobs)}
+        origins = listed(allowed_origins, ORIGINS_VARIABLE)
+        servers = {ProtocolType.GRPC: GRPCServer, ProtocolType.HTTP: partial(HTTPServer, jobs=jobs, allowed_origins=origins)}
         self.servers = []
         for server_kwargs in self._server_kwargs:
             protocol = server_kwargs['runtime_args']['protocol']
@@ -451,9 +455,10 @@ class HTTPServer(HTTPGateway):
     """Jina's HTTP routes (a POST per executor endpoint, /dry_run, /status) and ours, behind the token
     and the body limit."""
 
-    def __init__(self, guard: Guard, jobs: JobSettings, **kwargs):
+    def __init__(self, guard: Guard, jobs: JobSettings, allowed_origins: Sequence[str] = (), **kwargs):
         self.guard = guard
         self.jobs = jobs
+        self.allowed_origins = allowed_origins
         self.runner: Optional[JobRunner] = None
         super().__init__(**kwargs)
 
@@ -468,9 +473,7 @@ class HTTPServer(HTTPGateway):
 
     @property
     def app(self):
-        from fastapi.exceptions import RequestValidationError
         from jina.helper import extend_rest_interface
-        from starlette.exceptions import HTTPException as StarletteHTTPException
         from jina.serve.runtimes.gateway.http_fastapi_app_docarrayv2 import get_fastapi_app
 
         app = extend_rest_interface(get_fastapi_app(
@@ -480,21 +483,32 @@ class HTTPServer(HTTPGateway):
             expose_graphql_endpoint=self.expose_graphql_endpoint, cors=self.cors, logger=self.logger,
             tracing=self.tracing, tracer_provider=self.tracer_provider,
         ))
-        app.add_exception_handler(RequestValidationError, invalid_request)
-        app.add_exception_handler(RecursionError, too_deep)
-        for error in (TypeError, ValueError):  # docarray's own field parsing, e.g. a 200-deep tensor
-            app.add_exception_handler(error, unparsable_body)
-        app.add_exception_handler(APIError, api_error)
-        app.add_exception_handler(StarletteHTTPException, http_error)  # under /v1: unknown paths, wrong methods
         flow = FlowCalls(self.streamer, self.guard)
         self.runner = self.jobs.runner(flow, self.logger)
-        app.include_router(openai_router(flow, self.guard))
-        app.include_router(jobs_router(self.runner, self.runner.webhooks))
-        app.include_router(ui_router(self.guard))
-        # The last middleware added runs first: the token, then the body limit.
-        app.add_middleware(LimitBody, limits=self.guard.limits)
-        app.add_middleware(RequireToken, guard=self.guard)
-        return app
+        return add_front_door(app, self.guard, flow, self.runner, self.allowed_origins)
+
+
+def add_front_door(app, guard: Guard, flow, runner: JobRunner, allowed_origins: Sequence[str] = ()):
+    """``app`` with this service's routes (OpenAI-compatible API, jobs, the page), its error shapes and
+    its checks (origin, token, body limit). Jina's HTTP app gets them; so does a plain FastAPI app in
+    the tests, with a stand-in for ``flow``."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(RecursionError, too_deep)
+    for error in (TypeError, ValueError):  # docarray's own field parsing, e.g. a 200-deep tensor
+        app.add_exception_handler(error, unparsable_body)
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # under /v1: unknown paths, wrong methods
+    app.include_router(openai_router(flow, guard))
+    app.include_router(jobs_router(runner, runner.webhooks))
+    app.include_router(ui_router(guard))
+    # The last middleware added runs first: the origin, the token, then the body limit.
+    app.add_middleware(LimitBody, limits=guard.limits)
+    app.add_middleware(RequireToken, guard=guard)
+    app.add_middleware(CheckOrigin, allowed_origins=allowed_origins)
+    return app
 
 
 async def invalid_request(request, error):

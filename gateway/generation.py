@@ -2,15 +2,18 @@
 ``size``, and this service's extras) as the Flow's request parameters, checked before any work: a bad
 value is a 400 naming the field the client sent."""
 
+import re
 from typing import Any, Dict, Mapping, Optional, get_args
 
 from executors.stable_diffusion.params import GenerationParams, RestyleParams
 from gateway.errors import APIError
+from gateway.limits import unsendable
 from s2i.params import ParameterError, quote
 
 EXTRAS = ('seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'best_of')  # ours, beside OpenAI's fields
 RESTYLE_EXTRAS = tuple(sorted(RestyleParams.keys() - GenerationParams.keys()))  # /restyle's own keys (strength)
 URL_SECONDS = 3600  # response_format url: presigned URLs (S3 stores) last an hour, as OpenAI's image URLs do
+SIZE = re.compile(r'([0-9]{1,6})x([0-9]{1,6})')  # ASCII digits only: str.isdigit() also takes '²' and '٣'
 FIELD_OF = {'width': 'size', 'height': 'size', 'num_images': 'n'}  # the executor's key -> the field the client sent
 
 
@@ -28,6 +31,9 @@ def generation_parameters(n: Optional[int], size: Optional[str], extras: Mapping
     if n is not None:
         parameters['num_images'] = n
     parameters.update(image_size(size))
+    for key, value in parameters.items():  # e.g. n = 10**30: the model bounds it only where the executor runs
+        if problem := unsendable(value, FIELD_OF.get(key, key), max_depth=1):
+            raise APIError(400, f'invalid parameters: {problem}', param=FIELD_OF.get(key, key))
     try:
         model.from_request(model(), parameters)
     except ParameterError as e:
@@ -63,10 +69,10 @@ def image_size(size: Optional[str]) -> Dict[str, int]:
     Never a silent default for a malformed size."""
     if size is None or size == 'auto':
         return {}
-    width, x, height = str(size).partition('x')
-    if not (x and width.isdigit() and height.isdigit()):
+    found = SIZE.fullmatch(str(size))
+    if found is None:
         raise APIError(400, f'size must be "WIDTHxHEIGHT" in pixels (e.g. "512x512") or "auto", got {quote(size)}', param='size')
-    return {'width': int(width), 'height': int(height)}
+    return {'width': int(found[1]), 'height': int(found[2])}
 
 
 def named_field(message: str) -> Optional[str]:

@@ -10,19 +10,32 @@
 A job belongs to the API key that submitted it: other keys get 404 for it, as for an unknown id.
 """
 
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Literal, Optional, Tuple
 
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from websockets.exceptions import ConnectionClosed
 
 from gateway.errors import APIError
 from gateway.jobs.runner import JobInput, JobRunner, TooManyJobs, public_record
-from gateway.jobs.store import TERMINAL
+from gateway.jobs.store import TERMINAL, FollowerTooSlow
 from gateway.jobs.webhooks import Webhooks
+from executors.whisper.audio import AudioError, AudioPolicy, check_size
 from gateway.generation import generation_parameters
-from s2i.params import describe_error
+from gateway.limits import unsendable
+from s2i.params import describe_error, quote
 
 MAX_LISTED = 100
+MAX_FIELD_DEPTH = 2  # the fields are flat: a list or an object in one is refused by the model anyway
+FORM_TYPES = frozenset({'multipart/form-data', 'application/x-www-form-urlencoded'})
+JSON_TYPES = frozenset({'application/json'})
+# WebSocket close codes beside 1000 (done) and 1008 (no token, or another site's page), in the 4000s that
+# RFC 6455 leaves to applications, after the HTTP status they stand for; README, "Jobs".
+BAD_REQUEST_CLOSE = 4400  # a malformed ?after=
+NOT_FOUND_CLOSE = 4404  # no such job (or another key's)
+TOO_SLOW_CLOSE = 4408  # the client read too slowly: too many events waited for it; reconnect (a job's with ?after=)
+MAX_CLOSE_REASON = 120  # bytes a close frame's reason may hold: 123
+MAX_SEQ = 2**53  # no job has more events; a larger ?after= is refused, not passed to the store
 
 
 class JobRequest(BaseModel):
@@ -79,13 +92,17 @@ def jobs_router(runner: JobRunner, webhooks: Webhooks) -> APIRouter:
         return {'id': job_id, 'status': job['status'] if job['status'] in TERMINAL else 'cancelling'}
 
     @router.websocket('/jobs/{job_id}/events')
-    async def job_events(websocket: WebSocket, job_id: str, after: int = 0):
+    async def job_events(websocket: WebSocket, job_id: str, after: str = '0'):
+        if not (after.isascii() and after.isdigit() and int(after) <= MAX_SEQ):
+            await accept(websocket)  # then close: a refused handshake would carry no code, only HTTP 403
+            await websocket.close(code=BAD_REQUEST_CLOSE, reason=f'after must be a whole number from 0 to {MAX_SEQ}')
+            return
         job = await runner.store.get(job_id)
         if job is None or job['owner'] != websocket.state.owner:
-            await websocket.close(code=4404, reason=f'no job {job_id[:40]}')  # 4404: the WebSocket form of 404
+            await websocket.close(code=NOT_FOUND_CLOSE, reason=f'no job {job_id[:40]}')
             return
         await accept(websocket)
-        await relay(websocket, runner.store.follow(job_id, after))
+        await relay(websocket, runner.store.follow(job_id, int(after)))
 
     @router.websocket('/events')
     async def all_events(websocket: WebSocket):
@@ -96,28 +113,59 @@ def jobs_router(runner: JobRunner, webhooks: Webhooks) -> APIRouter:
 
 
 async def read_job(request: Request, webhooks: Webhooks) -> JobInput:
-    """The job a POST /v1/jobs asks for, or a 400 naming what is wrong."""
-    audio = None
-    if request.headers.get('content-type', '').startswith(('multipart/form-data', 'application/x-www-form-urlencoded')):
-        form = await request.form()
-        fields = {key: value for key, value in form.items() if isinstance(value, str)}
-        upload = form.get('file')
-        if upload is not None and not isinstance(upload, str):
-            audio = await upload.read()
-        elif 'file' in fields:
-            raise APIError(400, 'file must be an audio file (multipart upload)', param='file')
-    else:
-        try:
-            fields = await request.json()
-        except ValueError:
-            raise APIError(400, 'the body must be JSON, a form, or multipart with an audio file') from None
-        if not isinstance(fields, dict):
-            raise APIError(400, 'the JSON body must be an object')
+    """The job a POST /v1/jobs asks for, or a 4xx naming what is wrong."""
+    media_type = request.headers.get('content-type', '').split(';', 1)[0].strip().lower()
+    if media_type in FORM_TYPES:
+        fields, audio = await read_form(request)
+    elif media_type in JSON_TYPES or media_type.endswith('+json'):
+        fields, audio = await read_json(request), None
+    else:  # text/plain among them: a browser sends it cross-site without asking first (no CORS preflight)
+        raise APIError(415, f'the body must be JSON (Content-Type: application/json), a form, or multipart with an '
+                       f'audio file; got Content-Type {quote(media_type or "none")}', code='unsupported_media_type')
+    for key, value in fields.items():
+        if problem := unsendable(value, str(key), MAX_FIELD_DEPTH):  # lone surrogates, NaN: JSON the store cannot keep
+            raise APIError(400, f'invalid job: {problem}', param=str(key))
     try:
         asked = JobRequest.model_validate({key: value for key, value in fields.items() if value != ''})
     except ValidationError as e:
         raise APIError(400, f'invalid job: {describe_error(e)}', param=str(e.errors()[0]['loc'][0])) from None
     return job_input(asked, audio, webhooks)
+
+
+async def read_json(request: Request) -> Dict[str, Any]:
+    try:
+        fields = await request.json()
+    except ValueError:
+        raise APIError(400, 'the body is not valid JSON') from None
+    if not isinstance(fields, dict):
+        raise APIError(400, 'the JSON body must be an object')
+    return fields
+
+
+async def read_form(request: Request) -> Tuple[Dict[str, str], Optional[bytes]]:
+    """The text fields of a form, and the audio of its one ``file`` part (None without one). A field
+    given twice is refused rather than one of its values silently chosen."""
+    form = await request.form()
+    names = [name for name, _ in form.multi_items()]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        what = 'audio file (one multipart "file" part)' if repeated[0] == 'file' else f'{quote(repeated[0])} field'
+        raise APIError(400, f'send one {what} per job; {quote(repeated[0])} was given {names.count(repeated[0])} times',
+                       param=repeated[0], code='duplicate_field')
+    fields = {name: value for name, value in form.multi_items() if isinstance(value, str)}
+    uploads = {name: value for name, value in form.multi_items() if not isinstance(value, str)}
+    if set(uploads) - {'file'}:
+        name = sorted(set(uploads) - {'file'})[0]
+        raise APIError(400, f'only "file" may be a file upload, got one in {quote(name)}', param=name)
+    if 'file' in fields:
+        raise APIError(400, 'file must be an audio file (multipart upload)', param='file')
+    upload = uploads.get('file')
+    if upload is None:
+        return fields, None
+    try:
+        check_size(upload.size or 0, AudioPolicy())  # before reading it into memory; Whisper would refuse it anyway
+    except AudioError as e:
+        raise APIError(413, str(e), param='file', code='file_too_large') from None  # as /v1/audio/* answer it
+    return fields, await upload.read()
 
 
 def job_input(asked: JobRequest, audio: Optional[bytes], webhooks: Webhooks) -> JobInput:
@@ -154,12 +202,15 @@ async def accept(websocket: WebSocket) -> None:
 
 
 async def relay(websocket: WebSocket, events) -> None:
-    """Send each event as JSON until the last one, or until the client goes away."""
+    """Send each event as JSON until the last one, or until the client goes away; a follower that
+    falls too far behind is closed with TOO_SLOW_CLOSE, so that the gateway never holds its backlog."""
     try:
         async for event in events:
             await websocket.send_json(event)
         await websocket.close(code=1000)
-    except WebSocketDisconnect:
-        pass  # the client left: it reconnects with ?after=<last seq> to miss nothing
+    except FollowerTooSlow as e:
+        await websocket.close(code=TOO_SLOW_CLOSE, reason=str(e)[:MAX_CLOSE_REASON])
+    except (WebSocketDisconnect, ConnectionClosed):
+        pass  # the client left (uvicorn raises websockets' own error when a send meets a closed connection)
     finally:
         await events.aclose()
