@@ -15,7 +15,7 @@ from tests.servers import Server, flow_on_free_ports
 
 TOKEN = 'front-door-token'
 SECOND_KEY = 'front-door-second-key'  # S2I_AUTH_TOKEN holds both: jobs belong to the key that sent them
-WEBHOOK_SECRET = 'front-door-webhook-secret'
+WEBHOOK_SECRET = 'whsec_ZnJvbnQtZG9vci13ZWJob29rLXNlY3JldA=='  # Standard Webhooks: whsec_ and the base64 of b'front-door-webhook-secret'
 
 
 @dataclass

@@ -1,19 +1,24 @@
 """Job callbacks (gateway.jobs.webhooks) against a real HTTP receiver on a free localhost port."""
 
 import asyncio
-import hmac
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from gateway.jobs.webhooks import SIGNATURE_HEADER, Webhooks, sign
+import gateway.jobs.webhooks
+from gateway.jobs.webhooks import Webhooks
 
 RECORD = {'id': 'job-42', 'status': 'succeeded', 'result': {'images': 2, 'text': 'a red fox ünder the moon'}}
-SECRET = 'receiver-shared-secret'
+SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'  # Standard Webhooks: whsec_ and the base64 of 24 random bytes
+OTHER_SECRET = 'whsec_Sk9CQlpfa2V5X29mX2Fub3RoZXJfcmVjZWl2ZXI='
+TOLERANCE = 5 * 60  # seconds: how old a delivery the receivers' library still accepts
 ATTEMPTS = 3
 
 
@@ -76,19 +81,70 @@ def closed_port() -> int:
         return sock.getsockname()[1]  # nothing listens there once the socket is closed
 
 
-def test_record_is_delivered_once_as_json_with_a_signature_that_verifies(receiver_answering):
+def verified(request: Dict, secret: str = SECRET) -> Dict:
+    """What a receiver does: the Standard Webhooks library checks the raw body and the headers, then parses."""
+    return Webhook(secret).verify(request['body'], request['headers'])
+
+
+def delivered_signed(receiver_answering) -> Dict:
     receiver = receiver_answering([200])
-
     assert deliver(webhooks_for(receiver.host, SECRET), receiver.url) is True
-
     [request] = receiver.requests
+    return request
+
+
+def test_record_is_delivered_once_as_json_with_a_signature_that_verifies(receiver_answering):
+    request = delivered_signed(receiver_answering)
+
     assert request['path'] == '/hooks/s2i'
-    assert json.loads(request['body']) == RECORD
+    assert verified(request) == RECORD
     assert request['headers']['Content-Type'] == 'application/json'
     assert request['headers']['X-S2I-Event'] == 'job.finished'
     assert request['headers']['X-S2I-Job'] == 'job-42'
-    assert hmac.compare_digest(request['headers'][SIGNATURE_HEADER], sign(SECRET, request['body']))
-    assert request['headers'][SIGNATURE_HEADER] != sign('another secret', request['body'])
+    assert request['headers']['webhook-signature'].startswith('v1,')
+    with pytest.raises(WebhookVerificationError):
+        verified(request, OTHER_SECRET)
+
+
+def test_a_tampered_body_does_not_verify(receiver_answering):
+    request = delivered_signed(receiver_answering)
+    tampered = request['body'].replace(b'"succeeded"', b'"failed"')
+    assert tampered != request['body']
+
+    with pytest.raises(WebhookVerificationError, match='No matching signature'):
+        verified({**request, 'body': tampered})
+
+
+def test_a_replayed_delivery_older_than_the_tolerance_does_not_verify(receiver_answering, monkeypatch):
+    # A delivery captured 6 minutes ago, sent again now: the gateway's clock is set back while it signs.
+    captured_at = time.time() - TOLERANCE - 60
+    monkeypatch.setattr(gateway.jobs.webhooks, 'time', SimpleNamespace(time=lambda: captured_at))
+    request = delivered_signed(receiver_answering)
+    monkeypatch.undo()
+
+    with pytest.raises(WebhookVerificationError, match='too old'):
+        verified(request)
+
+
+def test_a_replay_with_a_fresh_timestamp_does_not_verify(receiver_answering):
+    request = delivered_signed(receiver_answering)
+    headers = dict(request['headers'], **{'webhook-timestamp': str(int(request['headers']['webhook-timestamp']) + 1)})
+
+    with pytest.raises(WebhookVerificationError, match='No matching signature'):
+        verified({**request, 'headers': headers})
+
+
+def test_retries_keep_the_delivery_id_and_each_attempt_verifies(receiver_answering):
+    receiver = receiver_answering([500, 503, 200])
+    webhooks = webhooks_for(receiver.host, SECRET)
+
+    assert deliver(webhooks, receiver.url) is True
+    assert deliver(webhooks, receiver.url) is True  # the same record again: another delivery, another id
+
+    first, second, third, another = receiver.requests
+    assert first['headers']['webhook-id'] == second['headers']['webhook-id'] == third['headers']['webhook-id']
+    assert another['headers']['webhook-id'] != first['headers']['webhook-id']
+    assert all(verified(request) == RECORD for request in receiver.requests)
 
 
 def test_signature_is_absent_without_a_secret(receiver_answering):
@@ -97,8 +153,43 @@ def test_signature_is_absent_without_a_secret(receiver_answering):
     assert deliver(webhooks_for(receiver.host), receiver.url) is True
 
     [request] = receiver.requests
-    assert SIGNATURE_HEADER not in request['headers']
+    assert 'webhook-signature' not in request['headers']
+    assert request['headers']['webhook-id']  # still there: a receiver can drop duplicates
     assert json.loads(request['body']) == RECORD
+    with pytest.raises(WebhookVerificationError, match='Missing required headers'):
+        verified(request)
+
+
+@pytest.mark.parametrize(
+    'secret',
+    [
+        'receiver-shared-secret',  # a password, not a Standard Webhooks secret
+        'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',  # no whsec_
+        'whsec_not base64 at all!',
+        'whsec_c2hvcnQ=',  # 5 bytes
+        'whsec_====',
+    ],
+)
+def test_a_secret_that_is_not_a_standard_webhooks_one_is_refused_with_how_to_make_one(secret):
+    with pytest.raises(ValueError) as refused:
+        Webhooks(secret=secret)
+
+    message = str(refused.value)
+    assert message.startswith(
+        'S2I_WEBHOOK_SECRET must be a Standard Webhooks secret: whsec_ and the base64 of at least 24 random bytes'
+    )
+    assert "print('whsec_'+base64.b64encode(os.urandom(32)).decode())" in message
+    assert secret not in message  # a secret is never repeated, not even in a log
+
+
+@pytest.mark.parametrize('secret', [SECRET, SECRET + '\n', OTHER_SECRET, OTHER_SECRET.rstrip('=')])
+def test_a_standard_webhooks_secret_padded_or_not_signs_what_the_library_verifies(secret, receiver_answering):
+    receiver = receiver_answering([200])
+
+    assert deliver(webhooks_for(receiver.host, secret), receiver.url) is True
+
+    [request] = receiver.requests
+    assert verified(request, secret) == RECORD
 
 
 def test_server_errors_are_retried_until_delivered(receiver_answering):

@@ -5,24 +5,34 @@ Only hosts in ``webhook_hosts`` (gateway/config.yml, or S2I_WEBHOOK_HOSTS, comma
 ``host:port``) are called: the policy of the Whisper executor's audio URLs (s2i.urls), so that a job cannot
 make the server reach its own network. Nothing is allowed by default. Redirects are not followed.
 
-With a secret, each request carries ``X-S2I-Signature: sha256=<hex>``, the HMAC-SHA256 of the exact body
-bytes (see ``sign``), so that a receiver can tell the gateway's calls from anyone else's.
+Requests follow Standard Webhooks (https://www.standardwebhooks.com), signed with its library
+``standardwebhooks``: ``webhook-id`` (one per delivery, the same on each of its retries, so that a receiver
+can drop a duplicate), ``webhook-timestamp`` (Unix seconds, of each attempt) and, with a secret,
+``webhook-signature`` over the three: a receiver that verifies with ``standardwebhooks.Webhook(secret)``
+rejects a captured request replayed more than 5 minutes later, or with its timestamp changed.
 """
 
 import asyncio
-import hashlib
-import hmac
+import base64
+import binascii
 import json
 import logging
+import time
+import uuid
+from datetime import datetime, timezone
 from typing import Optional, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
+from standardwebhooks import Webhook
 
 from s2i.params import quote
 from s2i.urls import host_and_port, host_refusal
 
-SIGNATURE_HEADER = 'X-S2I-Signature'
+ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = 'webhook-id', 'webhook-timestamp', 'webhook-signature'
+SECRET_PREFIX = 'whsec_'
+MIN_SECRET_BYTES = 24  # Standard Webhooks: 24 to 64 random bytes
+MAKE_A_SECRET = '''python -c "import base64,os;print('whsec_'+base64.b64encode(os.urandom(32)).decode())"'''
 ATTEMPTS = 5  # requests per delivery at most, the first included (the gateway's webhook_attempts)
 EVENT_HEADER, EVENT = 'X-S2I-Event', 'job.finished'
 JOB_HEADER = 'X-S2I-Job'
@@ -34,16 +44,29 @@ HOW_TO_ALLOW = (
 )
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The ``X-S2I-Signature`` value of a callback: ``sha256=`` and the hex HMAC-SHA256 of ``body`` with ``secret``.
+def signer(secret: Optional[str]) -> Optional[Webhook]:
+    """What signs callbacks with ``secret`` (S2I_WEBHOOK_SECRET); None without one: requests are not signed.
 
-    To verify a callback, a receiver computes it over the request's raw body bytes (before parsing the
-    JSON: a re-encoded body differs) and compares in constant time::
-
-        expected = sign(secret, raw_body)  # or 'sha256=' + hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(request.headers['X-S2I-Signature'], expected): reject it
+    The secret must be a Standard Webhooks one, ``whsec_`` and the base64 of at least 24 random bytes, which
+    receivers pass as it is to their Standard Webhooks library. Any other string is refused (ValueError: the
+    gateway does not start) rather than turned into a key that every receiver would have to derive the same
+    way. The error never repeats the secret.
     """
-    return 'sha256=' + hmac.new(secret.encode('utf-8'), body, hashlib.sha256).hexdigest()
+    if secret is None:
+        return None
+    secret = secret.strip()  # a Secret made from a file ends with a newline, which the receivers' library skips too
+    encoded = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else ''
+    try:
+        padding = '=' * (-len(encoded) % 4)  # padded or not, as the receivers' library takes it
+        key = base64.b64decode(encoded + padding, validate=True)
+    except binascii.Error:  # not base64
+        key = b''
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f'S2I_WEBHOOK_SECRET must be a Standard Webhooks secret: {SECRET_PREFIX} and the base64 of at least '
+            f'{MIN_SECRET_BYTES} random bytes; make one with: {MAKE_A_SECRET}'
+        )
+    return Webhook(key)
 
 
 class Webhooks:
@@ -58,7 +81,7 @@ class Webhooks:
                 f'webhooks need attempts >= 1, first_delay >= 0 and timeout > 0; got {attempts}, {first_delay} and {timeout}'
             )
         self.allowed_hosts = tuple(allowed_hosts)  # "host" or "host:port"; (): no callbacks at all
-        self.secret = secret  # None: requests are not signed
+        self.signer = signer(secret)  # None: requests are not signed
         self.attempts = attempts  # requests per delivery, the first included
         self.first_delay = first_delay  # seconds before the second attempt; doubled before each next one
         self.timeout = timeout  # seconds per attempt: connecting, sending and the answer's headers
@@ -97,23 +120,29 @@ class Webhooks:
             self.logger.warning(f'job {job}: callback not sent: the record is not JSON: {e}')
             return False
         try:
-            return await self._post_with_retries(url, body, self._headers(job, body), job)
+            return await self._post_with_retries(url, body, job)
         except Exception:  # a bug here must not reach the job runner, which called this after the job ended
             self.logger.error(f'job {job}: callback not sent: unexpected error', exc_info=True)
             return False
 
-    def _headers(self, job: str, body: bytes) -> dict:
-        headers = {'Content-Type': 'application/json', EVENT_HEADER: EVENT, JOB_HEADER: job}
-        if self.secret:
-            headers[SIGNATURE_HEADER] = sign(self.secret, body)
+    def _headers(self, job: str, delivery: str, body: bytes) -> dict:
+        """One attempt's headers: the delivery's id, with the time (and signature) of this attempt, not the first."""
+        now = int(time.time())
+        headers = {
+            'Content-Type': 'application/json', EVENT_HEADER: EVENT, JOB_HEADER: job,
+            ID_HEADER: delivery, TIMESTAMP_HEADER: str(now),
+        }
+        if self.signer is not None:
+            headers[SIGNATURE_HEADER] = self.signer.sign(delivery, datetime.fromtimestamp(now, timezone.utc), body)
         return headers
 
-    async def _post_with_retries(self, url: str, body: bytes, headers: dict, job: str) -> bool:
+    async def _post_with_retries(self, url: str, body: bytes, job: str) -> bool:
         where = host_and_port(urlsplit(url))  # not the whole URL: its path or query may hold a receiver's token
         # trust_env=False: no proxy from the environment, so the host connected to is the host checked
+        delivery = f'msg_{uuid.uuid4().hex}'  # the same on every attempt, for the receiver to drop duplicates
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout), trust_env=False) as session:
             for attempt in range(1, self.attempts + 1):
-                outcome, retry = await self._post_once(session, url, body, headers)
+                outcome, retry = await self._post_once(session, url, body, self._headers(job, delivery, body))
                 if outcome is None:
                     self.logger.info(f'job {job}: callback delivered to {where} (attempt {attempt})')
                     return True
