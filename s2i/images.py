@@ -7,6 +7,12 @@ A server path is read only under a configured input directory, by the same rule 
 decoded: the byte limit, that the file is in one of ACCEPTED_FORMATS, and the pixel count that its
 header declares (a 5 kB PNG can declare 50,000 x 50,000 pixels: 7.5 GB once decoded).
 
+For a model (caption, CLIP), ``model_image_batches`` decodes a request's images a batch at a time, as
+the model takes them, and shrinks each one as it is decoded to the size the model's processor resizes
+it to (a JPEG is decoded at 1/2, 1/4 or 1/8 of its size already: Pillow's ``draft``). What one
+request may decode in all is bounded too (``max_request_pixels``): six 6000 x 6000 PNGs of one
+colour, 120 kB each, once grew a caption executor by 1.7 GB, all decoded before its first batch.
+
 Animated images (GIF, APNG, WebP) give their first frame: it is what a thumbnail shows, and what a
 client who sent "a picture" means.
 
@@ -16,12 +22,13 @@ s2i.params.quote, and an unexpected exception from Pillow is named by its type o
 
 import binascii
 import io
+import logging
 import os
 import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -31,6 +38,7 @@ from s2i.docs import PromptDoc
 from s2i.encoding import from_data_uri
 from s2i.inputs import path_under
 from s2i.params import quote
+from s2i.runtime import DETAILS_LOGGED
 
 # Pillow's names, in the order the error message lists them. A short list on purpose: Pillow can also
 # open EPS (through Ghostscript), PSD, ICO, TIFF and a dozen others, each a parser a client could aim at.
@@ -40,6 +48,9 @@ SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')  # grey levels 0..6
 ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
 WHITE = (255, 255, 255)
 SEND_INLINE = 'send the image inline (image bytes, or image_uri as a data: URI)'
+# A model's input: the long side at most this many times the short one. A processor that resizes the
+# short side to 224 (CLIP's) would otherwise make a 200,000 x 2 PNG of a few kB 45,000,000 x 224 pixels.
+MAX_ASPECT_RATIO = 20
 
 EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the turn that shows the picture upright, as ImageOps.exif_transpose has it
@@ -62,21 +73,92 @@ class ImagePolicy:
     # Image.MAX_IMAGE_PIXELS (89.5 M) whatever this says
     max_pixels: int = 40_000_000
     input_dir: Optional[str] = None  # server-side paths are read only under here; None: no paths
+    # pixels decoded for a model in one request, its documents together (a JPEG counts at the reduced
+    # size it is decoded at); the images past it are refused, not decoded. 25 images at max_pixels.
+    max_request_pixels: int = 1_000_000_000
 
 
 class ImageError(ValueError):
     """A document's image cannot be used; the message says why, in words a client understands."""
 
 
-def document_image(doc: PromptDoc, policy: ImagePolicy) -> Image.Image:
-    """The document's image as RGB, EXIF orientation applied, ready for a model; ImageError if it cannot be."""
+class PixelBudget:
+    """The pixels one request may still decode (ImagePolicy.max_request_pixels)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.spent = limit, 0
+
+    def spend(self, width: int, height: int) -> None:
+        """Counts an image about to be decoded at width x height; ImageError, and nothing counted, past the limit."""
+        if self.spent + width * height > self.limit:
+            raise ImageError(
+                f'too many image pixels in one request: this image decodes to {width} x {height} pixels, '
+                f'{self.spent} were decoded before it, the limit is {self.limit} pixels per request '
+                '(max_request_pixels); send it in another request'
+            )
+        self.spent += width * height
+
+
+def document_image(
+    doc: PromptDoc, policy: ImagePolicy, shorter_side: Optional[int] = None, budget: Optional[PixelBudget] = None
+) -> Image.Image:
+    """The document's image as RGB, EXIF orientation applied, ready for a model; ImageError if it cannot be.
+
+    With ``shorter_side``, for a model whose processor resizes to that: an image larger than that is
+    shrunk, keeping its aspect ratio, until its shorter side is that many pixels. With ``budget``,
+    the pixels to decode are counted against it first."""
     data = image_bytes(doc.image, doc.image_uri, policy)
     with open_header(data, policy) as image:
+        if shorter_side:
+            _check_aspect_ratio(image)
+            image.draft(None, shrunk_size(image.size, shorter_side))  # JPEG only: decode at 1/2, 1/4 or 1/8
+        if budget is not None:
+            budget.spend(*image.size)
         decode_pixels(image)
         try:
-            return upright(to_rgb(image), orientation(image))
+            if shorter_side and image.mode in ('RGB', 'L') and 'transparency' not in image.info:
+                rgb = to_rgb(shrink(image, shorter_side))  # shrunk first: no full-size copy
+            else:
+                rgb = shrink(to_rgb(image), shorter_side) if shorter_side else to_rgb(image)
+            return upright(rgb, orientation(image))
         except Exception as e:  # Pillow failing somewhere we did not foresee: a per-document error, not a crash
             raise ImageError(f'could not read the image: {type(e).__name__}') from e
+
+
+def model_image_batches(
+    docs: Sequence[PromptDoc], policy: ImagePolicy, batch_size: int, shorter_side: Optional[int], logger: logging.Logger
+) -> Iterator[List[Tuple[PromptDoc, Image.Image]]]:
+    """The images of ``docs`` for a model, decoded ``batch_size`` at a time when the caller asks for
+    the next batch, each shrunk for the model (``document_image``); one budget of pixels for them all.
+    A document whose image cannot be used gets its error and is left out."""
+    budget = PixelBudget(policy.max_request_pixels)
+    batch = []
+    for doc in docs:
+        try:
+            batch.append((doc, document_image(doc, policy, shorter_side, budget)))
+        except ImageError as e:
+            doc.error = str(e)
+        except Exception as e:
+            logger.error(f'reading the image failed for document {doc.id}', exc_info=True)
+            doc.error = f'reading the image failed: {type(e).__name__}; {DETAILS_LOGGED}'
+        if len(batch) == batch_size:
+            yield batch
+            batch = []  # the caller is done with the last batch: its pixels can go
+    if batch:
+        yield batch
+
+
+def model_input_side(processor) -> Optional[int]:
+    """The shorter side, in pixels, that a transformers image processor resizes an image to (BLIP's
+    384 x 384, CLIP's shortest edge 224): the largest of the sizes it names. None if it names none."""
+    image_processor = getattr(processor, 'image_processor', processor)
+    sides = []
+    for size in (getattr(image_processor, 'size', None), getattr(image_processor, 'crop_size', None)):
+        for key in ('height', 'width', 'shortest_edge', 'longest_edge'):
+            value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+            if isinstance(value, int) and value > 0:
+                sides.append(value)
+    return max(sides, default=None)
 
 
 # 1. Where the bytes come from
@@ -184,6 +266,15 @@ def quiet_pillow():
         yield
 
 
+def _check_aspect_ratio(image: Image.Image) -> None:
+    width, height = image.size
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f'image too elongated: {width} x {height} pixels, its long side may be at most {MAX_ASPECT_RATIO} times '
+            'its short side; crop it'
+        )
+
+
 # 3. The pixels
 
 
@@ -199,6 +290,21 @@ def decode_pixels(image: Image.Image) -> None:
         raise ImageError(f'truncated or damaged {image.format} image: its pixels could not be decoded') from e
     except Exception as e:
         raise ImageError(f'could not read the image: {type(e).__name__}') from e
+
+
+def shrunk_size(size: Tuple[int, int], shorter_side: int) -> Tuple[int, int]:
+    """``size`` scaled, aspect kept, so that its shorter side is ``shorter_side``; never enlarged."""
+    scale = min(1.0, shorter_side / min(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def shrink(image: Image.Image, shorter_side: int) -> Image.Image:
+    size = shrunk_size(image.size, shorter_side)
+    if size == image.size:
+        return image
+    # reducing_gap: box-averaged down to about 3x the size first (fast), then resampled: what
+    # Image.thumbnail does, to the same quality
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def orientation(image: Image.Image) -> int:

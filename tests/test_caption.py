@@ -14,6 +14,8 @@ from executors.caption.executor import NO_IMAGE, CaptionExecutor
 from s2i.docs import ParameterSchema, PromptDoc
 from s2i.tiny_blip import write_tiny_blip
 
+from image_files import peak_growth_of_big_images
+
 
 @pytest.fixture(scope='module')
 def tiny_blip_dir(tmp_path_factory) -> str:
@@ -192,3 +194,22 @@ def test_the_image_limits_are_the_executor_s_settings(tiny_blip_dir):
     strict = CaptionExecutor(model=tiny_blip_dir, device='cpu', max_image_pixels=100)
     [doc] = caption(strict, image_doc())  # 40 x 30 = 1200 pixels
     assert doc.error.startswith('image too large: it declares 40 x 30 pixels, the limit is 100 pixels (max_image_pixels)')
+
+
+def test_a_request_of_big_images_is_decoded_a_batch_at_a_time_and_shrunk(tiny_blip_dir):
+    # Eight 6000 x 6000 single-colour PNGs (120 kB each, 108 MB each once decoded), in batches of two.
+    # Measured: 1.5 GB when all were decoded before the first batch (issue 21), 138 MB now.
+    settings = {'model': tiny_blip_dir, 'device': 'cpu', 'batch_size': 2, 'request_defaults': {'max_new_tokens': 4}}
+    grown_mb, errors = peak_growth_of_big_images(CaptionExecutor, 'caption', settings, {}, count=8)
+    assert errors == [''] * 8
+    assert grown_mb < 400
+
+
+def test_an_image_past_max_request_pixels_gets_the_documented_error_and_the_others_their_captions(tiny_blip_dir):
+    frugal = CaptionExecutor(model=tiny_blip_dir, device='cpu', max_request_pixels=2500, request_defaults={'max_new_tokens': 4})
+    docs = caption(frugal, image_doc('red'), image_doc('blue'), image_doc('green'))  # 40 x 30 = 1200 pixels each
+    assert [bool(doc.caption) for doc in docs] == [True, True, False]
+    assert docs[2].error == (
+        'too many image pixels in one request: this image decodes to 40 x 30 pixels, 2400 were decoded before it, '
+        'the limit is 2500 pixels per request (max_request_pixels); send it in another request'
+    )

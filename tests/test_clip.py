@@ -14,6 +14,8 @@ from executors.clip.labels import interrogator_labels
 from s2i.docs import GeneratedImage, ParameterSchema, PromptDoc
 from s2i.tiny_clip import write_tiny_clip
 
+from image_files import peak_growth_of_big_images
+
 LABELS = ['a fox', 'a lighthouse', 'a bowl of soup', 'a mountain', 'a violin']
 PER_LIST = 12  # the interrogator's lists, cut to their first labels: fast to embed
 
@@ -308,3 +310,32 @@ def test_a_missing_clip_model_loaded_lazily_fails_only_the_documents_that_need_i
     lazy.tag(docs, {'labels': ['a dog', 'a cat']})
     assert docs[0].error.startswith('the CLIP model could not be loaded: ') and not docs[0].tags
     assert lazy.keep_best_of(DocList[PromptDoc]([PromptDoc(text='x')]), {})[0].error == ''  # no best_of: nothing to load
+
+
+def test_a_request_of_big_images_is_decoded_a_batch_at_a_time_and_shrunk(tiny_clip_dir):
+    # Eight 6000 x 6000 single-colour PNGs (120 kB each, 108 MB each once decoded), in batches of two.
+    # Measured: 1.5 GB when all were decoded before the first batch (issue 21), 138 MB now.
+    settings = {'model': tiny_clip_dir, 'device': 'cpu', 'batch_size': 2, 'labels': ['a cat', 'a dog'],
+                'interrogator_at_startup': False}
+    grown_mb, errors = peak_growth_of_big_images(ClipExecutor, 'tag', settings, {}, count=8)
+    assert errors == [''] * 8
+    assert grown_mb < 400
+
+
+def test_an_image_past_max_request_pixels_gets_the_documented_error_and_the_others_their_tags(tiny_clip_dir):
+    frugal = ClipExecutor(model=tiny_clip_dir, device='cpu', labels=LABELS, interrogator_at_startup=False,
+                          max_request_pixels=2500)
+    docs = tag(frugal, image_doc('red'), image_doc('blue'), image_doc('green'))  # 40 x 30 = 1200 pixels each
+    assert [len(doc.tags) for doc in docs] == [5, 5, 0]
+    assert docs[2].error == (
+        'too many image pixels in one request: this image decodes to 40 x 30 pixels, 2400 were decoded before it, '
+        'the limit is 2500 pixels per request (max_request_pixels); send it in another request'
+    )
+
+
+def test_an_image_too_elongated_for_clip_gets_the_documented_error_and_the_others_their_tags(clip):
+    # CLIP's processor raises the short side to its input size: 200,000 x 2 pixels (a PNG of a few kB)
+    # grew the tiny model's process by 983 MB, and would be 22 M x 224 pixels for ViT-L/14
+    docs = tag(clip, image_doc(), PromptDoc(image=png('red', (200_000, 2))), image_doc('blue'))
+    assert [len(doc.tags) for doc in docs] == [2, 0, 2]
+    assert docs[1].error == 'image too elongated: 200000 x 2 pixels, its long side may be at most 20 times its short side; crop it'

@@ -2,8 +2,8 @@
 
 Every image is made here with Pillow; nothing binary is checked in."""
 
-import base64
 import io
+import logging
 import os
 import struct
 import subprocess
@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from s2i.docs import PromptDoc
-from s2i.images import ImageError, ImagePolicy, document_image
+from s2i.images import ImageError, ImagePolicy, document_image, model_image_batches
+
+from image_files import data_uri
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 EXIF_ORIENTATION = 0x0112
@@ -53,10 +55,6 @@ def declaring(width: int, height: int) -> bytes:
     png[16:24] = struct.pack('>II', width, height)  # IHDR data starts after the signature, length and type
     png[29:33] = struct.pack('>I', zlib.crc32(bytes(png[12:29])))  # the CRC covers the type and the data
     return bytes(png)
-
-
-def data_uri(data: bytes, media_type: str = 'image/png') -> str:
-    return f'data:{media_type};base64,' + base64.b64encode(data).decode()
 
 
 # --- what reads, and how it is converted ---
@@ -293,3 +291,72 @@ def test_a_damaged_exif_block_is_ignored_and_the_picture_read_as_stored():
     with pytest.warns(UserWarning, match='Corrupt EXIF'):
         Image.open(io.BytesIO(data)).getexif()  # Pillow itself warns about this file
     assert read(data).size == (40, 20)
+
+
+# --- for a model: shrunk as decoded, a batch at a time, within the request's budget of pixels ---
+
+def for_model(*images: bytes, policy: ImagePolicy = DEFAULT, side: int = 100, batch_size: int = 8):
+    """Each document's image as a model with inputs ``side`` pixels across would get it (None if
+    refused), its error, and the batch sizes."""
+    docs = [PromptDoc(image=data) for data in images]
+    got, batches = {}, []
+    for batch in model_image_batches(docs, policy, batch_size, side, logging.getLogger('test')):
+        batches.append(len(batch))
+        got.update({id(doc): image for doc, image in batch})
+    return [got.get(id(doc)) for doc in docs], [doc.error for doc in docs], batches
+
+
+@pytest.mark.parametrize('size, shrunk', [((600, 400), (150, 100)), ((400, 600), (100, 150)), ((40, 30), (40, 30))])
+@pytest.mark.parametrize('mode', ['RGB', 'RGBA', 'P'])
+def test_an_image_for_a_model_is_shrunk_to_its_input_size_keeping_its_aspect_and_never_enlarged(size, shrunk, mode):
+    ([image], errors, _) = for_model(encoded(Image.new('RGB', size, RED).convert(mode)))
+    assert errors == ['']
+    assert image.mode == 'RGB' and image.size == shrunk
+    assert image.getpixel((image.width // 2, image.height // 2)) == RED
+
+
+def test_a_rotated_image_for_a_model_is_shrunk_and_upright():
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # turn 90 degrees clockwise to show upright
+    ([image], _, _) = for_model(encoded(Image.new('RGB', (600, 400), RED), 'JPEG', exif=exif.tobytes()))
+    assert image.size == (100, 150)
+
+
+def test_images_for_a_model_come_in_batches_without_the_refused_ones():
+    good = encoded(Image.new('RGB', (40, 30), RED))
+    images, errors, batches = for_model(good, good, b'not an image', good, good, good, batch_size=2)
+    assert batches == [2, 2, 1]
+    assert [image is not None for image in images] == [True, True, False, True, True, True]
+    assert errors[2].startswith('not an image this service reads')
+
+
+def test_past_max_request_pixels_an_image_is_refused_and_the_images_that_fit_are_read():
+    policy = ImagePolicy(max_request_pixels=2500)
+    images, errors, _ = for_model(*(encoded(Image.new('RGB', size, RED)) for size in [(40, 30), (40, 30), (40, 30), (10, 10)]),
+                                  policy=policy)
+    assert [image is not None for image in images] == [True, True, False, True]  # 1200 + 1200 + 100 pixels
+    assert errors == ['', '', 'too many image pixels in one request: this image decodes to 40 x 30 pixels, 2400 were '
+                      'decoded before it, the limit is 2500 pixels per request (max_request_pixels); send it in another request', '']
+
+
+def test_a_jpeg_for_a_model_counts_at_the_reduced_size_it_is_decoded_at():
+    # 4000 x 3000 = 12 M pixels in the file; Pillow's draft decodes it at 1/8: 500 x 375
+    policy = ImagePolicy(max_request_pixels=1_000_000)
+    big = Image.new('RGB', (4000, 3000), RED)
+    [jpeg], [jpeg_error], _ = for_model(encoded(big, 'JPEG'), policy=policy, side=224)
+    [png], [png_error], _ = for_model(encoded(big), policy=policy, side=224)
+    assert jpeg_error == '' and jpeg.size == (299, 224)
+    assert png is None and png_error.startswith('too many image pixels in one request: this image decodes to 4000 x 3000 pixels')
+
+
+@pytest.mark.parametrize('size', [(2100, 100), (100, 2100), (200_000, 2)])
+def test_an_image_too_elongated_for_a_model_is_refused_before_it_is_decoded(size):
+    # a model's processor (CLIP's) raises the short side to its input size: 200,000 x 2 would become 22 M x 224
+    [image], [error], _ = for_model(encoded(Image.new('L', size)))
+    assert image is None
+    assert error == f'image too elongated: {size[0]} x {size[1]} pixels, its long side may be at most 20 times its short side; crop it'
+
+
+def test_an_image_at_the_longest_aspect_ratio_is_read_for_a_model():
+    [image], [error], _ = for_model(encoded(Image.new('RGB', (2000, 100), RED)))
+    assert error == '' and image.size == (2000, 100)

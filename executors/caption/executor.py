@@ -6,6 +6,7 @@ its prompt with the caption.
 
 Documents that already carry an ``error`` pass through untouched. A document whose image cannot
 be used gets an error of its own; the other documents of the request still get their captions.
+Images are decoded a batch at a time, shrunk to the model's input size (s2i/images.py).
 """
 
 import gc
@@ -26,7 +27,7 @@ from s2i.runtime import (
 from s2i.tiny_sd import is_tiny_model
 from s2i.tiny_blip import TINY_BLIP_NAME, TINY_BLIP_WARNING, tiny_blip_dir
 
-from s2i.images import ImageError, ImagePolicy, document_image
+from s2i.images import ImagePolicy, model_image_batches, model_input_side
 
 NO_IMAGE = 'no image to caption: send image (bytes) or image_uri'
 Captioning = Tuple[PromptDoc, Image.Image]  # a document and its input image, decoded
@@ -45,6 +46,7 @@ class CaptionExecutor(Executor):
         load_at_start: bool = True,
         max_image_bytes: int = ImagePolicy.max_bytes,
         max_image_pixels: int = ImagePolicy.max_pixels,
+        max_request_pixels: int = ImagePolicy.max_request_pixels,
         input_dir: Optional[str] = None,
         **kwargs,
     ):
@@ -57,7 +59,7 @@ class CaptionExecutor(Executor):
         if batch_size < 1:
             raise ValueError(f'batch_size must be at least 1, got {batch_size}')
         self.batch_size = batch_size
-        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir)  # s2i/images.py
+        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir, max_request_pixels)  # s2i/images.py
         self.model = self.processor = None  # set once the model is loaded
         self.lazy_model = LazyModel(self._load_model, 'captioning', self.logger)
         if load_at_start:
@@ -127,25 +129,14 @@ class CaptionExecutor(Executor):
     # --- steps ---
 
     def _caption(self, docs: List[PromptDoc], params: CaptionParams) -> None:
-        readable = self._read_images(docs)
-        for start in range(0, len(readable), self.batch_size):
-            self._caption_batch(readable[start : start + self.batch_size], params)
-
-    def _read_images(self, docs: List[PromptDoc]) -> List[Captioning]:
-        """The documents whose input image could be read, with the image; the others get an error."""
-        readable = []
+        """Captions ``docs``, their images decoded a batch at a time; those without one get an error."""
         for doc in docs:
             if not doc.has_image:
                 doc.error = NO_IMAGE
-                continue
-            try:
-                readable.append((doc, document_image(doc, self.image_policy)))
-            except ImageError as e:
-                doc.error = str(e)
-            except Exception as e:
-                self.logger.error(f'reading the image failed for document {doc.id}', exc_info=True)
-                doc.error = f'reading the image failed: {type(e).__name__}; {DETAILS_LOGGED}'
-        return readable
+        with_images = [doc for doc in docs if not doc.error]
+        side = model_input_side(self.processor)
+        for batch in model_image_batches(with_images, self.image_policy, self.batch_size, side, self.logger):
+            self._caption_batch(batch, params)
 
     def _caption_batch(self, batch: List[Captioning], params: CaptionParams) -> None:
         """Caption ``batch`` in one ``generate`` call. A failed call is retried one document at a

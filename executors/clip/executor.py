@@ -3,6 +3,7 @@ the CLIP Interrogator's recipe) and the ranking of generated images against thei
 
 Documents that already carry an ``error`` pass through untouched. A document whose image cannot
 be used gets an error of its own; the other documents of the request still get their results.
+Input images are decoded a batch at a time, shrunk to the model's input size (s2i/images.py).
 """
 
 import io
@@ -25,7 +26,7 @@ from s2i.runtime import (
 from s2i.tiny_sd import is_tiny_model
 from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, tiny_clip_dir
 
-from s2i.images import ImageError, ImagePolicy, document_image
+from s2i.images import ImagePolicy, model_image_batches, model_input_side
 
 DEFAULT_TEMPLATE = 'a photo of {}'  # how /tag puts each label into words; {} is the label
 
@@ -54,6 +55,7 @@ class ClipExecutor(Executor):
         load_at_start: bool = True,
         max_image_bytes: int = ImagePolicy.max_bytes,
         max_image_pixels: int = ImagePolicy.max_pixels,
+        max_request_pixels: int = ImagePolicy.max_request_pixels,
         input_dir: Optional[str] = None,
         **kwargs,
     ):
@@ -74,7 +76,7 @@ class ClipExecutor(Executor):
         if max_labels_per_list is None and self.model_id == TINY_CLIP_NAME:
             max_labels_per_list = TINY_LIST_LABELS  # a wiring check: 100,000 flavours would only make noise slower
         self.max_labels_per_list = max_labels_per_list
-        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir)  # s2i/images.py
+        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir, max_request_pixels)  # s2i/images.py
         self.model = self.processor = self.model_path = None  # set once the model is loaded
         self.lazy_model = LazyModel(self._load_model, 'CLIP', self.logger)
         self.label_cache = LabelCache(label_cache_size)
@@ -255,28 +257,23 @@ class ClipExecutor(Executor):
         return _unit_length(torch.cat(rows))
 
     def _image_features(self, docs: DocList[PromptDoc]) -> Tuple[List[PromptDoc], Optional[torch.Tensor]]:
-        """The documents whose input image could be read, and its embedding for each; the others get an error."""
-        readable, images = [], []
-        for doc in docs:
-            if doc.error:
-                continue
+        """The documents whose input image could be read and embedded, and its embedding for each; the
+        others get an error. The images are decoded a batch at a time, each batch dropped once embedded."""
+        readable, rows = [], []
+        side = model_input_side(self.processor)
+        wanting = [doc for doc in docs if not doc.error]
+        for batch in model_image_batches(wanting, self.image_policy, self.batch_size, side, self.logger):
+            batch_docs = [doc for doc, _ in batch]
             try:
-                images.append(document_image(doc, self.image_policy))
-                readable.append(doc)
-            except ImageError as e:
-                doc.error = str(e)
+                with torch.inference_mode():
+                    rows.append(self._embed_images([image for _, image in batch]))
+                readable += batch_docs
             except Exception as e:
-                self.logger.error(f'reading the image failed for document {doc.id}', exc_info=True)
-                doc.error = f'reading the image failed: {type(e).__name__}; {DETAILS_LOGGED}'
+                self.logger.error(f'embedding {len(batch)} image(s) failed', exc_info=True)
+                mark_failed(batch_docs, f'embedding the image failed: {type(e).__name__}; {DETAILS_LOGGED}')
         if not readable:
             return [], None
-        try:
-            with torch.inference_mode():
-                return readable, self._embed_images(images)
-        except Exception as e:
-            self.logger.error(f'embedding {len(images)} image(s) failed', exc_info=True)
-            mark_failed(readable, f'embedding the image failed: {type(e).__name__}; {DETAILS_LOGGED}')
-            return [], None
+        return readable, torch.cat(rows)
 
     def _interrogator_tables(self) -> Dict[str, LabelTable]:
         if self.tables is None:
