@@ -87,7 +87,7 @@ class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
         super().__init__(**kwargs)
         token = os.environ.get(AUTH_TOKEN_VARIABLE) or None  # None: no check
         guard = Guard(token, RequestLimits(max_documents, max_request_bytes, max_depth),
-                      FlowParameters(self._request_handler.streamer, self.logger), self.logger)
+                      FlowParameters(self._request_handler.streamer, self.logger, internal_key(token)), self.logger)
         jobs = JobSettings(
             JobLimits(max_active_jobs, max_active_jobs_per_key, max_running_jobs, max_job_seconds, job_ttl_seconds),
             webhook_hosts=listed(webhook_hosts, WEBHOOK_HOSTS_VARIABLE), webhook_attempts=webhook_attempts,
@@ -291,9 +291,10 @@ def unknown_parameters(parameters: Mapping[str, Any], schemas: Sequence[Paramete
 class FlowParameters:
     """Every executor's parameter keys, asked on ``/parameters`` once and kept."""
 
-    def __init__(self, streamer, logger):
+    def __init__(self, streamer, logger, key: Optional[str] = None):
         self.streamer = streamer
         self.logger = logger
+        self.signed = {INTERNAL_KEY_PARAMETER: key} if key else {}  # the executors answer only the gateway
         self.known: Optional[List[ParameterSchema]] = None  # kept until the gateway restarts
         self.ask_again_at = 0.0
         self.asking = asyncio.Lock()
@@ -320,7 +321,8 @@ class FlowParameters:
     async def _ask_executors(self) -> List[ParameterSchema]:
         schemas = []
         empty = DocList[ParameterSchema]()  # one request without documents: each executor appends its own
-        async for docs, error in self.streamer.stream(docs=empty, exec_endpoint=PARAMETERS_ENDPOINT, return_type=DocList[ParameterSchema]):
+        async for docs, error in self.streamer.stream(docs=empty, exec_endpoint=PARAMETERS_ENDPOINT, parameters=self.signed,
+                                                   return_type=DocList[ParameterSchema]):
             if error:
                 raise RuntimeError(f'{error.name} in {error.executor}: {error.args}')
             schemas += docs
@@ -483,9 +485,41 @@ class HTTPServer(HTTPGateway):
             expose_graphql_endpoint=self.expose_graphql_endpoint, cors=self.cors, logger=self.logger,
             tracing=self.tracing, tracer_provider=self.tracer_provider,
         ))
+        replace_dry_run(app, self.streamer, self.logger)
         flow = FlowCalls(self.streamer, self.guard)
         self.runner = self.jobs.runner(flow, self.logger)
         return add_front_door(app, self.guard, flow, self.runner, self.allowed_origins)
+
+
+def replace_dry_run(app, streamer, logger) -> None:
+    """``GET /dry_run`` asks what `jina ping flow` asks: a dry-run request that every executor answers;
+    503 when one cannot be reached, so that an HTTP probe sees it. (Jina's own route sends an empty
+    request without an endpoint, which skips the executors that have no default endpoint: it
+    answered 200 with the only Stable Diffusion replica dead.)"""
+    from docarray import BaseDoc
+    from jina.excepts import InternalNetworkError
+    from jina.proto import jina_pb2
+    from jina.serve.executors import __dry_run_endpoint__
+    from starlette.responses import JSONResponse
+
+    async def dry_run():
+        failure = ''
+        try:
+            async for response in streamer.stream_docs(DocList[BaseDoc]([BaseDoc()]), exec_endpoint=__dry_run_endpoint__,
+                                                       request_size=1, return_results=True):
+                status = response.header.status
+                if status.code == jina_pb2.StatusProto.ERROR:
+                    failure, details = f'the dry run failed in {status.exception.executor or "the Flow"}', status.description
+        except InternalNetworkError as e:
+            failure, details = f'the {unreachable_executor(e.details()) or ""} {EXECUTOR_UNAVAILABLE}', e.details()
+        if failure:
+            logger.warning(f'GET /dry_run: {failure}: {details}')
+            return JSONResponse({'code': jina_pb2.StatusProto.ERROR, 'description': failure, 'exception': None}, status_code=503)
+        return {'code': jina_pb2.StatusProto.SUCCESS, 'description': '', 'exception': None}
+
+    app.router.routes[:] = [route for route in app.router.routes if getattr(route, 'path', None) != '/dry_run']
+    app.add_api_route('/dry_run', dry_run, methods=['GET'], tags=['Debug'],
+                      summary='Readiness of the whole Flow: 200 when every executor answers, else 503')
 
 
 def add_front_door(app, guard: Guard, flow, runner: JobRunner, allowed_origins: Sequence[str] = ()):

@@ -160,14 +160,20 @@ def _describe(item: Dict[str, Any]) -> str:
     return f'{key} {item["msg"].replace("Input should be", "must be")}, got {quote(value)}'
 
 
-def describe_parameters(docs, executor: str, defaults: RequestParams, model: str = ''):
+def describe_parameters(docs, executor: str, defaults: RequestParams, model: str = '',
+                        parameters: Optional[Mapping[str, Any]] = None):
     """The ``/parameters`` answer: what came before in the chain, plus this executor's schema and model.
 
-    ``defaults`` are the executor's configured defaults, so the schema shows what a request gets."""
+    ``defaults`` are the executor's configured defaults, so the schema shows what a request gets.
+    Like every endpoint, it answers only the gateway: a request without the gateway's key in its
+    ``parameters`` (when there is a token) raises PermissionError, and its caller learns nothing."""
     from docarray import DocList
 
     from s2i.docs import ParameterSchema
+    from s2i.runtime import UNAUTHENTICATED, from_the_gateway
 
+    if not from_the_gateway(parameters or {}):
+        raise PermissionError(UNAUTHENTICATED)
     params = type(defaults)
     schema = params.model_json_schema()
     for key, value in defaults.model_dump().items():

@@ -52,8 +52,8 @@ class Tagger(Executor):
         return docs
 
     @requests(on=PARAMETERS_ENDPOINT)
-    def parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, TagParams())
+    def parameters(self, docs: DocList[ParameterSchema], parameters: Optional[dict] = None, **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, TagParams(), parameters=parameters)
 
 
 class Painter(Executor):
@@ -74,8 +74,8 @@ class Painter(Executor):
         return docs
 
     @requests(on=PARAMETERS_ENDPOINT)
-    def parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, PaintParams())
+    def parameters(self, docs: DocList[ParameterSchema], parameters: Optional[dict] = None, **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, PaintParams(), parameters=parameters)
 
 
 def main(log: str, grpc_port: str, http_port: str, gateway_settings: str = '{}') -> None:

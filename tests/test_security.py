@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,101 @@ def test_serve_binds_loopback_unless_told_otherwise_and_the_executors_always(uns
     assert {executor['name']: executor['host'] for executor in executors} == {
         'whisper': '127.0.0.1', 'stable_diffusion': '127.0.0.1', 'caption': '127.0.0.1', 'clip': '127.0.0.1',
         'store': '127.0.0.1'}  # only the gateway serves other machines
+
+
+# --- the real Flow with a token: the executors' own ports, and the HTTP health check --------------
+
+@contextmanager
+def real_flow_with_token(tiny_sd_dir: str):
+    """`python -m s2i.serve` (flow.yml's five executors, tiny models) with S2I_AUTH_TOKEN set."""
+    from s2i.serve import READY_LINE
+
+    from servers import flow_on_free_ports
+
+    server, hosts = flow_on_free_ports([sys.executable, '-m', 's2i.serve'], S2I_SD_MODEL=tiny_sd_dir, S2I_AUTH_TOKEN=TOKEN,
+                                       S2I_WHISPER_MODEL='tiny.en', S2I_DEVICE='cpu')
+    try:
+        server.wait_for(READY_LINE)
+        yield {**hosts, 'server': server}
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope='module')
+def real_flow(tiny_sd_dir):
+    with real_flow_with_token(tiny_sd_dir) as flow:
+        yield flow
+
+
+def ask_for_parameters(port: int, parameters: dict):
+    """/parameters straight to an executor's port, as a caller around the gateway can: the whole response."""
+    import grpc
+    from jina.proto.serializer import DataRequestProto
+    from jina.types.request.data import DataRequest
+
+    from s2i.docs import ParameterSchema
+    from s2i.params import PARAMETERS_ENDPOINT
+
+    request = DataRequest()
+    request.header.exec_endpoint = PARAMETERS_ENDPOINT
+    request.parameters = parameters
+    request.data.docs = DocList[ParameterSchema]()
+    with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
+        call = channel.unary_unary('/jina.JinaSingleDataRequestRPC/process_single_data',
+                                   request_serializer=DataRequestProto.SerializeToString,
+                                   response_deserializer=DataRequestProto.FromString)
+        response = call(request, timeout=60)
+    response.document_array_cls = DocList[ParameterSchema]
+    return response
+
+
+def executors_by_name(flow: dict) -> dict:
+    """{executor name: (pid, port)} of the Flow's executor processes, each asked with the gateway's key."""
+    from servers import executor_ports
+
+    named = {}
+    for pid, port in executor_ports(flow['server'], flow).items():
+        (schema,) = ask_for_parameters(port, {INTERNAL_KEY_PARAMETER: internal_key(TOKEN)}).docs
+        named[schema.executor] = (pid, port)
+    return named
+
+
+@pytest.mark.slow
+def test_with_a_token_no_executor_port_tells_a_caller_around_the_gateway_its_parameters(real_flow):
+    from jina.proto import jina_pb2
+
+    ports = {name: port for name, (pid, port) in executors_by_name(real_flow).items()}
+    assert sorted(ports) == ['caption', 'clip', 'stable_diffusion', 'store', 'whisper']
+    for name, port in ports.items():
+        for parameters in ({}, {INTERNAL_KEY_PARAMETER: internal_key('another token')}, {INTERNAL_KEY_PARAMETER: TOKEN}):
+            refused = ask_for_parameters(port, parameters)
+            assert len(refused.docs) == 0, name  # no keys, no ranges, no model
+            assert refused.header.status.code == jina_pb2.StatusProto.ERROR and UNAUTHENTICATED in refused.header.status.description
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+def test_with_a_token_the_gateway_still_refuses_unknown_parameters(real_flow, protocol):
+    with pytest.raises(Exception) as refused:
+        client.generate(prompts=['a typo'], parameters={'stepz': 1}, host=real_flow[protocol], token=TOKEN)
+    assert "unknown parameter(s) 'stepz'; known: " in str(refused.value) and 'steps' in str(refused.value)
+
+
+@pytest.mark.slow
+def test_http_dry_run_fails_once_the_only_stable_diffusion_replica_is_dead(tiny_sd_dir):
+    """GET /dry_run (Jina's HTTP readiness check, open without the token) answers as `jina ping flow` does."""
+    import signal
+
+    with real_flow_with_token(tiny_sd_dir) as flow:  # its own: this test kills an executor
+        http = flow['http']
+        assert requests.get(f'{http}/dry_run', timeout=60).status_code == 200
+        pid, port = executors_by_name(flow)['stable_diffusion']
+        os.kill(pid, signal.SIGKILL)
+        answer = requests.get(f'{http}/dry_run', timeout=60)
+        ready_over_http = Client(host=http).is_flow_ready(timeout=30000)
+        ping = subprocess.run([str(Path(sys.executable).parent / 'jina'), 'ping', 'flow', flow['grpc'], '--timeout', '10000'],
+                              capture_output=True, text=True, timeout=120)
+    assert answer.status_code == 503
+    assert answer.json()['description'] == 'the stable_diffusion executor of the Flow could not be reached; try again'
+    assert not ready_over_http
+    assert ping.returncode == 1  # what the manifests' readiness probes run: the same answer

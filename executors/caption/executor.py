@@ -123,8 +123,9 @@ class CaptionExecutor(Executor):
         return docs
 
     @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id)
+    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
+                            **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id, parameters=parameters)
 
     # --- steps ---
 

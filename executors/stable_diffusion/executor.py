@@ -306,9 +306,10 @@ class StableDiffusionExecutor(Executor):
         return [jobs[start : start + self.max_batch_size] for start in range(0, len(jobs), self.max_batch_size)]
 
     @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
+    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
+                            **kwargs) -> DocList[ParameterSchema]:
         """Text-to-image's keys and defaults, and /restyle's own key (strength): the gateway learns them here."""
-        described = describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id)
+        described = describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id, parameters=parameters)
         mine = described[-1]
         restyle_schema = RestyleParams.model_json_schema()['properties']
         for key in sorted(RestyleParams.keys() - GenerationParams.keys()):

@@ -77,8 +77,9 @@ class ResultStoreExecutor(Executor):
             self.logger.warning('max_age_days applies to local folders only: give the bucket a lifecycle rule instead')
 
     @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults)
+    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
+                            **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, self.defaults, parameters=parameters)
 
     @requests
     def pass_on(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:

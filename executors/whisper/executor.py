@@ -121,8 +121,9 @@ class WhisperExecutor(Executor):
         )
 
     @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model)
+    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
+                            **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model, parameters=parameters)
 
     @requests(on=['/generate', '/restyle'])  # /restyle: a spoken style becomes the English text that restyles the image
     def transcribe(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:

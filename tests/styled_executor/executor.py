@@ -3,7 +3,7 @@
 It shows what adding an executor takes: this folder (config.yml, executor.py, params.py) and a line
 in the Flow's YAML; no other executor, and no shared list of keys, changes."""
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from docarray import DocList
 from jina import Executor, requests
@@ -32,5 +32,6 @@ class StyleExecutor(Executor):
         return docs
 
     @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults)
+    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
+                            **kwargs) -> DocList[ParameterSchema]:
+        return describe_parameters(docs, self.metas.name, self.defaults, parameters=parameters)  # only to the gateway
