@@ -23,7 +23,7 @@ from s2i.runtime import INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, free_port
 
 BUCKET = 'results-bucket'
 REGION = 'us-east-1'
-KEY = re.compile(r'(\d{4}-\d{2}-\d{2})/(\d{6}-[0-9a-f]{32})/(\d+\.png|result\.json|input\.\w+)')  # the documented layout
+KEY = re.compile(r'(\d{4}-\d{2}-\d{2})/([0-9a-f]{32})/(\d+\.png|result\.json|input\.\w+)')  # the documented layout
 
 
 # --- the S3-compatible server, and the two kinds of store -------------------------------------------
@@ -230,6 +230,46 @@ def test_fifty_concurrent_calls_store_fifty_distinct_complete_results(place):
     assert len(place.keys()) == 100  # one image and one record each, nothing else
 
 
+def as_jina_sends_it(doc: PromptDoc, times: int) -> list:
+    """``times`` copies of ``doc`` from its protobuf: what the store gets when Jina sends a call again."""
+    proto = doc.to_protobuf()
+    return [PromptDoc.from_protobuf(proto) for _ in range(times)]
+
+
+def test_a_retried_call_stores_one_result_and_answers_the_same_urls(place):
+    # Jina retries a call whose answer was lost (a GOAWAY on an idle channel), with the same document;
+    # the retry may reach another replica of the store, so a second executor takes it here.
+    first, retry = as_jina_sends_it(drawn(images=2), times=2)
+    (first,) = store(ResultStoreExecutor(store=place.location), first)
+    (retry,) = store(ResultStoreExecutor(store=place.location), retry)
+    assert first.error == retry.error == ''
+    assert retry.result_url == first.result_url
+    assert [image.url for image in retry.matches] == [image.url for image in first.matches]
+    assert sorted(key.rsplit('/', 1)[1] for key in place.keys()) == ['0.png', '1.png', 'result.json']
+    assert record_of(place, retry)['document_id'] == first.id
+
+
+def test_two_documents_with_the_same_prompt_and_images_are_two_results(place):
+    executor = ResultStoreExecutor(store=place.location)
+    one, other = store(executor, drawn(images=1), drawn(images=1))
+    assert one.result_url != other.result_url
+    assert len(place.keys()) == 4 and record_of(place, one)['id'] != record_of(place, other)['id']
+
+
+def test_a_retry_just_after_midnight_finds_the_result_stored_the_day_before(place, monkeypatch):
+    import executors.store.executor as store_module
+
+    first, retry = as_jina_sends_it(drawn(images=1), times=2)
+    monkeypatch.setattr(store_module, 'utc_now', lambda: datetime(2031, 5, 1, 23, 59, 58, tzinfo=timezone.utc))
+    (first,) = store(ResultStoreExecutor(store=place.location), first)
+    monkeypatch.setattr(store_module, 'utc_now', lambda: datetime(2031, 5, 2, 0, 0, 3, tzinfo=timezone.utc))
+    (retry,) = store(ResultStoreExecutor(store=place.location), retry)
+    assert retry.result_url == first.result_url and retry.matches[0].url == first.matches[0].url
+    assert {KEY.fullmatch(key)[1] for key in place.keys()} == {'2031-05-01'} and len(place.keys()) == 2
+    (later,) = store(ResultStoreExecutor(store=place.location), drawn(images=1))  # a new result: the new day
+    assert '2031-05-02' in later.result_url
+
+
 @pytest.mark.parametrize('crafted', ['../../etc', '/abs/path', 'a\x00b', '..', 'x/../../y'])
 def test_a_crafted_document_id_never_reaches_a_key(place, crafted, tmp_path):
     doc = drawn(images=1)
@@ -359,6 +399,20 @@ def test_a_failed_result_leaves_nothing_half_written(s3, monkeypatch):
     assert doc.error == 'could not store the result: s3://results-bucket/half: No space left on device'
     assert place.keys() == []  # the first image, stored before the failure, is gone again
     assert doc.matches[0].url == '' and doc.matches[0].png
+
+
+def test_a_retry_that_fails_leaves_no_record_of_missing_images(s3, monkeypatch):
+    place = S3Place(s3, f'retry-{uuid.uuid4().hex}')
+    first, retry = as_jina_sends_it(drawn(images=2), times=2)
+    store(ResultStoreExecutor(store=place.location), first)
+    executor = ResultStoreExecutor(store=place.location)
+    monkeypatch.setattr(executor.store.client, 'put_object', failing_after(executor.store.client.put_object, 1))
+    (retry,) = store(executor, retry)
+    assert retry.error == f'could not store the result: {place.location}: No space left on device'
+    for key in place.keys():  # a record means a complete result
+        if key.endswith('/result.json'):
+            for image in json.loads(place.read(f's3://{BUCKET}/{place.prefix}/{key}'))['images']:
+                place.read(image['url'])
 
 
 def failing_after(put, successes: int):

@@ -1,10 +1,10 @@
 """ResultStoreExecutor: keeps every answer, its PNGs and one JSON record, in a folder or an S3 bucket."""
 
+import hashlib
 import json
 import mimetypes
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,6 +27,9 @@ STORE_FAILED = 'could not store the result'  # a document's error: "could not st
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 RECORD = 'result.json'  # written last: a result whose record is there is complete
 RETENTION_INTERVAL = 3600  # seconds between two sweeps of max_age_days
+# A call retried this soon after midnight (UTC) looks for its result in yesterday's folder first,
+# so that a retry across midnight does not store the result a second time under the new day.
+RETRY_WINDOW = timedelta(minutes=10)
 STORE_ERRORS = (OSError, BotoCoreError, ClientError)  # the store itself failed, not one document
 # The input audio's file type from its first bytes, for the stored file's extension.
 AUDIO_SIGNATURES = ((b'RIFF', 'wav'), (b'fLaC', 'flac'), (b'OggS', 'ogg'), (b'ID3', 'mp3'), (b'\xff\xfb', 'mp3'))
@@ -107,26 +110,28 @@ class ResultStoreExecutor(Executor):
     def _store(self, doc: PromptDoc, params: StoreParams) -> str:
         """Store ``doc``: its audio (if asked), its images, then its record. On failure, undo what was
         written and give the document the error; returns that error if the store itself failed."""
-        now = datetime.now(timezone.utc)
-        result_id = f'{now:%H%M%S}-{uuid.uuid4().hex}'  # never from the document: nothing it says reaches a key
-        folder = f'{now:%Y-%m-%d}/{result_id}'
+        now = utc_now()
         written: List[str] = []
-
-        def put(name: str, data: bytes, content_type: str) -> str:
-            url = self.store.put(f'{folder}/{name}', data, content_type)
-            written.append(f'{folder}/{name}')
-            return url
-
+        record_key = ''
         try:
-            audio_url = ''
             audio = self._audio_of(doc) if self.store_audio else None
+            # Stable Diffusion gives a document all its images or an error: the matches of a failed one
+            # are whatever its client sent, which this service does not keep (nor host for anyone).
+            pngs = [png_of(image) for image in (doc.matches if not doc.error else [])]
+            result_id = id_of_result(doc, pngs, audio)
+            folder = f'{self._day_of(result_id, now)}/{result_id}'
+            record_key = f'{folder}/{RECORD}'
+
+            def put(name: str, data: bytes, content_type: str) -> str:
+                url = self.store.put(f'{folder}/{name}', data, content_type)
+                written.append(f'{folder}/{name}')
+                return url
+
+            audio_url = ''
             if audio:
                 audio_url = put(f'input.{audio[1]}', audio[0], mimetypes.guess_type(f'input.{audio[1]}')[0] or 'application/octet-stream')
             images = []
-            # Stable Diffusion gives a document all its images or an error: the matches of a failed one
-            # are whatever its client sent, which this service does not keep (nor host for anyone).
-            for i, image in enumerate(doc.matches if not doc.error else []):
-                png = image.png if image.png is not None and image.png.startswith(PNG_SIGNATURE) else None
+            for i, (image, png) in enumerate(zip(doc.matches, pngs)):
                 image.url = put(f'{i}.png', png, 'image/png') if png is not None else ''
                 if params.presign_seconds and image.url:
                     image.presigned_url = self.store.presign(f'{folder}/{i}.png', params.presign_seconds)
@@ -139,17 +144,25 @@ class ResultStoreExecutor(Executor):
                 self.logger.warning(f'storing document {doc.id} in {self.store.location} failed: {e!r}')
             else:
                 self.logger.error(f'storing document {doc.id} failed', exc_info=True)
-            self._undo(doc, written)
+            # A record already there (from a first try of this call) goes first: it would point at images removed here.
+            self._undo(doc, [record_key] + written[::-1] if record_key else written[::-1])
             error = f'{STORE_FAILED}: {self.store.location}: {describe_failure(e)}'
             mark_failed([doc], error)
             return error if isinstance(e, STORE_ERRORS) else ''
 
-    def _undo(self, doc: PromptDoc, written: List[str]) -> None:
-        """No half result: the document points at nothing stored, and what was written goes (best effort)."""
+    def _day_of(self, result_id: str, now: datetime) -> str:
+        """The result's date folder: today's, unless a retry just after midnight finds it in yesterday's."""
+        yesterday = now - RETRY_WINDOW
+        if yesterday.date() != now.date() and self.store.exists(f'{yesterday:%Y-%m-%d}/{result_id}/{RECORD}'):
+            return f'{yesterday:%Y-%m-%d}'
+        return f'{now:%Y-%m-%d}'
+
+    def _undo(self, doc: PromptDoc, keys: List[str]) -> None:
+        """No half result: the document points at nothing stored, and ``keys`` go, in this order (best effort)."""
         for image in doc.matches:
             image.url = image.presigned_url = ''
         doc.result_url = ''
-        for key in reversed(written):
+        for key in keys:
             try:
                 self.store.delete(key)
             except Exception as e:
@@ -181,6 +194,26 @@ class ResultStoreExecutor(Executor):
             self.logger.info(f'retention ({self.max_age_days} days): removed {", ".join(sorted(removed))}')
 
 
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def png_of(image) -> Optional[bytes]:
+    """An image's PNG bytes, or None for anything else a document holds there (not kept)."""
+    return image.png if image.png is not None and image.png.startswith(PNG_SIGNATURE) else None
+
+
+def id_of_result(doc: PromptDoc, pngs: List[Optional[bytes]], audio: Optional[Tuple[bytes, str]]) -> str:
+    """The result's id, and its folder's name: a digest of everything stored of the document (its id
+    included). Made by the server: a key holds no word a client sent. Fixed before the call: Jina
+    retries a call whose answer was lost (a GOAWAY on an idle channel) with the same document, which
+    then writes the same objects again instead of a second result. Two documents differ in their ids."""
+    digest = hashlib.sha256(encode_record(describe_input(doc)))
+    for data in (*pngs, audio[0] if audio else None):
+        digest.update(hashlib.sha256(data or b'').digest())
+    return digest.hexdigest()[:32]
+
+
 def describe_image(image) -> Dict[str, Any]:
     return {
         'url': image.url, 'seed': image.seed, 'width': image.width, 'height': image.height,
@@ -192,17 +225,24 @@ def describe_document(doc: PromptDoc, result_id: str, now: datetime, audio_url: 
     """The JSON record of one result: what came in, what Whisper heard, what was drawn, what failed."""
     return {
         'id': result_id,  # the server's; also the name of the result's folder
-        'document_id': doc.id,  # the client's, as given: a field only, never part of a key
         'stored_at': now.isoformat(timespec='milliseconds'),
-        'input': 'audio' if doc.has_audio else 'text',
+        **describe_input(doc),
         'audio_url': audio_url,  # '' unless store_audio
+        'images': images,
+    }
+
+
+def describe_input(doc: PromptDoc) -> Dict[str, Any]:
+    """What the record says of the document itself (no url, no time): also what its id is made from."""
+    return {
+        'document_id': doc.id,  # the client's, as given: a field only, never part of a key
+        'input': 'audio' if doc.has_audio else 'text',
         'language': doc.language,
         'language_probability': doc.language_probability,
         'transcript': doc.transcript,
         'text': doc.text,  # the English prompt
         'segments': [{'start': s.start, 'end': s.end, 'text': s.text} for s in doc.segments],
         'error': doc.error,
-        'images': images,
     }
 
 

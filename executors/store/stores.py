@@ -1,7 +1,7 @@
 """Where results are kept: a local folder, or a bucket of any S3-compatible service.
 
-Both take keys made by the executor alone (``2025-01-31/142501-<uuid4 hex>/0.png``): nothing a
-document says reaches a key, so nothing is written outside the folder or prefix. Both make each
+Both take keys made by the executor alone (``2025-01-31/<32 hex digits of a digest>/0.png``): nothing
+a document says reaches a key, so nothing is written outside the folder or prefix. Both make each
 object visible whole or not at all: a local file is written under a temporary name beside its
 final one, then renamed; an S3 PUT is atomic.
 
@@ -68,6 +68,9 @@ class LocalFolder:
         except OSError:
             pass
 
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
     def presign(self, key: str, seconds: int) -> str:
         return ''  # a path needs no signature
 
@@ -118,6 +121,17 @@ class S3Bucket:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def exists(self, key: str) -> bool:
+        """Whether the object is there; False also where the credentials may not read it (a write-only
+        policy answers 403): then a result is written anew."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if e.response.get('Error', {}).get('Code') in ('404', 'NoSuchKey', '403', 'AccessDenied'):
+                return False
+            raise
 
     def presign(self, key: str, seconds: int) -> str:
         return self.client.generate_presigned_url(
