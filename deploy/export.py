@@ -16,9 +16,9 @@ the gateway derives from it, so that their ports answer nobody else). In Kuberne
 Secret `s2i-auth` (optional: without the Secret there is no check), e.g.
 `kubectl -n s2i create secret generic s2i-auth --from-literal=token=...`; with Compose, from
 S2I_AUTH_TOKEN in the shell or an .env file when running `docker compose up`.
-The gateway's job store and webhooks (S2I_REDIS_URL, S2I_WEBHOOK_HOSTS, S2I_WEBHOOK_SECRET) come the
-same way: the Secret's keys `redis-url`, `webhook-hosts` and `webhook-secret`, or the shell of
-`docker compose up`. Gateway replicas in Kubernetes need S2I_REDIS_URL to share jobs.
+The gateway's job store, webhooks and allowed origins (S2I_REDIS_URL, S2I_WEBHOOK_HOSTS,
+S2I_WEBHOOK_SECRET, S2I_ALLOWED_ORIGINS) come the same way: the Secret's keys `redis-url`,
+`webhook-hosts`, `webhook-secret` and `allowed-origins`, or the shell of `docker compose up`. Gateway replicas in Kubernetes need S2I_REDIS_URL to share jobs.
 
 Writes OUT/kubernetes/ (replacing the .yml files there) and OUT/docker-compose.yml (OUT defaults to
 this folder, where the manifests for the default settings are committed; tests/test_deploy.py
