@@ -4,7 +4,10 @@ real redis-server on a free port. Waits are bounded loops; nothing asserts how l
 import asyncio
 import base64
 import contextlib
+import json
 import os
+import random
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from typing import AsyncIterator, Callable, List, Optional
 
 import pytest
 
-from gateway.jobs.store import JobStore, open_store
+from gateway.jobs.store import FOLLOWER_BACKLOG_BYTES, FollowerTooSlow, JobEnded, JobStore, open_store
 
 pytestmark = pytest.mark.anyio
 FOLLOW_LIMIT = 10  # seconds a test waits for a follower to end
@@ -61,11 +64,12 @@ def sqlite_file(tmp_path) -> Backend:
 
 
 def store_opener(backend: Backend):
-    """``open_job_store(ttl_seconds=3600)``: a new store (a gateway's) on the backend; all are closed at the end."""
+    """``open_job_store(ttl_seconds=3600, lease_seconds=...)``: a new store (a gateway's) on the backend; all are
+    closed at the end."""
     stores: List[JobStore] = []
 
-    def open_job_store(ttl_seconds: float = 3600) -> JobStore:
-        stores.append(open_store(backend.redis_url, backend.sqlite_path, ttl_seconds))
+    def open_job_store(ttl_seconds: float = 3600, **options) -> JobStore:
+        stores.append(open_store(backend.redis_url, backend.sqlite_path, ttl_seconds, **options))
         return stores[-1]
 
     return open_job_store, stores
@@ -221,7 +225,6 @@ async def test_follow_replays_the_events_after_k_then_live_ones_until_the_termin
     await asyncio.sleep(0.1)  # usually mid-wait by now; correct either way
     await store.publish(job['id'], {'kind': 'progress', 'step': 6})
     await store.publish(job['id'], {'kind': 'succeeded', 'images': 1})
-    await store.publish(job['id'], {'kind': 'after-the-end'})  # never reaches a follower of this job's end
 
     events = await follower
     assert [event['seq'] for event in events] == [4, 5, 6, 7]
@@ -344,28 +347,31 @@ async def test_purge_expired_drops_expired_jobs_and_keeps_live_ones(open_sqlite_
 async def test_a_job_and_its_events_survive_reopening_the_sqlite_store(open_sqlite_store):
     before = open_sqlite_store()
     job = await created(before, status='running')
-    await publish_progress(before, job['id'], steps=2)
-    await before.update(job['id'], status='succeeded', images=['a.png'])
+    for step in (1, 2):
+        await before.publish(job['id'], {'kind': 'progress', 'step': step})
+    await before.update(job['id'], images=['a.png'])
     await before.close()
 
     after = open_sqlite_store()
-    assert await after.get(job['id']) == {**job, 'status': 'succeeded', 'images': ['a.png']}
+    assert await after.get(job['id']) == {**job, 'images': ['a.png']}
+    assert (await after.publish(job['id'], {'kind': 'succeeded'}))['seq'] == 3
     assert [event['seq'] for event in await collect(after.follow(job['id']))] == [1, 2, 3]
-    assert (await after.publish(job['id'], {'kind': 'note'}))['seq'] == 4
 
 
-async def test_abandon_unfinished_fails_active_jobs_with_the_reason_and_ends_their_followers(open_sqlite_store):
+async def test_a_restarted_gateway_fails_the_unfinished_jobs_of_the_stopped_one_and_ends_their_followers(open_sqlite_store):
     before = open_sqlite_store()
+    await before.renew_lease()
     queued, running, finished = await created(before), await created(before, status='running'), await created(before)
     await before.publish(running['id'], {'kind': 'progress', 'step': 1})
-    await before.update(finished['id'], status='succeeded')
-    await before.publish(finished['id'], {'kind': 'succeeded'})
+    await before.finish(finished['id'], {'kind': 'succeeded'})
+    await before.release_lease()
     await before.close()  # the gateway stops with two jobs unfinished
 
     after = open_sqlite_store()
+    await after.renew_lease()
     follower = asyncio.create_task(collect(after.follow(running['id'], after=1)))
     await asyncio.sleep(0.1)
-    assert await after.abandon_unfinished('the gateway restarted') == 2
+    assert await after.fail_lapsed('the gateway restarted') == 2
 
     events = await follower
     assert [(event['kind'], event['error'], event['seq']) for event in events] == [('failed', 'the gateway restarted', 2)]
@@ -374,7 +380,7 @@ async def test_abandon_unfinished_fails_active_jobs_with_the_reason_and_ends_the
         assert (record['status'], record['error']) == ('failed', 'the gateway restarted')
     assert (await after.get(finished['id']))['status'] == 'succeeded'
     assert await after.count_active() == 0
-    assert await after.abandon_unfinished('again') == 0
+    assert await after.fail_lapsed('again') == 0
 
 
 # --- several gateways on one Redis -----------------------------------------------------------------------
@@ -422,9 +428,208 @@ async def test_gateways_publishing_to_one_job_get_unique_seqs(open_gateway_store
         assert [event['seq'] for event in events if event.get('by') == name] == own
 
 
-async def test_redis_leaves_unfinished_jobs_to_the_replica_running_them(open_gateway_store):
-    store = open_gateway_store()
-    job = await created(store, status='running')
+# --- one end per job, whoever ends it -------------------------------------------------------------------
 
-    assert await store.abandon_unfinished('restarted') == 0
-    assert (await store.get(job['id']))['status'] == 'running'
+
+async def test_nothing_is_published_after_a_terminal_event_whichever_gateway_publishes(open_job_store):
+    first, second = open_job_store(), open_job_store()  # two gateways on one file, or one Redis
+    job = await created(first, status='running')
+    await first.publish(job['id'], {'kind': 'progress', 'step': 1})
+    await second.publish(job['id'], {'kind': 'failed', 'error': 'ended elsewhere'})
+
+    for gateway in (first, second):
+        with pytest.raises(JobEnded):
+            await gateway.publish(job['id'], {'kind': 'progress', 'step': 2})
+        with pytest.raises(JobEnded):
+            await gateway.publish(job['id'], {'kind': 'succeeded'})
+    assert [event['kind'] for event in await collect(first.follow(job['id']))] == ['progress', 'failed']
+
+
+async def test_a_job_is_finished_once_and_its_terminal_status_stays(open_job_store):
+    first, second = open_job_store(), open_job_store()
+    job = await created(first, status='running')
+    follower = asyncio.create_task(collect(second.follow(job['id'])))
+
+    record = await first.finish(job['id'], {'kind': 'succeeded', 'job': job['id']}, images=[{'index': 0}])
+    assert record == {**job, 'status': 'succeeded', 'images': [{'index': 0}]}
+    assert await second.finish(job['id'], {'kind': 'failed', 'job': job['id'], 'error': 'late'}, error='late') is None
+    assert await second.update(job['id'], status='running', error='late') == record
+
+    assert [event['kind'] for event in await follower] == ['succeeded']
+    assert await second.get(job['id']) == record
+    assert await second.count_active('alice') == 0
+    assert await first.cancel_requested(job['id'])  # whoever still runs it stops
+
+
+async def test_a_gateway_fails_only_the_jobs_of_gateways_whose_lease_lapsed(open_job_store):
+    alive, dead, reaper = (open_job_store(lease_seconds=0.5) for _ in range(3))
+    for gateway in (alive, dead, reaper):
+        await gateway.renew_lease()
+    kept, lost = await created(alive, status='running'), await created(dead)
+    assert await reaper.fail_lapsed('lapsed') == 0  # both gateways are alive
+    follower = asyncio.create_task(collect(reaper.follow(lost['id'])))
+
+    failed = []
+
+    async def dead_gateways_jobs_failed():  # the dead gateway no longer renews its lease; the others do
+        await alive.renew_lease()
+        await reaper.renew_lease()
+        failed.append(await reaper.fail_lapsed('lapsed'))
+        return sum(failed)
+
+    await until(dead_gateways_jobs_failed)
+    assert sum(failed) == 1
+    assert [(event['kind'], event['error']) for event in await follower] == [('failed', 'lapsed')]
+    assert ((await reaper.get(lost['id']))['status'], (await reaper.get(kept['id']))['status']) == ('failed', 'running')
+    assert await reaper.count_active('alice') == 1  # the lost job no longer counts against the key's limit
+    with pytest.raises(JobEnded):
+        await dead.publish(lost['id'], {'kind': 'progress', 'step': 1})  # were the dead gateway only slow
+    assert await dead.finish(lost['id'], {'kind': 'succeeded'}) is None
+
+
+async def test_a_released_lease_lets_the_next_gateway_fail_its_jobs_at_once(open_job_store):
+    stopped, starting = open_job_store(), open_job_store()
+    await stopped.renew_lease()
+    job = await created(stopped, status='running')
+    await starting.renew_lease()
+    assert await starting.fail_lapsed('restarted') == 0
+    await stopped.release_lease()
+
+    assert await starting.fail_lapsed('restarted') == 1
+    assert (await starting.get(job['id']))['error'] == 'restarted'
+
+
+# --- following: ?after past the end, out of range -------------------------------------------------------
+
+
+async def test_a_follower_past_the_last_event_ends_when_the_job_ends(open_job_store):
+    store = open_job_store()
+    job = await created(store, status='running')
+    await publish_progress(store, job['id'], steps=0, final='progress')  # one event, seq 1
+    follower = asyncio.create_task(collect(store.follow(job['id'], after=10)))
+    await asyncio.sleep(0.1)  # usually mid-wait by now; correct either way
+    await store.publish(job['id'], {'kind': 'progress', 'step': 2})
+    await store.finish(job['id'], {'kind': 'succeeded'})
+
+    assert await follower == []  # its events (2 and 3) were at or before 10: nothing, and the end
+
+
+@pytest.mark.parametrize('after', [2**63, 2**64 + 5, -1, -(2**63)])
+async def test_after_out_of_range_is_taken_as_the_nearest_seq(open_job_store, after):
+    store = open_job_store()
+    job = await created(store, status='running')
+    await publish_progress(store, job['id'], steps=1, final='progress')  # seq 1 and 2; it runs on
+    follower = asyncio.create_task(collect(store.follow(job['id'], after=after)))
+    await asyncio.sleep(0.1)  # usually mid-wait by now; correct either way
+    await store.finish(job['id'], {'kind': 'succeeded'})
+
+    assert [event['seq'] for event in await follower] == ([] if after > 0 else [1, 2, 3])
+
+
+# --- the owner's events: a reader that stops reading ----------------------------------------------------
+
+
+async def test_an_owner_follower_that_stops_reading_is_cut_off_and_one_that_reads_is_not(open_job_store):
+    store = open_job_store()
+    job = await created(store, status='running')
+    reading, stalled, reader_may_go_on = [], [], asyncio.Event()
+
+    async def follow_alice(received: List[dict], stall: bool):
+        async for event in store.follow_owner('alice'):
+            received.append(event)
+            if stall:
+                await reader_may_go_on.wait()  # a client that stops reading
+
+    followers = [asyncio.create_task(follow_alice(reading, False)), asyncio.create_task(follow_alice(stalled, True))]
+
+    async def both_listen():
+        await store.publish(job['id'], {'kind': 'hello'})
+        return reading and stalled
+
+    await until(both_listen)
+    big = 'x' * 2**20
+    count = FOLLOWER_BACKLOG_BYTES // len(big) + 8
+    for n in range(count):
+        await store.publish(job['id'], {'kind': 'progress', 'n': n, 'payload': big})
+        await until(lambda n=n: reading and reading[-1].get('n') == n)  # the reading follower keeps up
+    reader_may_go_on.set()
+
+    with pytest.raises(FollowerTooSlow):
+        await asyncio.wait_for(followers[1], FOLLOW_LIMIT)
+    assert count - 1 not in [event.get('n') for event in stalled]  # cut off, not handed every event
+    assert not followers[0].done()
+    followers[0].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await followers[0]
+
+
+# --- images, kept once ----------------------------------------------------------------------------------
+
+
+def image(seed: int, size: int = 50_000) -> str:
+    return base64.b64encode(random.Random(seed).randbytes(size)).decode()
+
+
+async def test_images_come_back_whole_from_events_and_record_and_are_listed_without_bytes(open_job_store):
+    store = open_job_store()
+    job = await created(store, status='running')
+    images = [{'index': index, 'seed': index, 'b64_json': image(index)} for index in range(2)]
+    for described in images:
+        await store.publish(job['id'], {'kind': 'image', **described})
+    await store.finish(job['id'], {'kind': 'succeeded'}, images=images)
+
+    events = await collect(store.follow(job['id']))
+    assert [event['b64_json'] for event in events if event['kind'] == 'image'] == [image(0), image(1)]
+    assert (await store.get(job['id']))['images'] == images
+    [listed] = await store.recent('alice', 10)
+    assert listed['images'] == [{'index': 0, 'seed': 0}, {'index': 1, 'seed': 1}]
+    assert (await store.recent('alice', 10, with_images=True))[0]['images'] == images
+
+
+def file_bytes(path: Path) -> int:
+    """The SQLite file's size once its write-ahead log is folded in."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+    return path.stat().st_size
+
+
+async def test_sqlite_keeps_each_image_once_and_gives_the_space_back_when_jobs_expire(open_sqlite_store, sqlite_file):
+    store = open_sqlite_store(ttl_seconds=1)
+    png_bytes = 0
+    for job_number in range(4):
+        job = await created(store, status='running')
+        images = [{'index': index, 'b64_json': image(job_number * 10 + index, 100_000)} for index in range(2)]
+        for described in images:
+            await store.publish(job['id'], {'kind': 'image', **described})
+        await store.finish(job['id'], {'kind': 'succeeded'}, images=images)
+        png_bytes += 2 * 100_000
+
+    assert file_bytes(sqlite_file.sqlite_path) < 1.25 * png_bytes  # base64 twice would be 2.7 times
+
+    async def expired():
+        return await store.get(job['id']) is None
+
+    await until(expired)
+    assert await store.purge_expired() == 4
+    assert file_bytes(sqlite_file.sqlite_path) < 0.1 * png_bytes
+
+
+async def test_a_jobs_file_from_before_leases_opens_and_its_unfinished_jobs_fail(open_sqlite_store, sqlite_file):
+    with contextlib.closing(sqlite3.connect(sqlite_file.sqlite_path)) as db:  # the schema before leases and kept images
+        db.executescript("""
+            CREATE TABLE jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
+                               touched REAL NOT NULL, cancel INTEGER NOT NULL DEFAULT 0, record TEXT NOT NULL);
+            CREATE TABLE events (job TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (job, seq)) WITHOUT ROWID;
+        """)
+        for job_id, status in (('old-running', 'running'), ('old-done', 'succeeded')):
+            record = json.dumps({'id': job_id, 'owner': 'alice', 'status': status, 'created': 1.0})
+            db.execute('INSERT INTO jobs VALUES (?, ?, ?, ?, ?, 0, ?)', (job_id, 'alice', status, 1.0, time.time(), record))
+        db.execute('INSERT INTO events VALUES (?, 1, ?)', ('old-done', json.dumps({'kind': 'succeeded'})))
+        db.commit()
+
+    store = open_sqlite_store()
+    await store.renew_lease()
+    assert await store.fail_lapsed('restarted') == 1
+    assert {job['id']: job['status'] for job in await store.recent('alice', 10)} == {'old-running': 'failed', 'old-done': 'succeeded'}
+    with pytest.raises(JobEnded):
+        await store.publish('old-done', {'kind': 'progress'})

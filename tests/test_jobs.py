@@ -2,17 +2,22 @@
 HTTP, follow over WebSocket with the `websockets` library, reconnect, cancel, webhooks, and the job
 store behind the gateway (SQLite across a restart; Redis shared by two gateways)."""
 
+import asyncio
 import base64
 import io
 import json
+import logging
+import random
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List
 
 import pytest
 import requests
+from docarray import DocList
 from PIL import Image
 from standardwebhooks import Webhook
 from websockets.exceptions import InvalidStatus
@@ -22,7 +27,13 @@ from conftest import DATA, GERMAN_CLIP
 from front_door import (
     EVENT_WAIT, SECOND_KEY, TERMINAL, TOKEN, WEBHOOK_SECRET, auth, events, job, kinds, serve_front_door, submit, submitted,
 )
+from gateway.flow_calls import TRANSCRIBER
+from gateway.jobs.runner import LAPSED, JobInput, JobLimits, JobRunner, TooManyJobs
+from gateway.jobs.store import LEASE_SECONDS, open_store
+from gateway.jobs.webhooks import Webhooks
 from s2i.client import generate
+from s2i.docs import GeneratedImage, GenerationEvent, PromptDoc
+from test_job_store import collect, until
 
 QUICK = {'n': 2, 'size': '64x64', 'steps': 3, 'seed': 11}
 
@@ -278,3 +289,146 @@ def test_submissions_over_the_active_job_limits_are_refused_naming_them(tmp_path
     overall = asyncio.run(submit_until_refused(JobLimits(max_active_jobs=3), ['a', 'b', 'c', 'd']))
     assert 'max_active_jobs_per_key' in per_key and '2 jobs' in per_key
     assert 'max_active_jobs)' in overall and '3 jobs' in overall
+
+
+# Gateways sharing a job store: leases, one end per job, queued audio (a stand-in Flow, no service)
+
+class FakeFlow:
+    """Stands for the Flow: Whisper hears "a fox" (keeping each clip it was sent), Stable Diffusion makes one
+    8x8 image in three steps, each step waiting until ``steps_may_go_on``; the store hands documents back."""
+
+    def __init__(self):
+        self.audio_heard: List[bytes] = []
+        self.steps_may_go_on = asyncio.Event()
+        self.steps_may_go_on.set()
+        self.generating = asyncio.Event()
+        self.generations_stopped = 0  # calls cancelled mid-way, as a cancelled job's executor stops
+
+    async def call_executor(self, executor, docs, parameters=None):
+        if executor == TRANSCRIBER:
+            self.audio_heard.append(docs[0].blob)
+            return DocList[PromptDoc]([PromptDoc(transcript='un renard', text='a fox', language='fr')])
+        return docs
+
+    async def generate_stream(self, request):
+        try:
+            for step in (1, 2, 3):
+                self.generating.set()
+                await self.steps_may_go_on.wait()
+                await asyncio.sleep(0)  # each step comes over the network
+                yield GenerationEvent(kind='progress', step=step, steps=3, images=1)
+        except asyncio.CancelledError:
+            self.generations_stopped += 1
+            raise
+        png = io.BytesIO()
+        Image.new('RGB', (8, 8)).save(png, format='PNG')
+        yield GenerationEvent(kind='done', text=request.text,
+                              matches=DocList[GeneratedImage]([GeneratedImage(png=png.getvalue(), seed=1, width=8, height=8)]))
+
+
+def job_runner(flow: FakeFlow, database, lease_seconds: float = LEASE_SECONDS, **limits) -> JobRunner:
+    """A gateway's job runner on the SQLite file ``database``."""
+    store = open_store(None, database, 3600, lease_seconds=lease_seconds)
+    return JobRunner(flow, store, Webhooks(), JobLimits(**limits), logging.getLogger('tests.jobs'))
+
+
+def test_a_second_gateway_on_the_same_jobs_file_leaves_the_first_ones_running_job_alone(tmp_path):
+    async def scenario():
+        flow = FakeFlow()
+        flow.steps_may_go_on.clear()
+        first = job_runner(flow, tmp_path / 'jobs.sqlite3')
+        await first.start()
+        started = await first.submit('alice', JobInput(prompt='a fox'))
+        await asyncio.wait_for(flow.generating.wait(), EVENT_WAIT)  # running, at its first step
+        second = job_runner(FakeFlow(), tmp_path / 'jobs.sqlite3')
+        await second.start()
+        flow.steps_may_go_on.set()
+        story = await collect(second.store.follow(started['id']))
+        record = await second.store.get(started['id'])
+        await first.stop()
+        await second.stop()
+        return story, record
+
+    story, record = asyncio.run(scenario())
+    assert kinds(story) == ['queued', 'started', 'progress', 'progress', 'progress', 'image', 'succeeded']
+    assert record['status'] == 'succeeded' and record['images'][0]['b64_json'] == story[-2]['b64_json']
+
+
+def test_a_dead_gateways_jobs_fail_so_their_followers_end_and_the_keys_limit_frees_up(tmp_path):
+    async def scenario():
+        live = job_runner(FakeFlow(), tmp_path / 'jobs.sqlite3', lease_seconds=0.5, max_active_jobs_per_key=2)
+        await live.start()
+        dead = job_runner(FakeFlow(), tmp_path / 'jobs.sqlite3', lease_seconds=1, max_active_jobs_per_key=2)
+        await dead.store.renew_lease()  # it accepts two jobs, then dies before running them
+        lost = [await dead.submit('alice', JobInput(prompt=f'lost {n}')) for n in range(2)]
+        with pytest.raises(TooManyJobs):
+            await live.submit('alice', JobInput(prompt='refused while the dead gateway holds the key'))
+        await live.cancel(lost[0]['id'])  # through the live gateway: the dead one never answers
+
+        stories = [await collect(live.store.follow(job['id'])) for job in lost]
+        records = [await live.store.get(job['id']) for job in lost]
+        accepted = await live.submit('alice', JobInput(prompt='accepted once they failed'))
+        await live.stop()
+        await dead.store.close()
+        return stories, records, accepted
+
+    stories, records, accepted = asyncio.run(scenario())
+    for story, record in zip(stories, records):
+        assert kinds(story) == ['queued', 'failed'] and story[-1]['error'] == LAPSED
+        assert (record['status'], record['error']) == ('failed', LAPSED)
+    assert accepted['status'] == 'queued'
+
+
+def test_a_gateway_whose_job_another_gateway_ended_stops_it_without_another_event(tmp_path):
+    async def scenario():
+        flow = FakeFlow()
+        flow.steps_may_go_on.clear()
+        runner = job_runner(flow, tmp_path / 'jobs.sqlite3')
+        await runner.start()
+        started = await runner.submit('alice', JobInput(prompt='a fox'))
+        await asyncio.wait_for(flow.generating.wait(), EVENT_WAIT)
+        other = open_store(None, tmp_path / 'jobs.sqlite3', 3600)  # e.g. one that found this gateway's lease lapsed
+        await other.finish(started['id'], {'kind': 'failed', 'error': LAPSED}, error=LAPSED)
+        flow.steps_may_go_on.set()
+        await until(lambda: flow.generations_stopped)
+        story = await collect(other.follow(started['id']))
+        record = await other.get(started['id'])
+        await runner.stop()
+        await other.close()
+        return story, record
+
+    story, record = asyncio.run(scenario())
+    assert kinds(story)[-1] == 'failed' and 'image' not in kinds(story)
+    assert (record['status'], record['error']) == ('failed', LAPSED)
+
+
+CLIP_BYTES = 2 * 2**20
+
+
+def clip(number: int) -> bytes:
+    """Stands for an uploaded audio file: 2 MiB, different for each number."""
+    return random.Random(number).randbytes(CLIP_BYTES)
+
+
+def test_queued_audio_waits_on_disk_not_in_the_gateways_memory_and_runs_intact(tmp_path):
+    count = 12
+
+    async def scenario():
+        flow = FakeFlow()
+        runner = job_runner(flow, tmp_path / 'jobs.sqlite3')
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            jobs = [await runner.submit('alice', JobInput(audio=clip(n))) for n in range(count)]  # queued: no worker yet
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        await runner.start()
+        stories = [await collect(runner.store.follow(job['id'])) for job in jobs]
+        await runner.stop()
+        return held, flow.audio_heard, stories
+
+    held, heard, stories = asyncio.run(scenario())
+    assert held < 2 * CLIP_BYTES  # twelve clips wait, not even two of them in memory
+    assert heard == [clip(n) for n in range(count)]  # each job's own audio, whole
+    assert all(kinds(story)[-1] == 'succeeded' for story in stories)

@@ -4,25 +4,29 @@ A job goes Whisper (audio only) -> Stable Diffusion's streaming endpoint (per-st
 the store, one executor at a time through the gateway's connection pool (gateway/flow_calls.py),
 so that the transcript is published before any image exists and each denoising step as it ends.
 
-Jobs wait in this gateway's queue and run ``max_running_jobs`` at a time. Only the gateway that
-accepted a job runs it and ends it (one writer of its terminal event); with Redis, any gateway can
-show it, follow it or ask to cancel it, and the owning gateway notices within CANCEL_POLL_SECONDS.
+Jobs wait in this gateway's queue and run ``max_running_jobs`` at a time; a queued job's audio waits in
+a temporary file, not in memory. Only the gateway that accepted a job runs it and ends it; with Redis, any
+gateway can show it, follow it or ask to cancel it, and the owning gateway notices within
+CANCEL_POLL_SECONDS. Each gateway renews its lease in the store every third of its length and fails the
+jobs of gateways whose lease lapsed; a gateway whose job was ended that way stops it without another event.
 """
 
 import asyncio
 import base64
 import logging
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from docarray import DocList
 
 from gateway.flow_calls import GENERATOR, RANKER, STORE, TRANSCRIBER, FlowCalls, FlowFailure
 from gateway.generation import URL_SECONDS
-from gateway.jobs.store import TERMINAL, JobStore
+from gateway.jobs.store import JobEnded, JobStore
 from gateway.jobs.webhooks import Webhooks
 from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
 
@@ -30,6 +34,7 @@ CANCEL_POLL_SECONDS = 0.25  # how soon a cancel asked through another gateway (R
 PURGE_EVERY_SECONDS = 600
 RESTARTED = 'the gateway restarted before the job finished; submit it again'
 STOPPED = 'the gateway stopped while the job ran; submit it again'
+LAPSED = 'the gateway running this job stopped (its lease lapsed); submit it again'
 NOT_STORED = 'no url: the service does not store results (S2I_STORE=none), so the image is in b64_json'
 
 
@@ -56,35 +61,72 @@ class JobInput:
     callback_url: Optional[str] = None
 
 
+class QueuedJob:
+    """A job waiting in this gateway's queue. Its audio waits in a nameless temporary file rather than in
+    memory: the OS deletes the file when it is closed (the job starts or ends) or when the gateway dies."""
+
+    def __init__(self, job_input: JobInput, spool_dir: Optional[Path] = None):
+        self.audio_file = None
+        if job_input.audio is not None:
+            self.audio_file = tempfile.TemporaryFile(dir=spool_dir)
+            self.audio_file.write(job_input.audio)
+            job_input = replace(job_input, audio=None)
+        self.job_input = job_input
+
+    def take(self) -> JobInput:
+        """The job's input, its audio read back (once: the file is deleted)."""
+        if self.audio_file is None:
+            return self.job_input
+        try:
+            self.audio_file.seek(0)
+            return replace(self.job_input, audio=self.audio_file.read())
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.audio_file is not None:
+            self.audio_file.close()
+
+
 class TooManyJobs(Exception):
     """A limit on active jobs is reached; the message names it."""
 
 
 class JobRunner:
-    def __init__(self, flow: FlowCalls, store: JobStore, webhooks: Webhooks, limits: JobLimits, logger: logging.Logger):
+    def __init__(self, flow: FlowCalls, store: JobStore, webhooks: Webhooks, limits: JobLimits, logger: logging.Logger,
+                 spool_dir: Optional[Path] = None):
         self.flow = flow
         self.store = store
         self.webhooks = webhooks
         self.limits = limits
         self.logger = logger
+        self.spool_dir = spool_dir  # where queued audio waits (None: the system's temporary folder)
         self.queue: 'asyncio.Queue[str]' = asyncio.Queue()
-        self.inputs: Dict[str, JobInput] = {}  # this gateway's queued jobs: the audio stays in memory, not in the store
+        self.queued: Dict[str, QueuedJob] = {}  # this gateway's queued jobs: their audio is not in the store
         self.running: Dict[str, asyncio.Task] = {}
         self.background: List[asyncio.Task] = []
         self.stopping = False
 
     async def start(self) -> None:
-        abandoned = await self.store.abandon_unfinished(RESTARTED)
+        await self.store.renew_lease()
+        abandoned = await self.store.fail_lapsed(RESTARTED)
         if abandoned:
-            self.logger.warning(f'{abandoned} unfinished job(s) of a previous gateway failed: {RESTARTED}')
+            self.logger.warning(f'{abandoned} unfinished job(s) of a stopped gateway failed: {RESTARTED}')
         self.background = [asyncio.create_task(self._work()) for _ in range(self.limits.max_running_jobs)]
-        self.background += [asyncio.create_task(self._watch_cancels()), asyncio.create_task(self._purge())]
+        self.background += [asyncio.create_task(task) for task in (self._watch_cancels(), self._purge(), self._keep_lease())]
 
     async def stop(self) -> None:
         self.stopping = True
         for task in [*self.background, *self.running.values()]:
             task.cancel()
         await asyncio.gather(*self.background, *self.running.values(), return_exceptions=True)
+        for queued in self.queued.values():
+            queued.discard()  # the jobs themselves fail when a gateway starts next (RESTARTED) or notices (LAPSED)
+        self.queued.clear()
+        try:
+            await self.store.release_lease()
+        except Exception:
+            self.logger.error('releasing the job lease failed; other gateways fail its jobs when it lapses', exc_info=True)
         await self.store.close()
 
     # Submitting and cancelling
@@ -100,8 +142,13 @@ class JobRunner:
             'response_format': job_input.response_format, 'callback_url': job_input.callback_url,
             'transcript': '', 'text': '', 'language_probability': None, 'images': [], 'error': '', 'timings': {},
         }
-        await self.store.create(job)
-        self.inputs[job_id] = job_input
+        queued = await asyncio.to_thread(QueuedJob, job_input, self.spool_dir)
+        try:
+            await self.store.create(job)
+        except BaseException:
+            queued.discard()
+            raise
+        self.queued[job_id] = queued
         await self._publish(job_id, 'queued', position=self.queue.qsize())
         self.queue.put_nowait(job_id)
         return job
@@ -123,13 +170,14 @@ class JobRunner:
     async def _cancel_here(self, job_id: str) -> None:
         if job_id in self.running:
             self.running[job_id].cancel()  # the job's own task ends it as cancelled
-        elif self.inputs.pop(job_id, None) is not None:  # queued: never runs (the worker skips it)
+        elif (queued := self.queued.pop(job_id, None)) is not None:  # queued: never runs (the worker skips it)
+            queued.discard()
             await self._finish(job_id, 'cancelled', {})
 
     async def _watch_cancels(self) -> None:
         while True:
             await asyncio.sleep(CANCEL_POLL_SECONDS)
-            for job_id in [*self.running, *self.inputs]:
+            for job_id in [*self.running, *self.queued]:
                 try:
                     if await self.store.cancel_requested(job_id):
                         await self._cancel_here(job_id)
@@ -146,28 +194,41 @@ class JobRunner:
                 self.logger.error('deleting expired jobs failed', exc_info=True)
             await asyncio.sleep(PURGE_EVERY_SECONDS)
 
+    async def _keep_lease(self) -> None:
+        """Renews this gateway's lease, and fails the jobs of gateways that stopped renewing theirs."""
+        while True:
+            await asyncio.sleep(self.store.lease_seconds / 3)
+            try:
+                await self.store.renew_lease()
+                failed = await self.store.fail_lapsed(LAPSED)
+                if failed:
+                    self.logger.warning(f'{failed} job(s) of a gateway whose lease lapsed failed: {LAPSED}')
+            except Exception:
+                self.logger.error('renewing the job lease failed', exc_info=True)
+
     # Running
 
     async def _work(self) -> None:
         while True:
             job_id = await self.queue.get()
-            job_input = self.inputs.pop(job_id, None)
-            if job_input is None:  # cancelled while queued
+            queued = self.queued.pop(job_id, None)
+            if queued is None:  # cancelled while queued
                 continue
-            task = asyncio.create_task(self._run(job_id, job_input))
+            task = asyncio.create_task(self._run(job_id, queued))
             self.running[job_id] = task  # cancel() ends this task, not the worker
             try:
                 await asyncio.wait({task})
             finally:
                 self.running.pop(job_id, None)
 
-    async def _run(self, job_id: str, job_input: JobInput) -> None:
+    async def _run(self, job_id: str, queued: QueuedJob) -> None:
         """One job from start to its terminal event; never raises (but when the gateway stops)."""
-        job = await self.store.update(job_id, status='running', started=time.time())
-        clock = Clock(job['created'])
-        await self._publish(job_id, 'started')
+        clock = Clock()
         try:
-            status, fields = await asyncio.wait_for(self._steps(job_id, job_input, clock), self.limits.max_job_seconds)
+            status, fields = await asyncio.wait_for(self._steps(job_id, queued, clock), self.limits.max_job_seconds)
+        except JobEnded:  # another gateway ended it (this one's lease had lapsed): its end is not this gateway's
+            self.logger.warning(f'job {job_id} had ended elsewhere (or expired): stopped, without another event')
+            return
         except asyncio.CancelledError:
             status, fields = ('failed', {'error': STOPPED}) if self.stopping else ('cancelled', {})
         except asyncio.TimeoutError:
@@ -177,10 +238,18 @@ class JobRunner:
         except Exception as e:
             self.logger.error(f'job {job_id} failed', exc_info=True)
             status, fields = 'failed', {'error': f'the job failed: {type(e).__name__}; the details are in the service log'}
+        finally:
+            queued.discard()
         fields['timings'] = clock.timings
         await asyncio.shield(self._finish(job_id, status, fields))
 
-    async def _steps(self, job_id: str, job_input: JobInput, clock: 'Clock') -> Tuple[str, Dict[str, Any]]:
+    async def _steps(self, job_id: str, queued: QueuedJob, clock: 'Clock') -> Tuple[str, Dict[str, Any]]:
+        job = await self.store.update(job_id, status='running', started=time.time())
+        if job is None or job['status'] != 'running':
+            raise JobEnded(job_id)  # it expired, or another gateway ended it while it waited here
+        clock.timings['queued_s'] = round(time.time() - job['created'], 3)
+        job_input = await asyncio.to_thread(queued.take)
+        await self._publish(job_id, 'started')
         doc = PromptDoc(text=job_input.prompt)
         if job_input.audio is not None:
             with clock.timing('transcribe_s'):
@@ -241,7 +310,14 @@ class JobRunner:
         return PromptDoc(**carried(done), matches=done.matches, error=done.error)
 
     async def _publish(self, job_id: str, kind: str, **fields) -> None:
-        await self.store.publish(job_id, {'kind': kind, 'job': job_id, 'time': time.time(), **fields})
+        try:
+            await self.store.publish(job_id, {'kind': kind, 'job': job_id, 'time': time.time(), **fields})
+        except JobEnded:
+            if job_id not in self.running:
+                raise
+            # Another gateway ended it (this one's lease had lapsed): stop its work as a cancel does (the
+            # executor's call too, at its next await); _finish then finds it ended and publishes nothing.
+            self.running[job_id].cancel()
 
     def _image(self, index: int, image, response_format: str) -> Dict[str, Any]:
         described = {'index': index, 'seed': image.seed, 'width': image.width, 'height': image.height,
@@ -257,12 +333,11 @@ class JobRunner:
         return described
 
     async def _finish(self, job_id: str, status: str, fields: Dict[str, Any]) -> None:
-        """The job's end: its record, its one terminal event, its webhook."""
-        job = await self.store.get(job_id)
-        if job is None or job['status'] in TERMINAL:
-            return  # expired meanwhile, or already ended
-        job = await self.store.update(job_id, status=status, finished=time.time(), **fields)
-        await self._publish(job_id, status, **({'error': fields['error']} if fields.get('error') else {}))
+        """The job's end: its record and its one terminal event together, then its webhook."""
+        event = {'kind': status, 'job': job_id, 'time': time.time(), **({'error': fields['error']} if fields.get('error') else {})}
+        job = await self.store.finish(job_id, event, finished=time.time(), **fields)
+        if job is None:
+            return  # expired meanwhile, or already ended (cancelled, or failed by another gateway)
         self.logger.info(f'job {job_id} {status}' + (f': {fields["error"]}' if fields.get('error') else ''))
         if job and job.get('callback_url'):
             task = asyncio.create_task(self.webhooks.deliver(job['callback_url'], public_record(job)))
@@ -284,9 +359,9 @@ def carried(doc: PromptDoc) -> Dict[str, Any]:
 class Clock:
     """Seconds spent in each step of a job, for its record."""
 
-    def __init__(self, queued_since: float):
+    def __init__(self):
         self.started = time.perf_counter()
-        self.timings: Dict[str, float] = {'queued_s': round(time.time() - queued_since, 3)}
+        self.timings: Dict[str, float] = {}  # queued_s first, once the job starts
 
     @contextmanager
     def timing(self, name: str):
