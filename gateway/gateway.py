@@ -120,14 +120,15 @@ class JobSettings:
 
     def runner(self, flow: FlowCalls, logger) -> JobRunner:
         path = Path(os.environ.get(JOBS_DB_VARIABLE) or cache_dir() / 'jobs.sqlite3')
+        spool = path.parent  # queued jobs' audio waits on disk beside the jobs (the system's /tmp may be RAM)
         try:
             store = open_store(os.environ.get(REDIS_URL_VARIABLE) or None, path, self.limits.job_ttl_seconds)
         except (OSError, sqlite3.Error) as e:  # a read-only home in a container: serve, but say what is lost
             logger.warning(f'cannot keep jobs in {path} ({e}): jobs are kept in memory and lost when the gateway '
                            f'stops; set {JOBS_DB_VARIABLE} to a writable file or {REDIS_URL_VARIABLE}')
-            store = open_store(None, Path(':memory:'), self.limits.job_ttl_seconds)
+            store, spool = open_store(None, Path(':memory:'), self.limits.job_ttl_seconds), None
         webhooks = Webhooks(self.webhook_hosts, os.environ.get(WEBHOOK_SECRET_VARIABLE) or None, self.webhook_attempts, logger=logger)
-        return JobRunner(flow, store, webhooks, self.limits, logger)
+        return JobRunner(flow, store, webhooks, self.limits, logger, spool_dir=spool)
 
 
 class Guard:

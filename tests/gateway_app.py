@@ -60,4 +60,5 @@ def gateway_client(token: Optional[str] = None, allowed_origins: Sequence[str] =
         await runner.store.close()
 
     app = add_front_door(FastAPI(lifespan=lifespan), guard, flow or NoFlow(), runner, allowed_origins)
+    app.state.jobs = runner  # for tests that publish events as a running job would
     return TestClient(app, base_url='http://127.0.0.1:8322')

@@ -7,7 +7,8 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from executors.whisper.audio import AudioPolicy
-from gateway.jobs.routes import BAD_REQUEST_CLOSE
+from gateway.jobs.routes import BAD_REQUEST_CLOSE, TOO_SLOW_CLOSE
+from gateway.jobs.store import FOLLOWER_BACKLOG_BYTES
 from gateway_app import gateway_client
 
 SELF = 'http://127.0.0.1:8322'  # the test client's own origin: it asks for Host 127.0.0.1:8322
@@ -161,3 +162,24 @@ def test_an_after_out_of_range_or_not_a_number_closes_cleanly_with_4400(door, af
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()
     assert closed.value.code == BAD_REQUEST_CLOSE
+
+
+def test_an_events_reader_that_falls_behind_is_closed_with_4408_and_the_gateway_keeps_serving(door):
+    job = door.post('/v1/jobs', json=TEXT_JOB).json()
+    store = door.app.state.jobs.store
+    chunk = 'x' * 2**20
+
+    async def publish_faster_than_anyone_reads():  # no await yields to the relay in between: it cannot keep up
+        for step in range(FOLLOWER_BACKLOG_BYTES // len(chunk) + 2):
+            await store.publish(job['id'], {'kind': 'progress', 'step': step, 'padding': chunk})
+
+    with door.websocket_connect(WS + '/v1/events') as ws:
+        door.portal.call(publish_faster_than_anyone_reads)
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                ws.receive_text()
+    assert closed.value.code == TOO_SLOW_CLOSE and 'MiB of events' in closed.value.reason
+    assert door.post('/v1/jobs', json=TEXT_JOB).status_code == 202
+    with door.websocket_connect(WS + '/v1/events') as ws:  # a new follower gets the events from here on
+        door.post('/v1/jobs', json=TEXT_JOB)
+        assert json.loads(ws.receive_text())['kind'] == 'queued'

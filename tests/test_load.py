@@ -6,6 +6,7 @@ finishes each request or fails it with gRPC UNAVAILABLE, and the server exits.
 Nothing here asserts how long anything takes: the only limits are far beyond any run seen, and
 turn a hang into a failure instead of a stuck suite."""
 
+import json
 import os
 import random
 import signal
@@ -13,7 +14,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import psutil
@@ -25,16 +26,18 @@ from s2i import client
 from s2i.docs import PromptDoc
 from s2i.encoding import read_png_parameters
 from executors.stable_diffusion.executor import INTERRUPTED
-from s2i.runtime import INTERNAL_KEY_PARAMETER, internal_key
+from s2i.runtime import EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, internal_key
 from s2i.serve import READY_LINE
 
 from audio_files import flac_bomb
+from image_files import big_single_colour_png, data_uri
 from conftest import ENGLISH_CLIP, ROOT, free_port
 from servers import Server, executor_ports
 
 pytestmark = pytest.mark.slow
 TOKEN = 'load-test-token'
 SMALL = {'width': 64, 'height': 64, 'steps': 1, 'seed': 7}  # equal parameters: dynamic batching merges them
+JOB_SIZE = {'size': '64x64', 'steps': 1, 'seed': 7}  # SMALL as a job's fields
 CONCURRENCY = 16
 HANG_LIMIT = 600  # seconds: a run still waiting on a request this long has hung (the 500 take well under a minute)
 ERRORS = {
@@ -137,6 +140,7 @@ class SpeechToImageServer(Server):
             **os.environ, 'S2I_SD_MODEL': tiny_sd_dir, 'S2I_WHISPER_MODEL': 'tiny.en', 'S2I_DEVICE': 'cpu',
             'S2I_HOST': '127.0.0.1', 'S2I_PORT': str(grpc_port), 'S2I_HTTP_PORT': str(http_port),
             'S2I_SD_REPLICAS': str(sd_replicas), 'S2I_AUTH_TOKEN': TOKEN,
+            'S2I_CAPTION_MODEL': 'tiny', 'S2I_CLIP_MODEL': 'tiny',  # loaded, so that images sent to them are decoded
         })
 
     def image_drawing_processes(self) -> List[int]:
@@ -203,6 +207,75 @@ def too_many_documents(number: int) -> DocList[PromptDoc]:
     return DocList[PromptDoc](PromptDoc(text=f'attacker {number}, document {i}') for i in range(101))
 
 
+@dataclass(frozen=True)
+class RawPost:
+    """A raw HTTP POST of an attacker, and the status and words its answer must have."""
+
+    path: str
+    status: int
+    words: str
+    body: bytes = b''
+    headers: Tuple[Tuple[str, str], ...] = (('Content-Type', 'application/json'),)
+    files: Optional[Dict[str, Tuple[str, bytes]]] = None
+
+    def __call__(self, hosts: Dict[str, str]) -> str:
+        import requests
+
+        answer = requests.post(f'{hosts["http"]}{self.path}', data=self.body or None, files=self.files, timeout=HANG_LIMIT,
+                               headers={**dict(self.headers), 'Authorization': f'Bearer {TOKEN}'})
+        said = answer.json()
+        said = said.get('detail') or said.get('error', {}).get('message', '') if isinstance(said, dict) else ''
+        return '' if answer.status_code == self.status and self.words in said else f'HTTP {answer.status_code}: {answer.text[:300]}'
+
+
+def cross_site_websocket(hosts: Dict[str, str]) -> str:
+    """Another site's page opening the events of every job: refused at the handshake (HTTP 403)."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        with connect(hosts['http'].replace('http://', 'ws://') + '/v1/events', open_timeout=HANG_LIMIT,
+                     additional_headers={'Authorization': f'Bearer {TOKEN}', 'Origin': OTHER_SITE}):
+            return 'a cross-site WebSocket was accepted'
+    except InvalidStatus as e:
+        return '' if e.response.status_code == 403 else f'handshake answered {e.response.status_code}'
+
+
+def image_decode_pressure(hosts: Dict[str, str]) -> str:
+    """Eight 6000 x 6000 single-colour PNGs (1.3 MB of request) to caption: once 2.2 GB of decoded pixels;
+    now each is decoded in its batch, shrunk to the model's size, within the request's pixel budget."""
+    import requests
+
+    uri = data_uri(big_single_colour_png())
+    answer = requests.post(f'{hosts["http"]}/caption', json={'data': [{'image_uri': uri}] * 8}, timeout=HANG_LIMIT,
+                           headers={'Authorization': f'Bearer {TOKEN}'})
+    if answer.status_code != 200:
+        return f'HTTP {answer.status_code}: {answer.text[:300]}'
+    docs = answer.json()['data']
+    wrong = [doc.get('error') for doc in docs if not doc.get('caption') and not (doc.get('error') or '').startswith('too many image pixels')]
+    return '' if len(docs) == 8 and not wrong else f'{len(docs)} documents back, wrong: {wrong}'
+
+
+OTHER_SITE = 'https://evil.example'
+TEXT_JOB = json.dumps({'prompt': 'a fox', **JOB_SIZE}).encode()
+RAW_HTTP = {  # kind: the attack, which returns '' when it got its documented answer
+    'NaN over raw http': RawPost('/text2image', 400, 'parameters.steps must be a finite number',
+                                 b'{"data": [{"text": "a"}], "parameters": {"steps": NaN}}'),
+    'body over the limit over raw http': RawPost('/text2image', 413, 'request too large',
+                                                 b'{"data": [{"text": "' + b'x' * 64 * 2**20 + b'"}]}'),
+    'cross-site job over raw http': RawPost('/v1/jobs', 403, 'cross-site request refused', TEXT_JOB,
+                                            (('Content-Type', 'text/plain'), ('Origin', OTHER_SITE))),
+    'cross-site text2image over raw http': RawPost('/text2image', 403, 'cross-site request refused', b'{"data": [{"text": "a"}]}',
+                                                   (('Content-Type', 'application/json'), ('Origin', OTHER_SITE))),
+    'text/plain job over raw http': RawPost('/v1/jobs', 415, 'the body must be JSON', TEXT_JOB, (('Content-Type', 'text/plain'),)),
+    'oversized job audio over raw http': RawPost('/v1/jobs', 413, 'audio too large', headers=(),
+                                                 files={'file': ('big.wav', b'\0' * (25 * 2**20 + 1))}),
+    'lone surrogate job over raw http': RawPost('/v1/jobs', 400, 'prompt is not valid text', b'{"prompt": "a\\ud800b"}'),
+    'unicode digits size over raw http': RawPost('/v1/images/generations', 400, 'size must be', '{"prompt": "a", "size": "²x64"}'.encode()),
+    'cross-site websocket over raw http': cross_site_websocket,
+    'image decode pressure over raw http': image_decode_pressure,
+}
+
 URI_REFUSALS = ('malformed audio uri', 'audio URL host', 'server-side audio paths are off')  # the defaults allow no URL or path
 ATTACKS = {  # kind: (its document(s), what its answer must say)
     'malformed uri': (lambda n: PromptDoc(uri=MALFORMED_URIS[n % len(MALFORMED_URIS)]), URI_REFUSALS),
@@ -212,25 +285,13 @@ ATTACKS = {  # kind: (its document(s), what its answer must say)
     'flac bomb': (lambda n: PromptDoc(blob=flac_bomb()), 'audio too long'),
     'too many documents': (too_many_documents, 'too many documents: 101 in one request'),
     'too many documents over http': (too_many_documents, 'too many documents: 101 in one request'),
-    'NaN over raw http': (lambda n: None, None),  # RAW_HTTP holds their bodies and answers
-    'body over the limit over raw http': (lambda n: None, None),
-}
-
-
-RAW_HTTP = {  # kind: (its body, the status and the words of the answer)
-    'NaN over raw http': (b'{"data": [{"text": "a"}], "parameters": {"steps": NaN}}', 400, 'parameters.steps must be a finite number'),
-    'body over the limit over raw http': (b'{"data": [{"text": "' + b'x' * 64 * 2**20 + b'"}]}', 413, 'request too large'),
+    **{kind: (lambda n: None, None) for kind in RAW_HTTP},  # RAW_HTTP holds their requests and answers
 }
 
 
 def send_raw(request: Request, hosts: Dict[str, str]) -> Request:
-    import requests
-
-    body, status, words = RAW_HTTP[request.kind]
-    answer = requests.post(f'{hosts["http"]}/text2image', data=body, timeout=HANG_LIMIT,
-                           headers={'Content-Type': 'application/json', 'Authorization': f'Bearer {TOKEN}'})
-    if answer.status_code != status or words not in answer.json()['detail']:
-        request.failure = f'HTTP {answer.status_code}: {answer.text[:300]}'
+    """A raw HTTP or WebSocket attack; its failure is what differed from its documented answer."""
+    request.failure = RAW_HTTP[request.kind](hosts)
     request.results = []
     return request
 
@@ -339,6 +400,28 @@ def test_a_replica_killed_mid_load_costs_no_client_an_error_and_the_other_replic
     # Jina restarts no replica; the Flow serves on with one, and its health check (a dry run through
     # the executors) says it is ready, since the gateway retries the dry run on the live replica.
     assert Client(host=server.hosts['grpc']).is_flow_ready()
+
+
+def test_with_every_replica_dead_a_job_fails_naming_the_unreachable_executor(server):
+    """After the test above: the last replica goes too. A job says which executor it could not reach."""
+    import requests
+    from websockets.sync.client import connect
+
+    for pid in server.image_drawing_processes():
+        os.kill(pid, signal.SIGKILL)
+    headers = {'Authorization': f'Bearer {TOKEN}'}
+    submitted = requests.post(f'{server.hosts["http"]}/v1/jobs', json={'prompt': 'a fox', **JOB_SIZE}, headers=headers, timeout=HANG_LIMIT)
+    assert submitted.status_code == 202, submitted.text
+    with connect(submitted.json()['events'], additional_headers=headers, open_timeout=HANG_LIMIT) as events:
+        kinds = []
+        while not kinds or kinds[-1] not in ('succeeded', 'failed', 'cancelled'):
+            event = json.loads(events.recv(timeout=HANG_LIMIT))
+            kinds.append(event['kind'])
+    assert kinds[-1] == 'failed'
+    assert event['error'] == f'the stable_diffusion {EXECUTOR_UNAVAILABLE}'
+    answer = requests.post(f'{server.hosts["http"]}/v1/images/generations', json={'prompt': 'a fox', 'size': '64x64'},
+                           headers=headers, timeout=HANG_LIMIT)
+    assert answer.status_code == 503 and answer.json()['error']['message'] == f'the stable_diffusion {EXECUTOR_UNAVAILABLE}'
 
 
 # --- graceful shutdown: a separate `python -m s2i.serve`, stopped with SIGTERM mid-request ----------------
