@@ -66,7 +66,7 @@ class FlowCalls:
         try:
             response, _ = await pool.send_requests_once(requests=[message], deployment=executor, head=True, endpoint=GENERATE_ENDPOINT)
         except InternalNetworkError as e:
-            raise self._unavailable(e) from None
+            raise self._unavailable(e, executor) from None
         self._raise_failure(response)
         response.document_array_cls = DocList[PromptDoc]
         return response.docs
@@ -99,7 +99,7 @@ class FlowCalls:
                 response.document_cls = GenerationEvent
                 yield response.data.doc
         except InternalNetworkError as e:
-            raise self._unavailable(e) from None
+            raise self._unavailable(e, GENERATOR) from None
         except grpc.aio.AioRpcError as e:  # what the pool did not turn into InternalNetworkError
             self.guard.logger.error(f'the {GENERATOR} stream failed: {e.code()} {e.details()}')
             raise FlowFailure(f'the {GENERATOR} executor failed: {e.code().name}', unavailable=e.code() == grpc.StatusCode.UNAVAILABLE) from None
@@ -117,6 +117,8 @@ class FlowCalls:
         if response.header.status.code == jina_pb2.StatusProto.ERROR:
             raise FlowFailure(response.header.status.description)
 
-    def _unavailable(self, error) -> FlowFailure:
+    def _unavailable(self, error, executor: Optional[str] = None) -> FlowFailure:
+        """The failure naming the executor that could not be reached: the one called, when only one was."""
         self.guard.logger.error(f'an executor could not be reached: {error.details()}')
-        return FlowFailure(f'the {unreachable_executor(error.details()) or ""} {EXECUTOR_UNAVAILABLE}', unavailable=True)
+        name = executor or unreachable_executor(error.details()) or ''
+        return FlowFailure(f'the {name} {EXECUTOR_UNAVAILABLE}', unavailable=True)

@@ -87,10 +87,15 @@ def invalid_document(doc: Any, index: int, max_depth: int) -> Optional[str]:
     return None
 
 
+class BodyTooLarge(Exception):
+    """Raised into the app by LimitBody's ``receive`` when the body goes past the byte limit."""
+
+
 class LimitBody:
-    """ASGI middleware: an HTTP body over the byte limit is refused with 413 before anything parses it,
-    whether it announces its length (Content-Length) or streams in chunks. The routes read whole
-    bodies anyway: this reads it first, counting, then hands it on."""
+    """ASGI middleware: an HTTP body over the byte limit is refused with 413, whether it announces its
+    length (Content-Length: before anything reads it) or streams in chunks (counted as the app reads
+    them). It streams: the gateway never holds a body twice, and a multipart file goes on to Starlette's
+    spooled temporary file as it arrives."""
 
     def __init__(self, app, limits: RequestLimits):
         self.app = app
@@ -102,27 +107,31 @@ class LimitBody:
         announced = dict(scope['headers']).get(b'content-length', b'').decode('latin-1')
         if announced.isdigit() and int(announced) > self.limits.max_request_bytes:
             return await self._refuse(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
+        size, too_large, answering = 0, False, False
+
+        async def counted():
+            nonlocal size, too_large
             message = await receive()
-            if message['type'] != 'http.request':  # the client went away
-                return
-            chunks.append(message.get('body', b''))
-            size += len(chunks[-1])
-            if size > self.limits.max_request_bytes:
-                return await self._refuse(scope, receive, send)
-            more = message.get('more_body', False)
-        body = b''.join(chunks)
-        handed_on = False
+            if message['type'] == 'http.request':
+                size += len(message.get('body', b''))
+                if size > self.limits.max_request_bytes:
+                    too_large = True
+                    raise BodyTooLarge(self.limits.too_large)
+            return message
 
-        async def replay():
-            nonlocal handed_on
-            if handed_on:
-                return await receive()  # after the body: disconnect notices
-            handed_on = True
-            return {'type': 'http.request', 'body': body, 'more_body': False}
+        async def unless_too_large(message):
+            nonlocal answering
+            if too_large and not answering:
+                return  # the app's own answer to a body it could not finish reading (FastAPI's 400): ours goes instead
+            answering = answering or message['type'] == 'http.response.start'
+            await send(message)
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, counted, unless_too_large)
+        except BodyTooLarge:
+            pass
+        if too_large and not answering:
+            await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope, receive, send):
         from gateway.errors import refusal

@@ -47,10 +47,10 @@ class NoParameters:
 
 
 def gateway_client(token: Optional[str] = None, allowed_origins: Sequence[str] = (), flow=None,
-                   limits: JobLimits = JobLimits()) -> TestClient:
+                   limits: JobLimits = JobLimits(), request_limits: RequestLimits = RequestLimits()) -> TestClient:
     """A TestClient (use it in a ``with`` block) for the gateway's routes behind ``token``; jobs are kept
     in an in-memory SQLite store and stay queued (no job runs)."""
-    guard = Guard(token, RequestLimits(), NoParameters(), LOGGER)
+    guard = Guard(token, request_limits, NoParameters(), LOGGER)
     runner = JobRunner(flow or NoFlow(), None, Webhooks(), limits, LOGGER)
 
     @asynccontextmanager

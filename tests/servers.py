@@ -109,3 +109,24 @@ def flow_on_free_ports(command: Sequence[str], **settings: str) -> Tuple[Server,
     grpc_port, http_port = free_port(), free_port()
     env = only_these_settings(S2I_PORT=str(grpc_port), S2I_HTTP_PORT=str(http_port), **settings)
     return Server(command, env=env, cwd=ROOT), {'grpc': f'grpc://127.0.0.1:{grpc_port}', 'http': f'http://127.0.0.1:{http_port}'}
+
+
+def call_executor_port(port: int, endpoint: str, parameters: dict, docs, doc_type):
+    """One request straight to an executor's own gRPC port, as a caller around the gateway could send
+    it: the whole response, its documents read as ``doc_type``."""
+    import grpc
+    from docarray import DocList
+    from jina.proto.serializer import DataRequestProto
+    from jina.types.request.data import DataRequest
+
+    request = DataRequest()
+    request.header.exec_endpoint = endpoint
+    request.parameters = parameters
+    request.data.docs = DocList[doc_type](docs)
+    with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
+        call = channel.unary_unary('/jina.JinaSingleDataRequestRPC/process_single_data',
+                                   request_serializer=DataRequestProto.SerializeToString,
+                                   response_deserializer=DataRequestProto.FromString)
+        response = call(request, timeout=60)
+    response.document_array_cls = DocList[doc_type]
+    return response

@@ -9,6 +9,7 @@ from starlette.websockets import WebSocketDisconnect
 from executors.whisper.audio import AudioPolicy
 from gateway.jobs.routes import BAD_REQUEST_CLOSE, TOO_SLOW_CLOSE
 from gateway.jobs.store import FOLLOWER_BACKLOG_BYTES
+from gateway.limits import RequestLimits
 from gateway_app import gateway_client
 
 SELF = 'http://127.0.0.1:8322'  # the test client's own origin: it asks for Host 127.0.0.1:8322
@@ -183,3 +184,21 @@ def test_an_events_reader_that_falls_behind_is_closed_with_4408_and_the_gateway_
     with door.websocket_connect(WS + '/v1/events') as ws:  # a new follower gets the events from here on
         door.post('/v1/jobs', json=TEXT_JOB)
         assert json.loads(ws.receive_text())['kind'] == 'queued'
+
+
+# --- Bodies over the byte limit ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('route', ['/v1/jobs', '/v1/images/generations'])
+def test_a_streamed_body_over_the_byte_limit_is_a_413_whatever_the_route_would_have_said(route):
+    def chunks():  # no Content-Length: only counting what arrives finds it too large
+        for _ in range(40):
+            yield b'x' * 1000
+
+    with gateway_client(request_limits=RequestLimits(max_request_bytes=20_000)) as client:
+        for headers in ({'content-type': 'application/json'}, {'content-type': 'multipart/form-data; boundary=b'}):
+            answer = client.post(route, content=chunks(), headers=headers)
+            assert answer.status_code == 413, answer.text
+            assert answer.json()['error']['code'] == 'request_too_large'
+        files = {'file': ('a.wav', b'RIFF' + b'\0' * 30_000)}
+        assert client.post('/v1/jobs', files=files).status_code == 413  # announced: refused before it is read
+        assert client.post('/v1/jobs', json=TEXT_JOB).status_code == 202

@@ -17,7 +17,7 @@ from s2i.runtime import UNAUTHENTICATED
 
 from conftest import ROOT
 from recording_flow import received, running_recording_flow
-from servers import Server, executor_ports, flow_on_free_ports, listening, only_these_settings, wait_until_ready
+from servers import Server, call_executor_port, executor_ports, flow_on_free_ports, listening, only_these_settings, wait_until_ready
 
 TOKEN = 'jina-flow-token-3b9e'
 SCHEMAS = [ParameterSchema(executor='whisper', keys=['beam_size', 'language']),
@@ -174,23 +174,11 @@ def test_jina_flow_serves_flow_yml_on_the_s2i_ports_and_enforces_the_token(jina_
 @pytest.mark.slow
 def test_with_a_token_the_executors_answer_only_the_gateway(jina_flow_with_token):
     """A caller who reaches an executor's port directly, around the gateway, gets no work done."""
-    import grpc
-    from jina.proto.serializer import DataRequestProto
-    from jina.types.request.data import DataRequest
-
     ports = executor_ports(jina_flow_with_token['server'], jina_flow_with_token).values()
     assert len(ports) == 5, ports  # whisper, stable_diffusion, caption, clip and store
     for port in ports:
-        request = DataRequest()
-        request.header.exec_endpoint = '/generate'
-        request.parameters = {'steps': 1, 'width': 64, 'height': 64}
-        request.data.docs = DocList[PromptDoc]([PromptDoc(text='around the gateway')])
-        with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
-            call = channel.unary_unary('/jina.JinaSingleDataRequestRPC/process_single_data',
-                                       request_serializer=DataRequestProto.SerializeToString,
-                                       response_deserializer=DataRequestProto.FromString)
-            response = call(request, timeout=60)
-        response.document_array_cls = DocList[PromptDoc]
+        response = call_executor_port(port, '/generate', {'steps': 1, 'width': 64, 'height': 64},
+                                      [PromptDoc(text='around the gateway')], PromptDoc)
         (doc,) = response.docs
         assert doc.error == UNAUTHENTICATED and len(doc.matches) == 0, port
 

@@ -30,7 +30,7 @@ from s2i.runtime import EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, internal_k
 from s2i.serve import READY_LINE
 
 from audio_files import flac_bomb
-from image_files import big_single_colour_png, data_uri
+from image_files import big_single_colour_png, data_uri, png_bytes
 from conftest import ENGLISH_CLIP, ROOT, free_port
 from servers import Server, executor_ports
 
@@ -241,6 +241,14 @@ def cross_site_websocket(hosts: Dict[str, str]) -> str:
         return '' if e.response.status_code == 403 else f'handshake answered {e.response.status_code}'
 
 
+def caption_one_small_image(hosts: Dict[str, str]) -> None:
+    import requests
+
+    answer = requests.post(f'{hosts["http"]}/caption', json={'data': [{'image_uri': data_uri(png_bytes())}]},
+                           headers={'Authorization': f'Bearer {TOKEN}'}, timeout=HANG_LIMIT)
+    assert answer.status_code == 200 and answer.json()['data'][0]['caption'], answer.text[:300]
+
+
 def image_decode_pressure(hosts: Dict[str, str]) -> str:
     """Eight 6000 x 6000 single-colour PNGs (1.3 MB of request) to caption: once 2.2 GB of decoded pixels;
     now each is decoded in its batch, shrunk to the model's size, within the request's pixel budget."""
@@ -342,11 +350,17 @@ class MemoryWatch:
         self.thread.join()
 
 
-MEMORY_LIMIT = 4 * 2**30  # bytes, the whole server (gateway, Whisper, two SD replicas, caption and clip without their models) under attack: 3.4 GiB measured
+# Bytes, the whole server (gateway, Whisper, two SD replicas, caption with its tiny model loaded, clip, store) under
+# attack: 3.51-3.56 GiB measured here (3.1 GiB under good load alone). Until issue 21 caption and clip ran without
+# their models and the bound was 4 GiB (3.4 GiB measured in CI); a loaded model costs about 0.25 GiB, and CI measured
+# about 0.6 GiB more than this machine, so the bound moved by that much, and the attack's own share is bounded apart.
+MEMORY_LIMIT = 4.5 * 2**30
+ATTACK_MEMORY_LIMIT = 2**30  # what the attackers may add to the peak of the same good load alone: 0.40-0.65 GiB measured
 
 
 def test_hostile_load_good_requests_get_their_images_attackers_their_errors_and_memory_stays_bounded(server, capsys):
     good = 160
+    caption_one_small_image(server.hosts)  # its model loads at its first request: in both measurements, not the attack's
     with MemoryWatch(server) as calm:
         alone = run_load([make_request(number) for number in range(good)], server.hosts)
     assert [problem for request in alone for problem in problems_with(request)] == []
@@ -365,6 +379,7 @@ def test_hostile_load_good_requests_get_their_images_attackers_their_errors_and_
     answered = [doc.id for r in mixed if r.results for doc in r.results]
     assert len(answered) == len(set(answered))  # nothing duplicated
     assert memory.peak < MEMORY_LIMIT
+    assert memory.peak - calm.peak < ATTACK_MEMORY_LIMIT
     after = run_load([Request(n, 'text', PromptDoc(text=f'after the attack {n}'), SMALL) for n in range(16)], server.hosts)
     assert [problem for request in after for problem in problems_with(request)] == []
 

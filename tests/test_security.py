@@ -24,6 +24,7 @@ from s2i.serve import DEFAULTS, load_flow
 
 from conftest import ENGLISH_CLIP, ROOT, free_port
 from recording_flow import received, running_recording_flow
+from servers import call_executor_port
 
 TOKEN = 'test-token-6f1c'
 PATHS_OFF = 'server-side audio paths are off (input_dir is not set)'
@@ -301,24 +302,10 @@ def real_flow(tiny_sd_dir):
 
 def ask_for_parameters(port: int, parameters: dict):
     """/parameters straight to an executor's port, as a caller around the gateway can: the whole response."""
-    import grpc
-    from jina.proto.serializer import DataRequestProto
-    from jina.types.request.data import DataRequest
-
     from s2i.docs import ParameterSchema
     from s2i.params import PARAMETERS_ENDPOINT
 
-    request = DataRequest()
-    request.header.exec_endpoint = PARAMETERS_ENDPOINT
-    request.parameters = parameters
-    request.data.docs = DocList[ParameterSchema]()
-    with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
-        call = channel.unary_unary('/jina.JinaSingleDataRequestRPC/process_single_data',
-                                   request_serializer=DataRequestProto.SerializeToString,
-                                   response_deserializer=DataRequestProto.FromString)
-        response = call(request, timeout=60)
-    response.document_array_cls = DocList[ParameterSchema]
-    return response
+    return call_executor_port(port, PARAMETERS_ENDPOINT, parameters, [], ParameterSchema)
 
 
 def executors_by_name(flow: dict) -> dict:
