@@ -202,3 +202,10 @@ def test_a_streamed_body_over_the_byte_limit_is_a_413_whatever_the_route_would_h
         files = {'file': ('a.wav', b'RIFF' + b'\0' * 30_000)}
         assert client.post('/v1/jobs', files=files).status_code == 413  # announced: refused before it is read
         assert client.post('/v1/jobs', json=TEXT_JOB).status_code == 202
+
+
+# --- The page ------------------------------------------------------------------------------------------
+
+def test_the_page_may_open_websockets_to_this_gateway_only(door):
+    policy = dict(part.strip().split(' ', 1) for part in door.get('/ui').headers['content-security-policy'].split(';'))
+    assert policy['connect-src'] == "'self'"  # CSP 3's 'self' covers ws: and wss: to the same host and port
