@@ -69,7 +69,14 @@ def place_pipeline(pipe, device: torch.device, low_memory: bool, logger: logging
     logger.info('low-memory mode: attention slicing, VAE slicing and tiling, model CPU offload on CUDA')
 
 
-def apply_fast_paths(pipe, channels_last: bool, fuse_qkv: bool, compile_unet: bool, logger: logging.Logger) -> None:
+# The executor's torch.compile mode for the UNet (compile_unet): autotuned kernels, no CUDA graphs.
+COMPILE_MODE = 'max-autotune-no-cudagraphs'
+
+
+def apply_fast_paths(pipe, channels_last: bool, fuse_qkv: bool, compile_unet: bool, logger: logging.Logger,
+                     compile_mode: str = COMPILE_MODE, compile_backend: str = 'inductor') -> None:
+    """``compile_mode`` and ``compile_backend`` are for bench/gpu: a quicker compile on a GPU lent for
+    minutes, and the 'eager' backend (tracing only, no code generation) for its CPU check in CI."""
     # Attention already runs through PyTorch's scaled_dot_product_attention (SDPA, flash on CUDA).
     if fuse_qkv:
         pipe.fuse_qkv_projections()  # one matmul for query, key and value
@@ -78,7 +85,7 @@ def apply_fast_paths(pipe, channels_last: bool, fuse_qkv: bool, compile_unet: bo
         pipe.vae.to(memory_format=torch.channels_last)
     if compile_unet:
         # Compiles at the first call (the warm-up, if on): minutes, then faster steps.
-        pipe.unet = torch.compile(pipe.unet, mode='max-autotune-no-cudagraphs', fullgraph=True)
+        pipe.unet = torch.compile(pipe.unet, mode=compile_mode, backend=compile_backend, fullgraph=True)
     enabled = [name for name, on in (('fuse_qkv', fuse_qkv), ('channels_last', channels_last), ('compile_unet', compile_unet)) if on]
     if enabled:
         logger.info(f'fast paths: {", ".join(enabled)}')
