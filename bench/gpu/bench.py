@@ -346,6 +346,7 @@ def peak_memory_gib():
 
 def free_memory() -> None:
     """The previous section's models gone, so their memory does not count in the next one's peak."""
+    torch._dynamo.reset()  # a compiled UNet's code and guards hold on to it
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

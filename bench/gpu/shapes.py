@@ -128,7 +128,7 @@ TINY = {'sd15': TINY_SD, 'sd_turbo': TINY_SD, 'sdxl': TINY_SDXL, 'sdxl_turbo': T
 
 def random_pipeline(shape: DiffusionShape, device, dtype, seed: int = 0):
     """A diffusers text-to-image pipeline of ``shape`` with random weights, built on ``device``
-    (on a GPU directly in its memory: seconds, where building on the CPU and copying takes minutes)."""
+    (on a GPU directly in its memory, rather than built on the CPU and copied)."""
     import torch
     from diffusers import (
         AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel,
@@ -138,19 +138,20 @@ def random_pipeline(shape: DiffusionShape, device, dtype, seed: int = 0):
     from s2i.tiny_sd import byte_level_clip_tokenizer
 
     torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device(device):  # the models only: a scheduler's tensors must stay on the CPU (it calls numpy on them)
         unet = UNet2DConditionModel(**shape.unet)
         vae = AutoencoderKL(**shape.vae)
         text_encoder = CLIPTextModel(CLIPTextConfig(**shape.text_encoder, **BYTE_TOKENIZER_IDS))
-        components = dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_clip_tokenizer(),
-                          scheduler=EulerDiscreteScheduler(**shape.scheduler))
         if shape.xl:
             text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**shape.text_encoder_2, **BYTE_TOKENIZER_IDS))
-            pipe = StableDiffusionXLPipeline(
-                **components, text_encoder_2=text_encoder_2, tokenizer_2=byte_level_clip_tokenizer(), add_watermarker=False,
-            )
-        else:
-            pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    components = dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_clip_tokenizer(),
+                      scheduler=EulerDiscreteScheduler(**shape.scheduler))
+    if shape.xl:
+        pipe = StableDiffusionXLPipeline(
+            **components, text_encoder_2=text_encoder_2, tokenizer_2=byte_level_clip_tokenizer(), add_watermarker=False,
+        )
+    else:
+        pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
