@@ -351,32 +351,16 @@ def sd_batch_table(name: str, path: str, size: int, steps: int, batch_sizes, rep
 
 
 def write_sd15_shaped_pipeline(out_dir: str) -> str:
-    """SD 1.5's architecture (UNet 860M, VAE, CLIP ViT-L/14 text encoder) with random weights."""
+    """SD 1.5's architecture (UNet 860M, VAE, CLIP ViT-L/14 text encoder) with random weights, saved as a
+    diffusers folder: bench/gpu/shapes.py's SD 1.5 shape, with the DPM-Solver scheduler as its default."""
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DPMSolverMultistepScheduler
 
-    from s2i.tiny_sd import byte_level_clip_tokenizer
+    from gpu.shapes import SD15, random_pipeline  # bench/gpu/shapes.py, beside this file
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=('CrossAttnDownBlock2D',) * 3 + ('DownBlock2D',),
-        up_block_types=('UpBlock2D',) + ('CrossAttnUpBlock2D',) * 3,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), down_block_types=('DownEncoderBlock2D',) * 4,
-        up_block_types=('UpDecoderBlock2D',) * 4, latent_channels=4, layers_per_block=2, sample_size=512,
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        bos_token_id=512, eos_token_id=513, pad_token_id=513,
-    ))
-    scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', steps_offset=1)
-    StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_clip_tokenizer(), scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(out_dir)
+    pipe = random_pipeline(SD15, 'cpu', torch.float32)
+    pipe.scheduler = DPMSolverMultistepScheduler(**SD15.scheduler)
+    pipe.save_pretrained(out_dir)
     return out_dir
 
 

@@ -147,11 +147,7 @@ class Guard:
 
     def signed(self, parameters: Optional[Mapping[str, Any]]) -> dict:
         """``parameters`` with the key that lets the request past the executors' own check."""
-        parameters = dict(parameters or {})
-        parameters.pop(INTERNAL_KEY_PARAMETER, None)  # a client's own guess never travels on
-        if self.internal_key:
-            parameters[INTERNAL_KEY_PARAMETER] = self.internal_key
-        return parameters
+        return signed(parameters, self.internal_key)
 
     def answer(self, response) -> None:
         """A response as the client may see it: without the internal key, and failures without details."""
@@ -177,6 +173,15 @@ class Guard:
         status.description = internal_failure(exception.name, where, response.header.request_id)
         del exception.args[:]
         del exception.stacks[:]
+
+
+def signed(parameters: Optional[Mapping[str, Any]], key: Optional[str]) -> dict:
+    """``parameters`` with the gateway's internal ``key`` (none without a token) in place of any a client sent."""
+    parameters = dict(parameters or {})
+    parameters.pop(INTERNAL_KEY_PARAMETER, None)  # a client's own guess never travels on
+    if key:
+        parameters[INTERNAL_KEY_PARAMETER] = key
+    return parameters
 
 
 def internal_failure(name: str, where: str, request_id: str) -> str:
@@ -295,7 +300,7 @@ class FlowParameters:
     def __init__(self, streamer, logger, key: Optional[str] = None):
         self.streamer = streamer
         self.logger = logger
-        self.signed = {INTERNAL_KEY_PARAMETER: key} if key else {}  # the executors answer only the gateway
+        self.key_parameters = signed(None, key)  # the executors answer only the gateway
         self.known: Optional[List[ParameterSchema]] = None  # kept until the gateway restarts
         self.ask_again_at = 0.0
         self.asking = asyncio.Lock()
@@ -322,7 +327,7 @@ class FlowParameters:
     async def _ask_executors(self) -> List[ParameterSchema]:
         schemas = []
         empty = DocList[ParameterSchema]()  # one request without documents: each executor appends its own
-        async for docs, error in self.streamer.stream(docs=empty, exec_endpoint=PARAMETERS_ENDPOINT, parameters=self.signed,
+        async for docs, error in self.streamer.stream(docs=empty, exec_endpoint=PARAMETERS_ENDPOINT, parameters=self.key_parameters,
                                                    return_type=DocList[ParameterSchema]):
             if error:
                 raise RuntimeError(f'{error.name} in {error.executor}: {error.args}')

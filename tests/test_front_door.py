@@ -209,3 +209,17 @@ def test_a_streamed_body_over_the_byte_limit_is_a_413_whatever_the_route_would_h
 def test_the_page_may_open_websockets_to_this_gateway_only(door):
     policy = dict(part.strip().split(' ', 1) for part in door.get('/ui').headers['content-security-policy'].split(';'))
     assert policy['connect-src'] == "'self'"  # CSP 3's 'self' covers ws: and wss: to the same host and port
+
+
+def test_the_job_list_leaves_image_bytes_out_and_the_job_itself_has_them(door):
+    job = door.post('/v1/jobs', json=TEXT_JOB).json()
+    store = door.app.state.jobs.store
+    image = {'index': 0, 'seed': 7, 'width': 64, 'height': 64, 'b64_json': 'iVBORw0KGgo='}
+
+    async def succeed_with_an_image():  # as the job runner ends a job
+        await store.finish(job['id'], {'kind': 'succeeded', 'job': job['id']}, images=[image])
+
+    door.portal.call(succeed_with_an_image)
+    [listed] = door.get('/v1/jobs').json()['data']
+    assert listed['status'] == 'succeeded' and listed['images'] == [{k: v for k, v in image.items() if k != 'b64_json'}]
+    assert door.get(f'/v1/jobs/{job["id"]}').json()['images'] == [image]

@@ -1,9 +1,7 @@
-"""Following jobs over WebSocket against the real service (tests/front_door.py): clients that leave
-mid-stream or stop reading cost the gateway nothing, and it tells a slow one why it was closed."""
+"""Following jobs over WebSocket against the real service (tests/front_door.py): a client that leaves
+mid-stream costs the gateway nothing (one that reads too slowly: tests/test_front_door.py)."""
 
 import json
-import socket
-import time
 
 from websockets.sync.client import connect
 

@@ -332,14 +332,21 @@ def job_runner(flow: FakeFlow, database, lease_seconds: float = LEASE_SECONDS, *
     return JobRunner(flow, store, Webhooks(), JobLimits(**limits), logging.getLogger('tests.jobs'))
 
 
+async def running_at_its_first_step(database):
+    """A started gateway on ``database`` with one job, held at its first denoising step (until
+    ``flow.steps_may_go_on`` is set): the flow, the runner and the job."""
+    flow = FakeFlow()
+    flow.steps_may_go_on.clear()
+    runner = job_runner(flow, database)
+    await runner.start()
+    job = await runner.submit('alice', JobInput(prompt='a fox'))
+    await asyncio.wait_for(flow.generating.wait(), EVENT_WAIT)
+    return flow, runner, job
+
+
 def test_a_second_gateway_on_the_same_jobs_file_leaves_the_first_ones_running_job_alone(tmp_path):
     async def scenario():
-        flow = FakeFlow()
-        flow.steps_may_go_on.clear()
-        first = job_runner(flow, tmp_path / 'jobs.sqlite3')
-        await first.start()
-        started = await first.submit('alice', JobInput(prompt='a fox'))
-        await asyncio.wait_for(flow.generating.wait(), EVENT_WAIT)  # running, at its first step
+        flow, first, started = await running_at_its_first_step(tmp_path / 'jobs.sqlite3')
         second = job_runner(FakeFlow(), tmp_path / 'jobs.sqlite3')
         await second.start()
         flow.steps_may_go_on.set()
@@ -381,12 +388,7 @@ def test_a_dead_gateways_jobs_fail_so_their_followers_end_and_the_keys_limit_fre
 
 def test_a_gateway_whose_job_another_gateway_ended_stops_it_without_another_event(tmp_path):
     async def scenario():
-        flow = FakeFlow()
-        flow.steps_may_go_on.clear()
-        runner = job_runner(flow, tmp_path / 'jobs.sqlite3')
-        await runner.start()
-        started = await runner.submit('alice', JobInput(prompt='a fox'))
-        await asyncio.wait_for(flow.generating.wait(), EVENT_WAIT)
+        flow, runner, started = await running_at_its_first_step(tmp_path / 'jobs.sqlite3')
         other = open_store(None, tmp_path / 'jobs.sqlite3', 3600)  # e.g. one that found this gateway's lease lapsed
         await other.finish(started['id'], {'kind': 'failed', 'error': LAPSED}, error=LAPSED)
         flow.steps_may_go_on.set()

@@ -10,6 +10,7 @@
 A job belongs to the API key that submitted it: other keys get 404 for it, as for an unknown id.
 """
 
+from collections import Counter
 from typing import Any, Dict, Literal, Optional, Tuple
 
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
@@ -80,7 +81,7 @@ def jobs_router(runner: JobRunner, webhooks: Webhooks) -> APIRouter:
     @router.get('/jobs')
     async def recent(request: Request, limit: int = Query(20, ge=1, le=MAX_LISTED)) -> Dict[str, Any]:
         jobs = await runner.store.recent(request.state.owner, limit)
-        return {'object': 'list', 'data': [without_image_bytes(public_record(job)) for job in jobs]}
+        return {'object': 'list', 'data': [public_record(job) for job in jobs]}  # the store leaves image bytes out
 
     @router.delete('/jobs/{job_id}', status_code=202)
     async def cancel(job_id: str, request: Request) -> Dict[str, Any]:
@@ -146,10 +147,10 @@ async def read_form(request: Request) -> Tuple[Dict[str, str], Optional[bytes]]:
     """The text fields of a form, and the audio of its one ``file`` part (None without one). A field
     given twice is refused rather than one of its values silently chosen."""
     form = await request.form()
-    names = [name for name, _ in form.multi_items()]
-    if repeated := sorted({name for name in names if names.count(name) > 1}):
+    counts = Counter(name for name, _ in form.multi_items())  # a form holds up to 1000 fields (Starlette's max_fields)
+    if repeated := sorted(name for name, count in counts.items() if count > 1):
         what = 'audio file (one multipart "file" part)' if repeated[0] == 'file' else f'{quote(repeated[0])} field'
-        raise APIError(400, f'send one {what} per job; {quote(repeated[0])} was given {names.count(repeated[0])} times',
+        raise APIError(400, f'send one {what} per job; {quote(repeated[0])} was given {counts[repeated[0]]} times',
                        param=repeated[0], code='duplicate_field')
     fields = {name: value for name, value in form.multi_items() if isinstance(value, str)}
     uploads = {name: value for name, value in form.multi_items() if not isinstance(value, str)}
@@ -188,11 +189,6 @@ async def owned_job(runner: JobRunner, job_id: str, owner: str) -> Dict[str, Any
     if job is None or job['owner'] != owner:  # another key's job is as unknown as a missing one
         raise APIError(404, f'no job {job_id[:40]}', param='id', code='job_not_found')
     return job
-
-
-def without_image_bytes(job: Dict[str, Any]) -> Dict[str, Any]:
-    images = [{key: value for key, value in image.items() if key != 'b64_json'} for image in job.get('images', [])]
-    return {**job, 'images': images}
 
 
 async def accept(websocket: WebSocket) -> None:

@@ -365,12 +365,12 @@ class SqliteJobStore(JobStore):
         db.executemany('INSERT OR IGNORE INTO images (job, digest, png) VALUES (?, ?, ?)',
                        [(job_id, digest, packed(image)) for digest, image in images.items()])
 
-    def _record(self, job_id: str, with_images: bool = True) -> Optional[dict]:
+    def _record(self, job_id: str) -> Optional[dict]:
         rows = self._query('SELECT record FROM jobs WHERE id = ? AND touched >= ?', job_id, self._live_since())
         if not rows:
             return None
         record = json.loads(rows[0][0])
-        return restore_images(record, self._images(job_id, image_digests(record)) if with_images else None)
+        return restore_images(record, self._images(job_id, image_digests(record)))
 
     async def create(self, job: dict) -> None:
         images: Dict[str, str] = {}
