@@ -43,7 +43,7 @@ def time_generate(port: int, parameters: dict) -> float:
     from docarray import DocList
     from jina import Client
 
-    from s2i.docs import PromptDoc
+    from s2i.contracts.documents import PromptDoc
 
     started = time.perf_counter()
     (doc,) = Client(host='127.0.0.1', port=port, protocol='grpc').post(
@@ -58,7 +58,7 @@ def time_stream(port: int, parameters: dict):
     """Seconds until /generate_stream's done event, and the progress events before it."""
     from jina import Client
 
-    from s2i.docs import GenerationEvent, GenerationRequest
+    from s2i.contracts.documents import GenerationEvent, GenerationRequest
 
     async def collect():
         client = Client(host='127.0.0.1', port=port, protocol='grpc', asyncio=True)
@@ -112,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     multiprocessing.set_start_method('spawn')  # the Deployment's worker starts fresh, not forked from here
 
-    from s2i.docs import PROGRESS_INTERVAL
+    from s2i.contracts.documents import PROGRESS_INTERVAL
     from s2i.tiny_sd import write_tiny_pipeline
 
     size = args.size or (512 if args.model else 256)

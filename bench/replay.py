@@ -6,7 +6,7 @@ from typing import Any, Dict
 from docarray import DocList
 from jina import Executor, requests
 
-from s2i.docs import GeneratedImage, PromptDoc
+from s2i.contracts.documents import GeneratedImage, PromptDoc
 
 
 class ReplayExecutor(Executor):

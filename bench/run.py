@@ -109,7 +109,7 @@ def run_worker(worker_args: list, quick: bool) -> dict:
 
 def stt_worker(backend: str, quick: bool) -> None:
     from executors.whisper.executor import WhisperExecutor
-    from s2i.docs import SAMPLE_RATE
+    from s2i.contracts.documents import SAMPLE_RATE
 
     # openai-whisper decodes the full 30 s window only; faster-whisper runs the constructor's defaults
     settings = {'encoder_margin': None} if backend == 'openai-whisper' else {}
@@ -134,7 +134,7 @@ def transcribe_one(whisper, audio):
     """One document through the executor's endpoint: the file's bytes (decoded inside), or a waveform."""
     from docarray import DocList
 
-    from s2i.docs import PromptDoc
+    from s2i.contracts.documents import PromptDoc
 
     doc = PromptDoc(tensor=audio) if isinstance(audio, np.ndarray) else PromptDoc(blob=audio)
     return whisper.transcribe(DocList[PromptDoc]([doc]), {})
@@ -142,7 +142,7 @@ def transcribe_one(whisper, audio):
 
 def timed_clips(whisper, clips: dict, quick: bool, label: str) -> list:
     """After a warm-up on the first clip, each clip's median of 3 (1 with --quick, and for a waveform: the long clip)."""
-    from s2i.docs import SAMPLE_RATE
+    from s2i.contracts.documents import SAMPLE_RATE
 
     answered(transcribe_one(whisper, next(iter(clips.values()))))  # warm-up
     rows = []
@@ -170,7 +170,7 @@ def batch_scaling(whisper, clips: dict, quick: bool) -> list:
     does not land on one size only; each figure is the faster of its runs."""
     from docarray import DocList
 
-    from s2i.docs import PromptDoc
+    from s2i.contracts.documents import PromptDoc
 
     short = [clips[path.name] for path in CLIPS] * 4
     sizes = (1, 8) if quick else (1, 4, 8)
@@ -236,7 +236,7 @@ def stock_worker(quick: bool) -> None:
     import whisper
 
     from executors.whisper.audio import AudioPolicy, decode_bounded
-    from s2i.docs import SAMPLE_RATE
+    from s2i.contracts.documents import SAMPLE_RATE
     from s2i.whisper_weights import bundled_openai_checkpoint
 
     checkpoint = bundled_openai_checkpoint('base')
@@ -367,7 +367,7 @@ def write_sd15_shaped_pipeline(out_dir: str) -> str:
 def generate_direct(sd, parameters: dict):
     from docarray import DocList
 
-    from s2i.docs import PromptDoc
+    from s2i.contracts.documents import PromptDoc
 
     return sd.generate(DocList[PromptDoc]([PromptDoc(text='a red fox in the snow')]), parameters)
 
@@ -454,7 +454,7 @@ def bench_overhead(quick: bool, tiny_dir: str) -> dict:
 
     from executors.stable_diffusion.executor import StableDiffusionExecutor
     from s2i import client
-    from s2i.docs import PromptDoc
+    from s2i.contracts.documents import PromptDoc
 
     n = 30 if quick else 100
     prompt, parameters = 'a red fox in the snow', {'seed': 1, 'steps': 1, 'guidance_scale': 1.0}

@@ -28,7 +28,7 @@ import numpy as np
 from executors.whisper.audio import AudioError, AudioPolicy, document_audio, keep_speech
 from executors.whisper.backends import FasterWhisperBackend
 from executors.whisper.quality import SpeechChecks, judge
-from s2i.docs import SAMPLE_RATE, PromptDoc
+from s2i.contracts.documents import SAMPLE_RATE, PromptDoc
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / 'tests' / 'data'

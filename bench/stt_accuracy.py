@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from executors.whisper.audio import AudioPolicy, decode_bounded  # noqa: E402
-from s2i.docs import SAMPLE_RATE  # noqa: E402
+from s2i.contracts.documents import SAMPLE_RATE  # noqa: E402
 from run import print_table  # noqa: E402  (bench/run.py, beside this file)
 
 DATA = ROOT / 'tests' / 'data'
@@ -179,7 +179,7 @@ def run_setting(margin: Optional[float], step: float, languages: Optional[List[s
     from docarray import DocList
 
     from executors.whisper.executor import WhisperExecutor
-    from s2i.docs import PromptDoc
+    from s2i.contracts.documents import PromptDoc
 
     whisper = WhisperExecutor(model='base', encoder_margin=margin, encoder_step=step, encoder_languages=languages)
     whisper.transcribe(DocList[PromptDoc]([PromptDoc(tensor=clips[0].audio)]), {})  # warm-up

@@ -12,7 +12,7 @@ from typing import AsyncIterator, Dict, Optional
 import grpc
 from docarray import DocList
 
-from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
+from s2i.contracts.documents import GenerationEvent, GenerationRequest, PromptDoc
 from s2i.runtime import EXECUTOR_UNAVAILABLE, unreachable_executor
 
 # flow.yml's names of the executors

@@ -51,9 +51,9 @@ from gateway.limits import LimitBody, RequestLimits, invalid_document, unsendabl
 from gateway.openai_routes import openai_router
 from gateway.origins import ORIGINS_VARIABLE, CheckOrigin
 from gateway.ui import ui_router
-from s2i.docs import ParameterSchema
+from s2i.contracts.documents import ParameterSchema
 from s2i.encoding import png_data_uri
-from s2i.params import MAX_QUOTED_CHARS, PARAMETERS_ENDPOINT, quote
+from s2i.contracts.params import MAX_QUOTED_CHARS, PARAMETERS_ENDPOINT, quote
 from s2i.runtime import (
     AUTH_TOKEN_VARIABLE, DETAILS_LOGGED, cache_dir, EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key,
     unreachable_executor,

@@ -5,10 +5,10 @@ value is a 400 naming the field the client sent."""
 import re
 from typing import Any, Dict, Mapping, Optional, get_args
 
-from executors.stable_diffusion.params import GenerationParams, RestyleParams
+from s2i.contracts.stable_diffusion import GenerationParams, RestyleParams
 from gateway.errors import APIError
 from gateway.limits import unsendable
-from s2i.params import ParameterError, quote
+from s2i.contracts.params import ParameterError, quote
 
 EXTRAS = ('seed', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'best_of')  # ours, beside OpenAI's fields
 RESTYLE_EXTRAS = tuple(sorted(RestyleParams.keys() - GenerationParams.keys()))  # /restyle's own keys (strength)

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from s2i.docs import PromptDoc
-from s2i.params import MAX_QUOTED_CHARS, quote
+from s2i.contracts.documents import PromptDoc
+from s2i.contracts.params import MAX_QUOTED_CHARS, quote
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def invalid_document(doc: Any, index: int, max_depth: int) -> Optional[str]:
     """Why document ``index`` of an HTTP request is not a PromptDoc the executors can read; None if it is.
 
     The HTTP route builds documents from the executors' JSON schemas, which lose the int32 ranges and
-    the tensor checks of s2i/docs.py: validate against the real type."""
+    the tensor checks of s2i/contracts/documents.py: validate against the real type."""
     from pydantic import ValidationError
 
     fields = doc.model_dump(exclude_none=True) if hasattr(doc, 'model_dump') else dict(doc)

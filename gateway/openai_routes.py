@@ -25,8 +25,8 @@ from executors.whisper.quality import CANNOT_TRANSLATE, LANGUAGE_UNCERTAIN, NO_S
 from gateway.errors import APIError
 from gateway.flow_calls import GENERATOR, TRANSCRIBER, FlowCalls, FlowFailure
 from gateway.generation import URL_SECONDS, form_extras, generation_parameters, named_field
-from s2i.docs import GeneratedImage, PromptDoc
-from s2i.params import quote
+from s2i.contracts.documents import GeneratedImage, PromptDoc
+from s2i.contracts.params import quote
 
 WHISPER_ALIAS = 'whisper-1'  # OpenAI's name, for the Flow's Whisper whatever its size
 AudioFormat = Literal['json', 'text', 'srt', 'verbose_json', 'vtt']

@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Tuple
 from urllib.parse import urlsplit
 
 from gateway.errors import refusal
-from s2i.params import quote
+from s2i.contracts.params import quote
 
 ORIGINS_VARIABLE = 'S2I_ALLOWED_ORIGINS'
 STATE_CHANGING = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})

@@ -30,9 +30,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from docarray import DocList
 
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from s2i.encoding import from_data_uri, to_data_uri
-from s2i.params import MAX_SEED
+from s2i.contracts.params import MAX_SEED
 from s2i.runtime import AUTH_TOKEN_VARIABLE, UNAUTHENTICATED, unreachable_executor
 
 DEFAULT_HOST = f'grpc://127.0.0.1:{os.environ.get("S2I_PORT", "8321")}'

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Sequence
 
 from docarray import DocList
 
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 
 ENDPOINTS = {'caption': '/caption', 'tag': '/tag', 'interrogate': '/interrogate', 'restyle': '/restyle'}
 

@@ -17,7 +17,7 @@ Animated images (GIF, APNG, WebP) give their first frame: it is what a thumbnail
 client who sent "a picture" means.
 
 Every failure is an ImageError whose message a client can act on; client values are quoted through
-s2i.params.quote, and an unexpected exception from Pillow is named by its type only.
+s2i.contracts.params.quote, and an unexpected exception from Pillow is named by its type only.
 """
 
 import binascii
@@ -34,10 +34,10 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from s2i.encoding import from_data_uri
 from s2i.inputs import path_under
-from s2i.params import quote
+from s2i.contracts.params import quote
 from s2i.runtime import DETAILS_LOGGED
 
 # Pillow's names, in the order the error message lists them. A short list on purpose: Pillow can also

@@ -135,7 +135,7 @@ class LazyModel:
 
     def ready_for(self, docs) -> bool:
         """Whether the model is loaded (loading it now if need be); if it cannot be, each of ``docs`` says why."""
-        from s2i.docs import mark_failed
+        from s2i.contracts.documents import mark_failed
 
         try:
             self.get()

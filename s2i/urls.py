@@ -10,7 +10,7 @@ The host checked is the host connected to: the callers connect to ``urlsplit(url
 from typing import Iterable, Optional
 from urllib.parse import SplitResult
 
-from s2i.params import quote
+from s2i.contracts.params import quote
 
 CREDENTIALS_REFUSED = '{subject} must not hold a user name or password (user:password@host); they are never sent'
 

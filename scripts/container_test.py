@@ -314,7 +314,7 @@ def speech_and_bad_file(host: str, token: str, parameters: dict = PARAMETERS) ->
     from docarray import DocList
 
     from s2i.client import generate
-    from s2i.docs import PromptDoc
+    from s2i.contracts.documents import PromptDoc
 
     docs = DocList[PromptDoc]([PromptDoc(blob=ENGLISH_CLIP.read_bytes()), PromptDoc(blob=GERMAN_CLIP.read_bytes()), PromptDoc(blob=NOT_AUDIO)])
     english, german, bad = generate(docs=docs, parameters=parameters, host=host, token=token)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from executors.stable_diffusion.params import DEFAULT_MODEL
+from s2i.contracts.stable_diffusion import DEFAULT_MODEL
 from s2i import client
 from s2i.encoding import read_png_parameters
 from s2i.serve import READY_LINE, apply_defaults

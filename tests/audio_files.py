@@ -5,7 +5,7 @@ import struct
 
 import numpy as np
 
-from s2i.docs import SAMPLE_RATE
+from s2i.contracts.documents import SAMPLE_RATE
 
 PCM = 0x0001  # WAVE_FORMAT_PCM
 

@@ -13,7 +13,7 @@ from docarray import DocList
 from hypothesis import settings
 from PIL import Image
 
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from s2i.runtime import free_port  # noqa: F401  (tests import it from here)
 
 # The property tests run the same examples on every run, so that a red CI is this change's doing;

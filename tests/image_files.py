@@ -36,7 +36,7 @@ def data_uri(data: bytes, media_type: str = 'image/png') -> str:
 ENDPOINT_IN_A_FRESH_PROCESS = '''
 import importlib, json, resource, sys
 from docarray import DocList
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from tests.image_files import big_single_colour_png, data_uri, png_bytes
 
 module, name, endpoint, settings, parameters, count = sys.argv[1:]

@@ -25,9 +25,9 @@ from docarray import DocList
 from jina import Executor, Flow, requests
 from PIL import Image
 
-from s2i.docs import GeneratedImage, ParameterSchema, PromptDoc
+from s2i.contracts.documents import GeneratedImage, ParameterSchema, PromptDoc
 from s2i.encoding import encode_png
-from s2i.params import PARAMETERS_ENDPOINT, Integer, RequestParams, Text, describe_parameters
+from s2i.contracts.params import PARAMETERS_ENDPOINT, Integer, RequestParams, Text, describe_parameters
 from s2i.serve import FLOW_YML
 
 READY = 'recording flow ready'

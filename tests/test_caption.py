@@ -11,7 +11,7 @@ from docarray import DocList
 from PIL import Image
 
 from executors.caption.executor import NO_IMAGE, CaptionExecutor
-from s2i.docs import ParameterSchema, PromptDoc
+from s2i.contracts.documents import ParameterSchema, PromptDoc
 from s2i.tiny_blip import write_tiny_blip
 
 from image_files import peak_growth_of_big_images

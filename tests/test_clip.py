@@ -11,7 +11,7 @@ from PIL import Image
 
 from executors.clip.executor import ClipExecutor
 from executors.clip.labels import interrogator_labels
-from s2i.docs import GeneratedImage, ParameterSchema, PromptDoc
+from s2i.contracts.documents import GeneratedImage, ParameterSchema, PromptDoc
 from s2i.tiny_clip import write_tiny_clip
 
 from image_files import peak_growth_of_big_images

@@ -11,7 +11,7 @@ import pytest
 from docarray import DocList
 
 from s2i import client
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from s2i.encoding import read_png_parameters
 from s2i.serve import READY_LINE
 

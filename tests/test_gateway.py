@@ -11,7 +11,7 @@ from jina import Client
 
 from s2i import client
 from gateway.gateway import is_authorized, unknown_parameters
-from s2i.docs import ParameterSchema, PromptDoc
+from s2i.contracts.documents import ParameterSchema, PromptDoc
 from s2i.encoding import from_data_uri, read_png_parameters
 from s2i.runtime import UNAUTHENTICATED
 

@@ -16,7 +16,7 @@ import requests
 from docarray import DocList
 
 from s2i import client
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 
 from conftest import ROOT
 from recording_flow import FAIL, received, running_recording_flow

@@ -8,7 +8,7 @@ from docarray import DocList
 
 from executors.stable_diffusion.executor import StableDiffusionExecutor
 from executors.whisper.executor import WhisperExecutor
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 
 from conftest import ENGLISH_CLIP, draw, pixels
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from s2i.images import ImageError, ImagePolicy, document_image, model_image_batches
 
 from image_files import data_uri
@@ -185,7 +185,7 @@ def test_a_decompression_bomb_is_refused_from_its_header(width, height):
 def test_a_decompression_bomb_stays_small_in_memory():
     script = textwrap.dedent(f"""
         import resource
-        from s2i.docs import PromptDoc
+        from s2i.contracts.documents import PromptDoc
         from s2i.images import ImageError, ImagePolicy, document_image
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:

@@ -32,7 +32,7 @@ from gateway.jobs.runner import LAPSED, JobInput, JobLimits, JobRunner, TooManyJ
 from gateway.jobs.store import LEASE_SECONDS, open_store
 from gateway.jobs.webhooks import Webhooks
 from s2i.client import generate
-from s2i.docs import GeneratedImage, GenerationEvent, PromptDoc
+from s2i.contracts.documents import GeneratedImage, GenerationEvent, PromptDoc
 from test_job_store import collect, until
 
 QUICK = {'n': 2, 'size': '64x64', 'steps': 3, 'seed': 11}

@@ -24,7 +24,7 @@ from docarray import DocList
 from jina import Client
 
 from s2i import client
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from s2i.encoding import read_png_parameters
 from executors.stable_diffusion.executor import INTERRUPTED
 from s2i.runtime import EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, internal_key

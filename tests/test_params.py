@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executors.stable_diffusion.params import GenerationParams
-from s2i.params import MAX_SEED, ParameterError
+from s2i.contracts.stable_diffusion import GenerationParams
+from s2i.contracts.params import MAX_SEED, ParameterError
 
 DEFAULTS = GenerationParams()
 
@@ -155,7 +155,7 @@ def test_non_finite_huge_negative_and_oversized_values_are_rejected(parameters, 
 from docarray import DocList  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from s2i.docs import GeneratedImage, PromptDoc  # noqa: E402
+from s2i.contracts.documents import GeneratedImage, PromptDoc  # noqa: E402
 
 PROMPT_FIELDS = sorted(PromptDoc.model_fields)
 tensor_like = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=8) | st.lists(

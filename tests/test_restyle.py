@@ -9,8 +9,8 @@ from docarray import DocList
 from PIL import Image
 
 from executors.stable_diffusion.executor import NO_IMAGE, NO_STYLE, StableDiffusionExecutor
-from executors.stable_diffusion.params import restyle_size
-from s2i.docs import ParameterSchema, PromptDoc
+from s2i.contracts.stable_diffusion import restyle_size
+from s2i.contracts.documents import ParameterSchema, PromptDoc
 from s2i.encoding import read_png_parameters
 from s2i.images import ImageError, ImagePolicy, document_image
 

@@ -22,8 +22,8 @@ from PIL import Image
 from executors.stable_diffusion import executor
 from executors.stable_diffusion.executor import INTERRUPTED, StableDiffusionExecutor
 from s2i.client import Connection
-from s2i.docs import GeneratedImage, PromptDoc
-from s2i.params import MAX_SEED
+from s2i.contracts.documents import GeneratedImage, PromptDoc
+from s2i.contracts.params import MAX_SEED
 
 from conftest import ROOT, draw, free_port
 from servers import Server, listening, only_these_settings

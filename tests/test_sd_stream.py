@@ -14,7 +14,7 @@ import pytest
 from docarray import DocList
 from jina import Client
 
-from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
+from s2i.contracts.documents import GenerationEvent, GenerationRequest, PromptDoc
 from s2i.encoding import read_png_parameters
 from s2i.runtime import INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
 

@@ -17,8 +17,8 @@ from jina import Client
 
 from s2i import client
 from executors.whisper.executor import WhisperExecutor
-from s2i.docs import PromptDoc
-from s2i.params import quote
+from s2i.contracts.documents import PromptDoc
+from s2i.contracts.params import quote
 from s2i.runtime import INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
 from s2i.serve import DEFAULTS, load_flow
 
@@ -302,8 +302,8 @@ def real_flow(tiny_sd_dir):
 
 def ask_for_parameters(port: int, parameters: dict):
     """/parameters straight to an executor's port, as a caller around the gateway can: the whole response."""
-    from s2i.docs import ParameterSchema
-    from s2i.params import PARAMETERS_ENDPOINT
+    from s2i.contracts.documents import ParameterSchema
+    from s2i.contracts.params import PARAMETERS_ENDPOINT
 
     return call_executor_port(port, PARAMETERS_ENDPOINT, parameters, [], ParameterSchema)
 

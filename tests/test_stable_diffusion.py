@@ -8,9 +8,9 @@ from docarray import DocList
 from PIL import Image
 
 from executors.stable_diffusion.executor import StableDiffusionExecutor
-from s2i.docs import ParameterSchema, PromptDoc
+from s2i.contracts.documents import ParameterSchema, PromptDoc
 from s2i.encoding import read_png_parameters
-from s2i.params import MAX_SEED
+from s2i.contracts.params import MAX_SEED
 from s2i.tiny_sd import TINY_VERSION, TINY_WARNING
 
 from conftest import draw, pixels

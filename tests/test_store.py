@@ -17,7 +17,7 @@ from docarray import DocList
 from PIL import Image
 
 from executors.store.executor import ResultStoreExecutor
-from s2i.docs import GeneratedImage, PromptDoc, Segment
+from s2i.contracts.documents import GeneratedImage, PromptDoc, Segment
 from s2i.encoding import encode_png, read_png_parameters
 from s2i.runtime import INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, free_port
 
@@ -442,7 +442,7 @@ def test_a_local_store_ignores_presign_seconds(tmp_path):
 
 
 def test_the_parameters_endpoint_lists_presign_seconds(tmp_path):
-    from s2i.docs import ParameterSchema
+    from s2i.contracts.documents import ParameterSchema
 
     (schema,) = ResultStoreExecutor(store=str(tmp_path)).describe_parameters(DocList[ParameterSchema]())
     assert schema.keys == ['presign_seconds']

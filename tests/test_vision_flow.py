@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import GERMAN_CLIP
 from front_door import TOKEN
 from s2i.client import generate, main
-from s2i.docs import PromptDoc
+from s2i.contracts.documents import PromptDoc
 from s2i.encoding import read_png_parameters
 
 

@@ -11,7 +11,7 @@ from executors.whisper.audio import keep_speech
 from executors.whisper.backends import OpenAIWhisperBackend
 from executors.whisper.executor import WhisperExecutor
 from executors.whisper.quality import NO_SPEECH
-from s2i.docs import SAMPLE_RATE, PromptDoc
+from s2i.contracts.documents import SAMPLE_RATE, PromptDoc
 from s2i.encoding import to_data_uri
 from s2i.whisper_weights import bundled_ct2_model
 

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 from pydantic import ValidationError
 
 from executors.whisper.executor import WhisperExecutor
-from s2i.docs import GeneratedImage, PromptDoc, Segment
+from s2i.contracts.documents import GeneratedImage, PromptDoc, Segment
 
 from audio_files import flac_bomb
 from conftest import DATA, ENGLISH_CLIP, ROOT, transcribe

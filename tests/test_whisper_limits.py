@@ -12,7 +12,7 @@ from executors.whisper.audio import AudioError, AudioPolicy, decode_bounded
 from executors.whisper.backends import BACKENDS, Transcription, segment
 from executors.whisper.executor import WhisperExecutor
 from executors.whisper.quality import NO_SPEECH, UNUSABLE_SPEECH, SpeechChecks, judge, judge_translation, usable_segments
-from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc
+from s2i.contracts.documents import SAMPLE_RATE, ParameterSchema, PromptDoc
 from s2i.encoding import to_data_uri
 
 from audio_files import silence, wav_bytes, white_noise

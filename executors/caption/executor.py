@@ -17,9 +17,9 @@ from docarray import DocList
 from jina import Executor, requests
 from PIL import Image
 
-from executors.caption.params import DEFAULT_MODEL, CaptionParams
-from s2i.docs import ParameterSchema, PromptDoc, mark_failed
-from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
+from s2i.contracts.caption import DEFAULT_MODEL, CaptionParams
+from s2i.contracts.documents import ParameterSchema, PromptDoc, mark_failed
+from s2i.contracts.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
 from s2i.runtime import (
     DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, ready_on_device, refuse_unknown_settings, resolve_device,
     setting, unloadable,

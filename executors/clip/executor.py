@@ -16,9 +16,9 @@ from jina import Executor, requests
 from PIL import Image
 
 from executors.clip.labels import INTERROGATOR_LISTS, LabelCache, LabelTable, cached_table, interrogator_labels, model_key
-from executors.clip.params import DEFAULT_MODEL, ClipParams
-from s2i.docs import ParameterSchema, PromptDoc, Tag, mark_failed
-from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
+from s2i.contracts.clip import DEFAULT_MODEL, ClipParams
+from s2i.contracts.documents import ParameterSchema, PromptDoc, Tag, mark_failed
+from s2i.contracts.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
 from s2i.runtime import (
     DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, ready_on_device, refuse_unknown_settings, resolve_device,
     setting, unloadable,

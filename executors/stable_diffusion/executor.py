@@ -20,16 +20,16 @@ from docarray import DocList
 from jina import Executor, requests
 from PIL import Image
 
-from executors.stable_diffusion.params import (
+from s2i.contracts.stable_diffusion import (
     DEFAULT_MODEL, MAX_BEST_OF, MAX_PIXELS, GenerationParams, RestyleParams, restyle_size, too_long,
 )
 from executors.stable_diffusion.pipelines import (
     apply_fast_paths, build_schedulers, image_to_image_pipeline, load_pipeline, place_pipeline, truncation,
 )
-from s2i.docs import PROGRESS_INTERVAL, GeneratedImage, GenerationEvent, GenerationRequest, ParameterSchema, PromptDoc, mark_failed
+from s2i.contracts.documents import PROGRESS_INTERVAL, GeneratedImage, GenerationEvent, GenerationRequest, ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import encode_png
 from s2i.images import ImageError, ImagePolicy, document_image
-from s2i.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_unicode, describe_parameters, request_parameters
+from s2i.contracts.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_unicode, describe_parameters, request_parameters
 from s2i.runtime import DETAILS_LOGGED, refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_sd import TINY_WARNING
 

@@ -12,11 +12,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from docarray import DocList
 from jina import Executor, requests
 
-from executors.store.params import StoreParams
+from s2i.contracts.store import StoreParams
 from executors.store.stores import LocalFolder, S3Bucket, describe_failure, open_store
-from s2i.docs import ParameterSchema, PromptDoc, mark_failed
+from s2i.contracts.documents import ParameterSchema, PromptDoc, mark_failed
 from s2i.encoding import from_data_uri
-from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
+from s2i.contracts.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
 from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, setting
 
 STORE_VARIABLE = 'S2I_STORE'

@@ -9,7 +9,7 @@ ends up as bytes that are checked against the byte limit before anything decodes
 limit is checked from the container's header before decoding, and again while decoding, frame by
 frame (see ``decode_bounded``).
 
-Errors quote only the start of a client's value (s2i.params.quote), and of an exception only its
+Errors quote only the start of a client's value (s2i.contracts.params.quote), and of an exception only its
 type and the first line of its message, cut short and without server paths: the details go to the log.
 """
 
@@ -25,10 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from s2i.docs import SAMPLE_RATE, PromptDoc
+from s2i.contracts.documents import SAMPLE_RATE, PromptDoc
 from s2i.encoding import from_data_uri
 from s2i.inputs import path_under
-from s2i.params import quote
+from s2i.contracts.params import quote
 from s2i.urls import host_refusal
 
 MAX_MESSAGE_CHARS = 100  # of an exception's message, in an error a client sees

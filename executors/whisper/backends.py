@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Protocol, Sequence, Set, Tuple, Type
 import numpy as np
 
 from executors.whisper.audio import AudioPolicy, decode_bounded
-from s2i.docs import SAMPLE_RATE
+from s2i.contracts.documents import SAMPLE_RATE
 from s2i.whisper_weights import bundled_ct2_model, bundled_openai_checkpoint
 
 # Both backends decode the same way. Temperature 0 only: the same audio always gives the same

@@ -13,10 +13,10 @@ from executors.whisper.audio import (
     AudioError, AudioPolicy, Timeline, described, document_audio, keep_speech, to_original_time,
 )
 from executors.whisper.backends import BACKENDS, EncoderWindow, Transcription
-from executors.whisper.params import TranscriptionParams
+from s2i.contracts.whisper import TranscriptionParams
 from executors.whisper.quality import CANNOT_TRANSLATE, NO_SPEECH, SpeechChecks, judge, judge_translation
-from s2i.docs import SAMPLE_RATE, ParameterSchema, PromptDoc, Segment, mark_failed
-from s2i.params import PARAMETERS_ENDPOINT, describe_parameters, quote, request_parameters
+from s2i.contracts.documents import SAMPLE_RATE, ParameterSchema, PromptDoc, Segment, mark_failed
+from s2i.contracts.params import PARAMETERS_ENDPOINT, describe_parameters, quote, request_parameters
 from s2i.runtime import refuse_unknown_settings, resolve_device, setting
 
 # Settings that flow.yml and containers give through the environment; an argument wins over them.

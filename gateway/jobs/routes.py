@@ -24,7 +24,7 @@ from gateway.jobs.webhooks import Webhooks
 from executors.whisper.audio import AudioError, AudioPolicy, check_size
 from gateway.generation import generation_parameters
 from gateway.limits import unsendable
-from s2i.params import describe_error, quote
+from s2i.contracts.params import describe_error, quote
 
 MAX_LISTED = 100
 MAX_FIELD_DEPTH = 2  # the fields are flat: a list or an object in one is refused by the model anyway

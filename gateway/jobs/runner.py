@@ -28,7 +28,7 @@ from gateway.flow_calls import GENERATOR, RANKER, STORE, TRANSCRIBER, FlowCalls,
 from gateway.generation import URL_SECONDS
 from gateway.jobs.store import JobEnded, JobStore
 from gateway.jobs.webhooks import Webhooks
-from s2i.docs import GenerationEvent, GenerationRequest, PromptDoc
+from s2i.contracts.documents import GenerationEvent, GenerationRequest, PromptDoc
 
 CANCEL_POLL_SECONDS = 0.25  # how soon a cancel asked through another gateway (Redis) is noticed
 PURGE_EVERY_SECONDS = 600

@@ -26,7 +26,7 @@ from urllib.parse import SplitResult, urlsplit
 import aiohttp
 from standardwebhooks import Webhook
 
-from s2i.params import quote
+from s2i.contracts.params import quote
 from s2i.urls import host_and_port, host_refusal
 
 ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = 'webhook-id', 'webhook-timestamp', 'webhook-signature'

@@ -8,8 +8,8 @@ from typing import Any, Dict, Optional
 from docarray import DocList
 from jina import Executor, requests
 
-from s2i.docs import ParameterSchema, PromptDoc, mark_failed
-from s2i.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters
+from s2i.contracts.documents import ParameterSchema, PromptDoc, mark_failed
+from s2i.contracts.params import PARAMETERS_ENDPOINT, ParameterError, describe_parameters
 
 from params import StyleParams  # config.yml's py_modules loads params.py first, as module "params"
 

@@ -2,7 +2,7 @@
 
 from pydantic import Field
 
-from s2i.params import RequestParams, Text
+from s2i.contracts.params import RequestParams, Text
 
 
 class StyleParams(RequestParams):

@@ -14,7 +14,7 @@ from typing import Literal, Optional, Tuple
 
 from pydantic import Field, model_validator
 
-from s2i.params import MAX_SEED, Integer, Number, ParameterError, RequestParams, Text, quote
+from s2i.contracts.params import MAX_SEED, Integer, Number, ParameterError, RequestParams, Text, quote
 
 Scheduler = Literal['default', 'euler', 'euler_a', 'ddim', 'dpm++']  # 'default': the model's own
 MIN_SIZE, MAX_SIZE = 64, 2048  # pixels, per side
@@ -41,8 +41,7 @@ class GenerationParams(RequestParams):
         if self.best_of is not None and self.best_of < self.num_images:
             raise ParameterError(
                 f'best_of must be at least num_images (the images kept of the candidates), got best_of '
-                f'{self.best_of} with num_images {self.num_images}'
-            )
+                f'{self.best_of} with num_images {self.num_images}', param='best_of')
         if self.seed is not None:
             self.check_seeds_from(self.seed)
         return self
@@ -68,10 +67,10 @@ class GenerationParams(RequestParams):
             check_range('best_of', self.best_of, 1, max_best_of)
         if self.width is not None and self.width * self.height > max_pixels:
             raise ParameterError(
-                f'width x height must be at most {max_pixels} pixels (max_pixels), got {self.width}x{self.height}'
-            )
+                f'width x height must be at most {max_pixels} pixels (max_pixels), got {self.width}x{self.height}',
+                param='width')
         if len(self.negative_prompt) > max_prompt_chars:
-            raise ParameterError(too_long('negative_prompt', self.negative_prompt, max_prompt_chars))
+            raise ParameterError(too_long('negative_prompt', self.negative_prompt, max_prompt_chars), param='negative_prompt')
 
 
 class RestyleParams(GenerationParams):
@@ -93,7 +92,7 @@ class RestyleParams(GenerationParams):
     @model_validator(mode='after')
     def _sizes_come_in_pairs(self) -> 'RestyleParams':
         if (self.width is None) != (self.height is None):
-            raise ParameterError("give both width and height, or neither (the input image's size)")
+            raise ParameterError("give both width and height, or neither (the input image's size)", param='width')
         return self
 
     def check_denoises(self) -> None:
@@ -101,8 +100,7 @@ class RestyleParams(GenerationParams):
         if self.denoising_steps < 1:
             raise ParameterError(
                 f'steps x strength must be at least 1 (restyle denoises int(steps x strength) steps), '
-                f'got steps {self.steps} with strength {self.strength}'
-            )
+                f'got steps {self.steps} with strength {self.strength}', param='strength')
 
     @property
     def denoising_steps(self) -> int:
@@ -125,7 +123,7 @@ def too_long(key: str, text: str, max_prompt_chars: int) -> str:
 def check_range(key: str, value, low, high) -> None:
     """For limits an executor sets in its configuration (e.g. max_num_images), after parsing."""
     if not low <= value <= high:
-        raise ParameterError(f'{key} must be between {low} and {high}, got {quote(value)}')
+        raise ParameterError(f'{key} must be between {low} and {high}, got {quote(value)}', param=key)
 
 
 def check_seed(seed: int, num_images: int, key: str = 'num_images') -> None:
@@ -134,5 +132,4 @@ def check_seed(seed: int, num_images: int, key: str = 'num_images') -> None:
     check_range('seed', seed, 0, MAX_SEED)
     if seed + num_images - 1 > MAX_SEED:
         raise ParameterError(
-            f'seed + {key} - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {seed} with {key} {quote(num_images)}'
-        )
+            f'seed + {key} - 1 must be at most {MAX_SEED} (image i gets seed + i), got seed {seed} with {key} {quote(num_images)}', param='seed')

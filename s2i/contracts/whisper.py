@@ -7,7 +7,7 @@ from typing import Optional
 
 from pydantic import Field, field_validator
 
-from s2i.params import Integer, RequestParams, Text, quote
+from s2i.contracts.params import Integer, RequestParams, Text, quote
 
 
 class TranscriptionParams(RequestParams):

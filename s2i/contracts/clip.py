@@ -12,7 +12,7 @@ from typing import List, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from s2i.params import Integer, Number, ParameterError, RequestParams, Text, quote
+from s2i.contracts.params import Integer, Number, ParameterError, RequestParams, Text, quote
 
 TagMode = Literal['single', 'multi']  # single: softmax over the labels (one is right); multi: a sigmoid per label
 InterrogateMode = Literal['fast', 'classic']  # the CLIP Interrogator's two cheap modes
@@ -56,9 +56,9 @@ class ClipParams(RequestParams):
         if self.labels is None:
             return
         if len(self.labels) > max_labels:
-            raise ParameterError(f'labels must hold at most {max_labels} labels (max_labels), got {len(self.labels)}')
+            raise ParameterError(f'labels must hold at most {max_labels} labels (max_labels), got {len(self.labels)}', param='labels')
         longest = max(self.labels, key=len)
         if len(longest) > max_label_chars:
             raise ParameterError(
-                f'labels must each be at most {max_label_chars} characters (max_label_chars), got {quote(longest)}'
-            )
+                f'labels must each be at most {max_label_chars} characters (max_label_chars), got {quote(longest)}',
+                param='labels')

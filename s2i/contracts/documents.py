@@ -12,6 +12,8 @@ from docarray import BaseDoc, DocList
 from docarray.typing import NdArray
 from pydantic import Field, field_validator
 
+from s2i.contracts.errors import CodedError, ErrorCode
+
 PROGRESS_INTERVAL = 0.25  # seconds: a streamed generation reports progress at most this often (and after each last step)
 SAMPLE_RATE = 16000  # Hz; Whisper's input rate, and the rate a waveform ``tensor`` must have
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # docarray's protobuf carries ints as int32
@@ -86,7 +88,9 @@ class PromptDoc(BaseDoc):
     text: str = ''
 
     # --- set by whichever executor fails; later executors leave the document alone ---
-    error: str = ''
+    error: str = ''  # for people: what went wrong and what to do
+    error_code: str = ''  # for programs: an ErrorCode (s2i/contracts/errors.py), stable
+    error_param: str = ''  # the request field to blame, when one is
 
     # --- set by the Stable Diffusion executor ---
     matches: DocList[GeneratedImage] = DocList[GeneratedImage]()
@@ -160,8 +164,18 @@ class GenerationEvent(PromptDoc):
     images: Int32 = 0  # images made in this pipeline call (they denoise together: one step counts for all)
 
 
-def mark_failed(docs: Iterable[PromptDoc], message: str) -> None:
-    """Give ``message`` as the error of every document that has none yet (the first error wins)."""
+def mark_failed(docs: Iterable[PromptDoc], message: str, code: ErrorCode, param: Optional[str] = None) -> None:
+    """Give ``message`` and its ``code`` as the error of every document that has none yet (the first error wins)."""
     for doc in docs:
         if not doc.error:
-            doc.error = message
+            fail(doc, message, code, param)
+
+
+def fail(doc: PromptDoc, message: str, code: ErrorCode, param: Optional[str] = None) -> None:
+    """Set ``doc``'s error, its code and the field to blame (over any earlier error)."""
+    doc.error, doc.error_code, doc.error_param = message, ErrorCode(code).value, param or ''
+
+
+def fail_with(doc: PromptDoc, error: CodedError) -> None:
+    """``fail`` with what a CodedError (a ParameterError, an unreadable image, ...) carries."""
+    fail(doc, error.message, error.code, error.param)

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Callable, Dict, Mapping, Optional, Type, Type
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from s2i.contracts.errors import CodedError, ErrorCode
+
 PARAMETERS_ENDPOINT = '/parameters'  # every executor answers it with its ParameterSchema
 MAX_SEED = 2**31 - 1  # docarray sends ints as protobuf int32
 # An error quotes at most this much of a bad value: one 200 KB value in 500 documents would
@@ -24,8 +26,10 @@ MAX_QUOTED_CHARS = 40
 MAX_FLOAT = sys.float_info.max
 
 
-class ParameterError(ValueError):
-    """A request parameter is of the wrong type or out of range; the message names it."""
+class ParameterError(CodedError, ValueError):
+    """A request parameter is of the wrong type or out of range; the message and ``param`` name it."""
+
+    code = ErrorCode.INVALID_PARAMETER
 
 
 def quote(value: Any) -> str:
@@ -107,7 +111,7 @@ class RequestParams(BaseModel):
         try:
             return cls.model_validate(merged)
         except ValidationError as e:
-            raise ParameterError(describe_error(e)) from None
+            raise parameter_error(e) from None
 
     @classmethod
     def with_defaults(cls: Type[P], overrides: Mapping[str, Any]) -> P:
@@ -124,20 +128,31 @@ def request_parameters(docs, parameters: Mapping[str, Any], defaults: P,
     request's keys, then ``check``ed against the executor's own limits), or None with every document
     failed: a request that did not come through the gateway (see s2i.runtime.from_the_gateway), or
     values of the wrong type or out of range."""
-    from s2i.docs import mark_failed
+    from s2i.contracts.documents import mark_failed
     from s2i.runtime import UNAUTHENTICATED, from_the_gateway
 
     if not from_the_gateway(parameters):  # a caller around the gateway, without the token
-        mark_failed(docs, UNAUTHENTICATED)
+        mark_failed(docs, UNAUTHENTICATED, ErrorCode.INVALID_API_KEY)
         return None
     try:
         params = type(defaults).from_request(defaults, parameters)
         if check is not None:
             check(params)
     except ParameterError as e:
-        mark_failed(docs, f'invalid parameters: {e}')
+        mark_failed(docs, f'invalid parameters: {e}', e.code, e.param)
         return None
     return params
+
+
+def parameter_error(error: ValidationError) -> ParameterError:
+    """The ParameterError for a model's ValidationError: every problem described, the first one's key
+    blamed (an unknown key's code is unknown_parameter; a model-wide check blames no key)."""
+    first = error.errors()[0]
+    param = '.'.join(str(part) for part in first['loc']) or None
+    code = ErrorCode.UNKNOWN_PARAMETER if first['type'] == 'extra_forbidden' else ErrorCode.INVALID_PARAMETER
+    if isinstance(first.get('ctx', {}).get('error'), ParameterError):  # raised by a model validator
+        param = first['ctx']['error'].param
+    return ParameterError(describe_error(error), code=code, param=param)
 
 
 def describe_error(error: ValidationError) -> str:
@@ -169,7 +184,7 @@ def describe_parameters(docs, executor: str, defaults: RequestParams, model: str
     ``parameters`` (when there is a token) raises PermissionError, and its caller learns nothing."""
     from docarray import DocList
 
-    from s2i.docs import ParameterSchema
+    from s2i.contracts.documents import ParameterSchema
     from s2i.runtime import UNAUTHENTICATED, from_the_gateway
 
     if not from_the_gateway(parameters or {}):

@@ -4,7 +4,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from s2i.params import Integer, RequestParams
+from s2i.contracts.params import Integer, RequestParams
 
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # 604800: the longest lifetime S3's signature version 4 allows
 
