@@ -33,39 +33,10 @@ def mark_tiny(folder: str, warning: str) -> str:
 def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
     """Build the tiny pipeline with weights drawn from ``seed`` and save it to ``out_dir``."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'),
-        up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'),
-        cross_attention_dim=32,
-        norm_num_groups=16,
-    )
-    # Four blocks give the VAE the factor-8 downsampling of real SD, so sizes behave the same.
-    vae = AutoencoderKL(
-        block_out_channels=(16, 16, 16, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=('DownEncoderBlock2D',) * 4,
-        up_block_types=('UpDecoderBlock2D',) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=512,  # as SD 1.5's VAE: tiled decoding (low-memory mode) starts above 512 px
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=512, eos_token_id=513, pad_token_id=513, vocab_size=1000, hidden_size=32,
-            intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, layer_norm_eps=1e-5,
-        )
-    )
+    torch.manual_seed(seed)  # the parts draw their weights in this order: UNet, VAE, text encoder
+    unet, vae, text_encoder = tiny_unet(), tiny_vae(), tiny_text_encoder()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', num_train_timesteps=1000, steps_offset=1
     )
@@ -75,6 +46,37 @@ def write_tiny_pipeline(out_dir: str, seed: int = 0) -> str:
     )
     pipe.save_pretrained(out_dir)
     return mark_tiny(out_dir, TINY_WARNING)
+
+
+def tiny_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'), up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'),
+        cross_attention_dim=32, norm_num_groups=16,
+    )
+
+
+def tiny_vae():
+    """Four blocks give the VAE the factor-8 downsampling of real SD, so sizes behave the same."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 16, 16), in_channels=3, out_channels=3,
+        down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4,
+        latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        sample_size=512,  # as SD 1.5's VAE: tiled decoding (low-memory mode) starts above 512 px
+    )
+
+
+def tiny_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        bos_token_id=512, eos_token_id=513, pad_token_id=513, vocab_size=1000, hidden_size=32,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, layer_norm_eps=1e-5,
+    ))
 
 
 def tiny_pipeline_dir() -> str:
