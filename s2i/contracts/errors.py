@@ -10,8 +10,10 @@ CLI exit statuses follow BSD's sysexits.h, so that scripts can tell "fix your in
 "try again later" (69, 75) and "fix your token" (77).
 """
 
+import tomllib
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Dict, Optional
 
 
@@ -54,6 +56,7 @@ class ErrorCode(str, Enum):
 # Where the page shows an error: beside the token box, the input (audio, prompt, image), the
 # settings field named by ``param``, or the status banner (the service's own trouble).
 PAGE_PLACES = ('token', 'input', 'settings', 'banner')
+TABLE = Path(__file__).with_name('errors.toml')  # the table itself: data, read by people and by load_table
 
 
 @dataclass(frozen=True)
@@ -68,48 +71,21 @@ class ErrorKind:
     meaning: str  # for the docs: when a user gets it, and what to do
 
 
-BAD_INPUT = dict(openai_type='invalid_request_error', grpc_status='INVALID_ARGUMENT', exit_status=65, page='input')
-BAD_SETTING = dict(openai_type='invalid_request_error', grpc_status='INVALID_ARGUMENT', exit_status=64, page='settings')
-SERVICE_DOWN = dict(openai_type='server_error', grpc_status='UNAVAILABLE', exit_status=69, page='banner')
+def load_table(path: Path = TABLE) -> Dict[ErrorCode, ErrorKind]:
+    """errors.toml as ErrorKinds: each code's own values over its family's. Every ErrorCode must have
+    a row and every row an ErrorCode (a ValueError otherwise: the two are published together)."""
+    table = tomllib.loads(path.read_text(encoding='utf-8'))
+    rows = {}
+    for code, row in table['codes'].items():
+        family = table['families'].get(row.pop('family', None), {})
+        rows[ErrorCode(code)] = ErrorKind(**{**family, **row})
+    missing = set(ErrorCode) - set(rows)
+    if missing:
+        raise ValueError(f'{path.name} has no row for {", ".join(sorted(code.value for code in missing))}')
+    return rows
 
-ERRORS: Dict[ErrorCode, ErrorKind] = {
-    ErrorCode.INVALID_API_KEY: ErrorKind(401, 'invalid_request_error', 'UNAUTHENTICATED', 77, 'token',
-                                         'no token, or not one of S2I_AUTH_TOKEN\'s keys: send "authorization: Bearer <key>"'),
-    ErrorCode.ORIGIN_NOT_ALLOWED: ErrorKind(403, 'invalid_request_error', 'PERMISSION_DENIED', 77, 'banner',
-                                            "a browser page of another site; allow it with S2I_ALLOWED_ORIGINS"),
-    ErrorCode.INVALID_REQUEST: ErrorKind(400, **BAD_SETTING,
-                                         meaning='the request is malformed: not JSON, a field of the wrong type, too deeply nested'),
-    ErrorCode.INVALID_PARAMETER: ErrorKind(400, **BAD_SETTING, meaning='a parameter is of the wrong type or out of range; param names it'),
-    ErrorCode.UNKNOWN_PARAMETER: ErrorKind(400, **BAD_SETTING, meaning='no executor of the Flow takes this parameter; param names it'),
-    ErrorCode.DUPLICATE_FIELD: ErrorKind(400, **BAD_SETTING, meaning='a form field was sent twice'),
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorKind(415, **BAD_SETTING, meaning='send JSON as application/json, or a multipart form'),
-    ErrorCode.INPUT_TOO_LARGE: ErrorKind(413, 'invalid_request_error', 'RESOURCE_EXHAUSTED', 65, 'input',
-                                         'a body, file, image or document count over its limit; the message names the limit'),
-    ErrorCode.NOT_FOUND: ErrorKind(404, 'invalid_request_error', 'NOT_FOUND', 66, 'banner', 'no such route or job (or another key\'s job)'),
-    ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(405, 'invalid_request_error', 'UNIMPLEMENTED', 64, 'banner', 'the route takes another HTTP method'),
-    ErrorCode.MODEL_NOT_FOUND: ErrorKind(404, 'invalid_request_error', 'NOT_FOUND', 64, 'settings', 'the Flow serves no model of that name (GET /v1/models)'),
-    ErrorCode.UNSUPPORTED: ErrorKind(400, **BAD_SETTING, meaning='this Flow cannot do what was asked (e.g. a url without a store, a mask)'),
-    ErrorCode.RATE_LIMITED: ErrorKind(429, 'rate_limit_error', 'RESOURCE_EXHAUSTED', 75, 'banner',
-                                      'too many jobs active for this key or the service; retry after Retry-After'),
-    ErrorCode.MISSING_INPUT: ErrorKind(400, **BAD_INPUT, meaning='nothing to work on: no prompt, audio or image where one is needed'),
-    ErrorCode.AUDIO_UNREADABLE: ErrorKind(400, **BAD_INPUT, meaning='the audio is empty, damaged or in a format ffmpeg cannot decode'),
-    ErrorCode.AUDIO_TOO_LONG: ErrorKind(400, **BAD_INPUT, meaning="the audio is longer than the Whisper executor's max_audio_seconds"),
-    ErrorCode.UNKNOWN_LANGUAGE: ErrorKind(400, **BAD_SETTING, meaning='the language hint is not one Whisper knows'),
-    ErrorCode.NO_SPEECH: ErrorKind(400, **BAD_INPUT, meaning='no speech was heard, or none that Whisper could turn into words'),
-    ErrorCode.LANGUAGE_UNCERTAIN: ErrorKind(400, **BAD_INPUT, meaning='the spoken language is uncertain: send a language hint'),
-    ErrorCode.CANNOT_TRANSLATE: ErrorKind(400, **BAD_INPUT, meaning="the Whisper model cannot translate (large-v3-turbo): use another model"),
-    ErrorCode.IMAGE_UNREADABLE: ErrorKind(400, **BAD_INPUT, meaning='the image is empty, damaged, of an unread format or of an extreme shape'),
-    ErrorCode.PROMPT_TOO_LONG: ErrorKind(400, **BAD_INPUT, meaning='the prompt is longer than max_prompt_chars'),
-    ErrorCode.EXECUTOR_UNAVAILABLE: ErrorKind(503, **SERVICE_DOWN, meaning='an executor of the Flow could not be reached; try again'),
-    ErrorCode.MODEL_UNAVAILABLE: ErrorKind(503, **SERVICE_DOWN, meaning='an executor could not load its model (no network, a wrong id)'),
-    ErrorCode.OUT_OF_MEMORY: ErrorKind(503, **SERVICE_DOWN, meaning='the GPU ran out of memory: fewer or smaller images, or try again'),
-    ErrorCode.INTERRUPTED: ErrorKind(503, **SERVICE_DOWN, meaning='the service stopped while working on it; send it again'),
-    ErrorCode.STORE_FAILED: ErrorKind(500, 'server_error', 'INTERNAL', 73, 'banner',
-                                      'the images were made but could not be stored; they are still in the answer'),
-    ErrorCode.CANCELLED: ErrorKind(409, 'invalid_request_error', 'CANCELLED', 75, 'banner', 'the job was cancelled, or its stream closed'),
-    ErrorCode.JOB_TIMEOUT: ErrorKind(504, 'server_error', 'DEADLINE_EXCEEDED', 75, 'banner', "the job ran past the gateway's max_job_seconds"),
-    ErrorCode.INTERNAL_ERROR: ErrorKind(500, 'server_error', 'INTERNAL', 70, 'banner', 'the service failed; the details are in its log'),
-}
+
+ERRORS: Dict[ErrorCode, ErrorKind] = load_table()
 
 
 class CodedError(Exception):
