@@ -2,7 +2,6 @@
 
 import hashlib
 import hmac
-import inspect
 import logging
 import os
 import re
@@ -52,17 +51,6 @@ def setting(value: Optional[str], variable: str, default: str) -> str:
     flow.yml passes no model or device to the executors: each reads its own S2I_* variables, so
     `jina flow --uses flow.yml`, `python -m s2i.serve` and containers all configure it the same way."""
     return value or os.environ.get(variable) or default
-
-
-def refuse_unknown_settings(executor: type, settings: dict) -> None:
-    """Jina's Executor takes any keyword and ignores it, so a misspelt or retired setting in a
-    config.yml (``steps:`` where ``request_defaults: {steps: ...}`` is meant) would do nothing, silently."""
-    from jina import Executor
-
-    jinas_own = set(inspect.signature(Executor.__init__).parameters) - {'self', 'kwargs'}
-    unknown = sorted(set(settings) - jinas_own)
-    if unknown:
-        raise TypeError(f'{executor.__name__} has no setting(s) {", ".join(unknown)}: see its config.yml for the ones it has')
 
 
 def resolve_device(device: Optional[str]) -> str:
@@ -136,13 +124,14 @@ class LazyModel:
     def ready_for(self, docs) -> bool:
         """Whether the model is loaded (loading it now if need be); if it cannot be, each of ``docs`` says why."""
         from s2i.contracts.documents import mark_failed
+        from s2i.contracts.errors import ErrorCode
 
         try:
             self.get()
             return True
         except Exception as e:
             self.logger.error(f'loading the {self.name} model failed', exc_info=True)
-            mark_failed(docs, f'the {self.name} model could not be loaded: {str(e).splitlines()[0][:200]}')
+            mark_failed(docs, f'the {self.name} model could not be loaded: {str(e).splitlines()[0][:200]}', ErrorCode.MODEL_UNAVAILABLE)
             return False
 
 

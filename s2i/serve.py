@@ -13,24 +13,24 @@ import sys
 import threading
 from pathlib import Path
 
+from s2i.serve_settings import ServeSettings
+from s2i.settings import variable_names, warn_unknown_variables
+
 FLOW_YML = Path(__file__).resolve().parent.parent / 'flow.yml'
 READY_LINE = 'speech-to-image Flow ready'
 
-# The settings flow.yml reads for Jina itself, and their documented defaults. Executors read their
-# own variables (S2I_SD_MODEL, S2I_WHISPER_*, S2I_DEVICE) with their defaults beside their code.
-DEFAULTS = {
-    'S2I_HOST': '127.0.0.1',  # 0.0.0.0 to serve other machines: set S2I_AUTH_TOKEN, put TLS in front
-    'S2I_PORT': '8321',  # gRPC
-    'S2I_HTTP_PORT': '8322',
-    'S2I_SD_REPLICAS': '1',
-}
+# The settings flow.yml reads for Jina itself (s2i/serve_settings.py), by variable, with their defaults
+# as text. Executors read their own (S2I_SD_MODEL, S2I_WHISPER_*, S2I_DEVICE) through their settings classes.
+DEFAULTS = {variable_names(ServeSettings, name)[0]: str(field.default) for name, field in ServeSettings.model_fields.items()}
 
 
-def apply_defaults() -> None:
-    """Give each unset (or empty) setting of DEFAULTS its default in the environment."""
-    for name, value in DEFAULTS.items():
-        if not os.environ.get(name):
-            os.environ[name] = value
+def apply_defaults() -> ServeSettings:
+    """The settings, checked, each unset (or empty) one given its default in the environment, where
+    flow.yml reads it; a bad value stops the start, naming its variable."""
+    settings = ServeSettings.load()
+    for name in ServeSettings.model_fields:
+        os.environ[variable_names(ServeSettings, name)[0]] = str(getattr(settings, name))
+    return settings
 
 
 class _ExitWhenFlowAborts(logging.Handler):
@@ -56,6 +56,7 @@ def load_flow(path=FLOW_YML):
 
 
 def main() -> None:
+    warn_unknown_variables()  # a misspelt S2I_ variable would otherwise change nothing, silently
     flow = load_flow()
     flow.logger.logger.addHandler(_ExitWhenFlowAborts())  # after loading: JinaLogger resets handlers
     # SIGTERM (docker stop, kill, a supervisor) must close the Flow like Ctrl+C does; by default
@@ -63,11 +64,8 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with flow:
-        print(
-            f'{READY_LINE}: grpc://{os.environ["S2I_HOST"]}:{os.environ["S2I_PORT"]} '
-            f'http://{os.environ["S2I_HOST"]}:{os.environ["S2I_HTTP_PORT"]}',
-            flush=True,
-        )
+        settings = ServeSettings.load()
+        print(f'{READY_LINE}: grpc://{settings.host}:{settings.port} http://{settings.host}:{settings.http_port}', flush=True)
         flow.block(stop_event=stop)
 
 

@@ -313,6 +313,7 @@ def test_a_folder_that_cannot_be_written_fails_each_document_and_keeps_its_image
     first, second = store(executor, drawn(images=2), drawn(images=1))
     for doc in (first, second):
         assert doc.error == f'could not store the result: {tmp_path / "afile" / "sub"}: Not a directory'
+        assert doc.error_code == 'store_failed'
         assert doc.result_url == '' and all(image.url == '' and image.png for image in doc.matches)
     assert len(first.matches) == 2 and read_png_parameters(first.matches[0].png)['seed'] == 7
 
@@ -433,6 +434,7 @@ def failing_after(put, successes: int):
 def test_presign_seconds_out_of_range_is_invalid_parameters(tmp_path):
     (doc,) = store(ResultStoreExecutor(store=str(tmp_path)), drawn(images=1), parameters={'presign_seconds': 604801})
     assert doc.error == 'invalid parameters: presign_seconds must be less than or equal to 604800, got 604801'
+    assert (doc.error_code, doc.error_param) == ('invalid_parameter', 'presign_seconds')
     assert list(tmp_path.iterdir()) == []
 
 
@@ -452,7 +454,7 @@ def test_a_call_around_the_gateway_is_refused_and_nothing_stored(tmp_path, monke
     monkeypatch.setenv('S2I_AUTH_TOKEN', 'secret')
     place = LocalPlace(tmp_path / 'results')
     (doc,) = store(ResultStoreExecutor(store=place.location), drawn(images=1), parameters={INTERNAL_KEY_PARAMETER: 'guess'})
-    assert doc.error == UNAUTHENTICATED and doc.result_url == ''
+    assert doc.error == UNAUTHENTICATED and doc.error_code == 'invalid_api_key' and doc.result_url == ''
     assert place.keys() == []
 
 
@@ -474,7 +476,7 @@ def test_where_a_result_is_stored_travels_over_protobuf(tmp_path):
 @pytest.mark.parametrize('settings, message', [
     ({'store': 'gs://bucket'}, 'must be a folder, file:///path, s3://bucket/prefix or none'),
     ({'store': 's3://'}, 'names no bucket'),
-    ({'max_age_days': 0}, 'max_age_days must be at least 1'),
+    ({'max_age_days': 0}, 'max_age_days (S2I_STORE_MAX_AGE_DAYS): Input should be greater than or equal to 1'),
     ({'max_age_dayz': 3}, 'has no setting(s) max_age_dayz'),
 ])
 def test_bad_settings_stop_the_start(tmp_path, settings, message):

@@ -10,19 +10,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 from docarray import DocList
-from jina import Executor, requests
+from jina import requests
 
-from s2i.contracts.store import StoreParams
+from executors.store.settings import StoreSettings
 from executors.store.stores import LocalFolder, S3Bucket, describe_failure, open_store
-from s2i.contracts.documents import ParameterSchema, PromptDoc, mark_failed
+from s2i.contracts.documents import PromptDoc, mark_failed
+from s2i.contracts.errors import ErrorCode
+from s2i.contracts.store import StoreParams
 from s2i.encoding import from_data_uri
-from s2i.contracts.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
-from s2i.runtime import UNAUTHENTICATED, from_the_gateway, refuse_unknown_settings, setting
+from s2i.executor_base import ServiceExecutor
 
-STORE_VARIABLE = 'S2I_STORE'
-# A folder beside the checkout: relative paths are resolved against the working directory at
-# start-up, and the Flow is started from the repository root. The absolute path is logged.
-DEFAULT_STORE = 'results'
 STORE_FAILED = 'could not store the result'  # a document's error: "could not store the result: <where>: <why>"
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 RECORD = 'result.json'  # written last: a result whose record is there is complete
@@ -35,7 +32,7 @@ STORE_ERRORS = (OSError, BotoCoreError, ClientError)  # the store itself failed,
 AUDIO_SIGNATURES = ((b'RIFF', 'wav'), (b'fLaC', 'flac'), (b'OggS', 'ogg'), (b'ID3', 'mp3'), (b'\xff\xfb', 'mp3'))
 
 
-class ResultStoreExecutor(Executor):
+class ResultStoreExecutor(ServiceExecutor):
     """Stores each document's images and a JSON record of it, and tells the client where.
 
     Every document is stored, failed ones included (their record says why). Each image gets its
@@ -43,22 +40,18 @@ class ResultStoreExecutor(Executor):
     "could not store the result: ..." and leaves its images inline: nothing the client asked for is lost.
     """
 
-    def __init__(
-        self,
-        store: Optional[str] = None,
-        store_audio: bool = False,
-        max_age_days: Optional[int] = None,
-        request_defaults: Optional[Dict[str, Any]] = None,
-        **kwargs,
-    ):
-        refuse_unknown_settings(type(self), kwargs)
-        super().__init__(**kwargs)
-        if max_age_days is not None and max_age_days < 1:
-            raise ValueError(f'max_age_days must be at least 1 (or null: keep forever), got {max_age_days}')
-        self.store = open_store(setting(store, STORE_VARIABLE, DEFAULT_STORE))
-        self.store_audio = store_audio
-        self.max_age_days = max_age_days
-        self.defaults = StoreParams.with_defaults(request_defaults or {})
+    settings_class = StoreSettings
+    params_class = StoreParams
+    # The endpoints it does not serve (/caption, /tag, /interrogate, /generate_stream, ...): Jina's
+    # Flow check wants the last executor to take each endpoint of the ones before it, and those
+    # answers are not results to keep.
+    passes_on = True
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.store = open_store(self.settings.store)
+        self.store_audio = self.settings.store_audio
+        self.max_age_days = self.settings.max_age_days
         self._swept_at: Optional[float] = None
         self._sweeping = threading.Lock()
         self._announce()
@@ -66,7 +59,7 @@ class ResultStoreExecutor(Executor):
 
     def _announce(self) -> None:
         if self.store is None:
-            self.logger.info(f'results are not stored ({STORE_VARIABLE}=none)')
+            self.logger.info('results are not stored (S2I_STORE=none)')
             return
         self.logger.info(f'storing results in {self.store.location}')
         try:  # a store that is not usable yet is reported per document, not a reason to stop the Flow
@@ -79,30 +72,16 @@ class ResultStoreExecutor(Executor):
         if self.max_age_days and isinstance(self.store, S3Bucket):
             self.logger.warning('max_age_days applies to local folders only: give the bucket a lifecycle rule instead')
 
-    @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
-                            **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults, parameters=parameters)
-
-    @requests
-    def pass_on(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
-        """Every endpoint the store does not serve (/caption, /tag, /interrogate, /generate_stream, ...)
-        passes through unchanged: Jina's Flow check wants the last executor to take each endpoint of
-        the ones before it, and those answers are not results to keep."""
-        if not from_the_gateway(parameters):  # a caller around the gateway learns nothing, even here
-            mark_failed(docs, UNAUTHENTICATED)
-        return docs
-
     @requests(on=['/generate', '/text2image', '/restyle'])
     def store_results(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
-        params = request_parameters(docs, parameters, self.defaults)
+        params = self.request_params(docs, parameters)
         if params is None or self.store is None:
             return docs
         self._remove_old_days()
         store_failure = ''
         for doc in docs:
             if store_failure:  # the store just failed: the rest of the batch does not wait on it again
-                mark_failed([doc], store_failure)
+                mark_failed([doc], store_failure, ErrorCode.STORE_FAILED)
             else:
                 store_failure = self._store(doc, params)
         return docs
@@ -147,7 +126,7 @@ class ResultStoreExecutor(Executor):
             # A record already there (from a first try of this call) goes first: it would point at images removed here.
             self._undo(doc, [record_key] + written[::-1] if record_key else written[::-1])
             error = f'{STORE_FAILED}: {self.store.location}: {describe_failure(e)}'
-            mark_failed([doc], error)
+            mark_failed([doc], error, ErrorCode.STORE_FAILED)
             return error if isinstance(e, STORE_ERRORS) else ''
 
     def _day_of(self, result_id: str, now: datetime) -> str:

@@ -1,0 +1,236 @@
+"""What every executor of the service does the same way, so that an executor's file holds only its own work.
+
+``ServiceExecutor`` (every executor):
+
+- settings: Jina passes a config.yml's ``with:`` as keyword arguments, and they become ``self.settings``,
+  an instance of the class's ``settings_class``: a value given wins over its S2I_ variable, which wins
+  over the class's default. A key the class does not have stops the start, naming it; so does a bad
+  value, naming its variable. A misspelt S2I_ variable is named in a warning.
+- request parameters: ``self.defaults`` (``params_class`` with the configured ``request_defaults``), and
+  ``request_params`` at the top of each endpoint: the gateway's key checked, the request's keys parsed
+  once, and every document failed, with the error's code, when they are bad.
+- ``/parameters``: the executor's keys, their schema with the configured defaults, and its model.
+- pass-on (``passes_on = True``): every endpoint the executor does not serve returns its documents
+  unchanged, because Jina's Flow check wants each executor to take the endpoints of the ones before it.
+- per-document errors (``own_failure``, ``fail_all``): an exception fails the documents it concerns,
+  with its code, never the whole request, whose other documents may be other callers' (dynamic batching).
+
+``ModelExecutor`` adds the device and dtype (fp16 on CUDA, fp32 on the CPU) and a model that loads
+at start or, with ``load_at_start: false``, at the first request that needs it.
+"""
+
+import inspect
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, ClassVar, Dict, Iterable, Mapping, Optional, Type, TypeVar
+
+from docarray import DocList
+from jina import Executor, requests
+from pydantic import ValidationError
+
+from s2i.contracts.documents import ParameterSchema, PromptDoc, fail, fail_with, mark_failed
+from s2i.contracts.errors import CodedError, ErrorCode
+from s2i.contracts.params import PARAMETERS_ENDPOINT, ParameterError, RequestParams
+from s2i.executor_settings import ExecutorSettings
+from s2i.runtime import DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, resolve_device
+from s2i.settings import settings_problems, warn_unknown_variables
+
+EVERY_OTHER_ENDPOINT = '/default'  # Jina's endpoint for the requests no other endpoint of an executor takes
+JINAS_OWN = frozenset(inspect.signature(Executor.__init__).parameters) - {'self', 'kwargs'}  # metas, requests, ...
+P = TypeVar('P', bound=RequestParams)
+
+
+def load_settings(executor: Type['ServiceExecutor'], given: Mapping[str, Any]) -> ExecutorSettings:
+    """The executor's settings: ``given`` (a config.yml's ``with:``; null is a value there, such as
+    encoder_margin: null) over the environment over the defaults."""
+    settings_class = executor.settings_class
+    unknown = sorted(set(given) - set(settings_class.model_fields))
+    if unknown:  # e.g. a config.yml written for an older version: `steps: 30` where request_defaults is meant
+        raise TypeError(f'{executor.__name__} has no setting(s) {", ".join(unknown)}: see its config.yml for the ones it has')
+    try:
+        return settings_class(**given)
+    except ValidationError as e:
+        raise ValueError(f'{executor.__name__}: {settings_problems(settings_class, e)}') from None
+
+
+def settings_signature(settings_class: Type[ExecutorSettings]) -> inspect.Signature:
+    """``(self, *, <each setting>=<its default>, **kwargs)``: the settings, as Jina and help() read a constructor."""
+    settings = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=field.annotation)
+                for name, field in settings_class.model_fields.items()]
+    return inspect.Signature([inspect.Parameter('self', inspect.Parameter.POSITIONAL_OR_KEYWORD), *settings,
+                              inspect.Parameter('kwargs', inspect.Parameter.VAR_KEYWORD)])
+
+
+class NoParams(RequestParams):
+    """The parameters of an executor that reads none."""
+
+
+class ServiceExecutor(Executor):
+    settings_class: ClassVar[Type[ExecutorSettings]] = ExecutorSettings
+    params_class: ClassVar[Type[RequestParams]] = NoParams
+    passes_on: ClassVar[bool] = False  # True: every endpoint it does not serve passes its documents on unchanged
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if '__init__' in vars(cls):  # Jina warns about a config.yml key its constructor's signature does not name
+            cls.__init__.__signature__ = settings_signature(cls.settings_class)
+
+    def __init__(self, **kwargs):
+        jinas = {key: kwargs.pop(key) for key in JINAS_OWN & set(kwargs)}
+        self.settings = load_settings(type(self), kwargs)
+        if self.passes_on:
+            jinas['requests'] = {EVERY_OTHER_ENDPOINT: 'pass_on', **(jinas.get('requests') or {})}
+        super().__init__(**jinas)
+        warn_about_unknown_variables(self.logger)
+        self.defaults = self.params_class.with_defaults(self.settings.request_defaults)
+
+    @property
+    def model_id(self) -> str:
+        """The model this executor serves (a hub id or a folder), as GET /v1/models lists it; '' for none."""
+        return getattr(self.settings, 'model', '')
+
+    # --- endpoints ---
+
+    @requests(on=PARAMETERS_ENDPOINT)
+    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
+                            **kwargs) -> DocList[ParameterSchema]:
+        """What came before in the chain, plus this executor's keys, schema and model. Like every
+        endpoint, it answers only the gateway: without the gateway's key its caller learns nothing."""
+        return answer_parameters(docs, self.parameter_schema(), parameters)
+
+    def parameter_schema(self) -> ParameterSchema:
+        """This executor's part of ``/parameters``; an executor with more than one parameter model extends it."""
+        return parameter_schema(self.metas.name, self.defaults, self.model_id)
+
+    def pass_on(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
+        """An endpoint this executor does not serve: the documents, unchanged (``passes_on``)."""
+        if not from_the_gateway(parameters):  # a caller around the gateway learns nothing, even here
+            mark_failed(docs, UNAUTHENTICATED, ErrorCode.INVALID_API_KEY)
+        return docs
+
+    # --- for the endpoints ---
+
+    def request_params(self, docs: Iterable[PromptDoc], parameters: Mapping[str, Any], defaults: Optional[P] = None,
+                       check: Optional[Callable[[P], None]] = None) -> Optional[P]:
+        """An endpoint's first step: its parameters for this request (``defaults``, else ``self.defaults``,
+        with the request's keys, then ``check``ed against the executor's own limits), or None with every
+        document failed: a request that did not come through the gateway, or values of the wrong type
+        or out of range."""
+        defaults = self.defaults if defaults is None else defaults
+        if not from_the_gateway(parameters):  # a caller around the gateway, without the token
+            mark_failed(docs, UNAUTHENTICATED, ErrorCode.INVALID_API_KEY)
+            return None
+        try:
+            params = type(defaults).from_request(defaults, parameters)
+            if check is not None:
+                check(params)
+        except ParameterError as e:
+            mark_failed(docs, f'invalid parameters: {e}', e.code, e.param)
+            return None
+        return params
+
+    @contextmanager
+    def own_failure(self, doc: PromptDoc, step: str):
+        """An exception in one document's ``step`` becomes that document's error: a CodedError as it
+        says, anything else as "<step> failed" with its type (the log has the details)."""
+        try:
+            yield
+        except CodedError as e:
+            fail_with(doc, e)
+        except Exception as e:
+            self.logger.error(f'{step} failed for document {doc.id}', exc_info=True)
+            fail(doc, failed_step(step, e), code_of(e))
+
+    def fail_all(self, docs: Iterable[PromptDoc], step: str, error: Exception) -> None:
+        """``step`` failed for all of ``docs`` together (one model call): each of them says so, with the code."""
+        docs = list(docs)
+        self.logger.error(f'{step} failed for {len(docs)} document(s)', exc_info=error)
+        mark_failed(docs, failed_step(step, error), code_of(error))
+
+
+class ModelExecutor(ServiceExecutor):
+    """An executor with a model on a device. ``load_model`` returns what the executor keeps (a model, its
+    processor, ...); ``use_model`` keeps it. Without a ``load_at_start`` setting, or with it true, the model
+    loads in the constructor; with it false, at the first ``model_ready``."""
+
+    model_kind: ClassVar[str] = ''  # in the error of a model that cannot load: "the <kind> model could not be loaded"
+
+    def __init__(self, **kwargs):
+        import torch
+
+        super().__init__(**kwargs)
+        self.device = torch.device(resolve_device(self.settings.device))
+        self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
+        self.lazy_model = LazyModel(self.load_model, self.model_kind, self.logger)
+
+    def load_model(self) -> Any:
+        raise NotImplementedError
+
+    def use_model(self, loaded: Any) -> None:
+        raise NotImplementedError
+
+    def load_now_or_at_first_use(self) -> None:
+        """The end of a lazy executor's constructor: the model now, unless ``load_at_start`` is false."""
+        if self.settings.load_at_start:
+            self.use_model(self.lazy_model.get())
+
+    def model_ready(self, docs: Iterable[PromptDoc]) -> bool:
+        """Whether the model is loaded (loading it now if need be); if it cannot be, each of ``docs`` says why."""
+        if not self.lazy_model.ready_for(docs):
+            return False
+        self.use_model(self.lazy_model.get())
+        return True
+
+    def release_memory(self) -> None:
+        """After a failed model call, out of its except block (where the traceback holds the call's
+        tensors): the memory freed, so that the retry finds it."""
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+
+def parameter_schema(executor: str, defaults: RequestParams, model: str = '') -> ParameterSchema:
+    """An executor's keys, their JSON schema (each key's default the executor's configured one) and its model."""
+    schema = type(defaults).model_json_schema()
+    for key, value in defaults.model_dump().items():
+        schema['properties'][key]['default'] = value
+    return ParameterSchema(executor=executor, keys=sorted(defaults.keys()), json_schema=schema, model=model)
+
+
+def answer_parameters(docs: DocList[ParameterSchema], schema: ParameterSchema,
+                      parameters: Optional[Mapping[str, Any]]) -> DocList[ParameterSchema]:
+    """The ``/parameters`` answer: the schemas of the executors before this one in the chain, then ``schema``;
+    PermissionError, and nothing learnt, for a caller without the gateway's key."""
+    if not from_the_gateway(parameters or {}):
+        raise PermissionError(UNAUTHENTICATED)
+    described = DocList[ParameterSchema](doc for doc in docs if doc.executor != schema.executor)
+    described.append(schema)
+    return described
+
+
+def warn_about_unknown_variables(logger) -> None:
+    """s2i.settings.warn_unknown_variables, which imports every component's settings class: one that cannot
+    be imported (a partial install) costs this check, not the executor's start."""
+    try:
+        warn_unknown_variables(logger)
+    except ImportError as e:
+        logger.warning(f'the S2I_ variables were not checked for typos: {e}')
+
+
+def failed_step(step: str, error: Exception) -> str:
+    """What a client is told of an unexpected failure: the step and the exception's type (the log has the rest)."""
+    return f'{step} failed: {type(error).__name__}; {DETAILS_LOGGED}'
+
+
+def code_of(error: Exception) -> ErrorCode:
+    """An exception's error code: a CodedError's own, out_of_memory for CUDA's, else internal_error."""
+    if isinstance(error, CodedError):
+        return error.code
+    torch = sys.modules.get('torch')  # never imported here for this: no torch, no CUDA error
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
+        return ErrorCode.OUT_OF_MEMORY
+    return ErrorCode.INTERNAL_ERROR
