@@ -3,20 +3,27 @@
 main states are saved as screenshots in tests/artifacts/ (git-ignored) for a reviewer to look at."""
 
 import http.client
+import json
 import re
+import threading
+import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator, List, Optional, Tuple, get_args
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, ROOT
+from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, ROOT, free_port
 from front_door import TOKEN
+from s2i.contracts.errors import ERRORS, ErrorCode
+from s2i.contracts.params import MAX_SEED
+from s2i.contracts.stable_diffusion import GenerationParams, Scheduler
 
 CHROMIUM = '/usr/bin/chromium'
 ARTIFACTS = ROOT / 'tests' / 'artifacts'
 JOB_WAIT_MS = 120_000  # any one job (a cold Whisper on 2 cores)
-SMALL = {'n': '1', 'width': '64', 'height': '64', 'steps': '2'}
+SMALL = {'num_images': '1', 'width': '64', 'height': '64', 'steps': '2'}
 
 sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright for Python is not installed (requirements-dev.txt)')
 if not Path(CHROMIUM).exists():
@@ -107,7 +114,7 @@ def pixel_difference(page, first: int, second: int) -> Tuple[int, float]:
 
 
 def test_a_typed_prompt_gives_the_requested_images_and_their_seed_gives_them_again(visit):
-    page = visit.open(n='2', width='64', height='80', steps='2')
+    page = visit.open(num_images='2', width='64', height='80', steps='2')
     sync_api.expect(page.locator('#scheduler option')).to_have_count(5)  # the bounds and choices are the server's
     assert page.locator('#steps').get_attribute('max') == '200'
     page.get_by_test_id('prompt').fill('a red fox in the snow')
@@ -188,7 +195,7 @@ def test_an_uploaded_file_that_is_not_audio_shows_the_error_beside_the_file_inpu
 
 
 def test_a_running_job_is_cancelled(visit):
-    page = visit.open(n='1', width='256', height='256', steps='200')
+    page = visit.open(num_images='1', width='256', height='256', steps='200')
     page.get_by_test_id('prompt').fill('a very slow lighthouse')
     page.get_by_test_id('generate').click()
 
@@ -202,7 +209,7 @@ def test_a_running_job_is_cancelled(visit):
 
 
 def test_a_reload_mid_job_reconnects_and_finishes_the_job(visit):
-    page = visit.open(n='1', width='128', height='128', steps='60')
+    page = visit.open(num_images='1', width='128', height='128', steps='60')
     page.get_by_test_id('prompt').fill('a harbour at night')
     page.get_by_test_id('generate').click()
     sync_api.expect(page.get_by_test_id('progress').locator('progress')).to_have_count(1, timeout=JOB_WAIT_MS)
@@ -217,7 +224,7 @@ def test_a_reload_mid_job_reconnects_and_finishes_the_job(visit):
 
 
 def test_a_dropped_connection_reconnects_from_the_last_event_seen(visit):
-    page = visit.open(n='1', width='64', height='64', steps='20')
+    page = visit.open(num_images='1', width='64', height='64', steps='20')
     opened: List[str] = []
 
     def drop_the_first_after_a_progress_event(ws):
@@ -310,7 +317,7 @@ def test_an_uploaded_image_is_captioned_and_tagged_best_first(visit, shapes_png)
 
 
 def test_an_image_restyled_after_the_typed_prompt_joins_the_gallery_at_its_size(visit, shapes_png):
-    page = visit.open(n='1', steps='2')
+    page = visit.open(num_images='1', steps='2')
     page.get_by_test_id('image-file').set_input_files(str(shapes_png))
     page.get_by_test_id('prompt').fill('as an oil painting')
     page.get_by_test_id('strength').fill('0.5')
@@ -355,3 +362,187 @@ def test_a_file_that_is_not_an_image_shows_the_error_beside_the_image_input_and_
     assert images(page).count() == 0
     assert visit.foreign_hosts() == []
     assert visit.console_errors == []
+
+
+# The page alone: its own routes (gateway.ui) on a free port, and the answers of /v1 and the Flow stubbed per
+# test (page.route), so that each error code can be met without making the service fail.
+
+class OpenGuard:
+    """A gateway without a token, whose Stable Diffusion executor is configured with 30 steps by default."""
+
+    configured = SimpleNamespace(executor='stable_diffusion',
+                                 json_schema={'properties': {'steps': {'type': 'integer', 'default': 30}}})
+
+    def __init__(self):
+        self.parameters = SimpleNamespace(schemas=self.schemas)
+
+    def owner(self, authorization):
+        return 'anonymous'
+
+    async def schemas(self):
+        return [self.configured]
+
+
+@pytest.fixture(scope='module')
+def page_alone() -> Iterator[str]:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from gateway.errors import APIError, api_error
+    from gateway.ui import ui_router
+
+    app = FastAPI()
+    app.add_exception_handler(APIError, api_error)
+    app.include_router(ui_router(OpenGuard()))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port, log_level='warning', ws='none'))  # its WebSockets are stubbed
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), 'the page did not start'
+        time.sleep(0.05)
+    yield f'http://127.0.0.1:{port}'
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def alone(browser, page_alone) -> Iterator[Visit]:
+    opened = Visit(browser, page_alone)
+    yield opened
+    opened.context.close()
+
+
+def refuse_jobs(page, code: ErrorCode, param: Optional[str], message: str) -> None:
+    """POST /v1/jobs answers as the gateway refuses: OpenAI's error body with ``code``, at its HTTP status."""
+    kind = ERRORS[code]
+    body = {'error': {'message': message, 'type': kind.openai_type, 'param': param, 'code': code.value}}
+    page.route('**/v1/jobs', lambda route: route.fulfill(status=kind.http_status, json=body))
+
+
+def fail_jobs(page, event: Dict[str, Any]) -> None:
+    """POST /v1/jobs takes the job, and its events end with ``event`` (a failed job's)."""
+    page.route('**/v1/jobs', lambda route: route.fulfill(status=202, json={'id': 'job-1', 'status': 'queued'}))
+
+    def events(ws):
+        ws.send(json.dumps({'kind': 'queued', 'job': 'job-1', 'seq': 1, 'position': 0}))
+        ws.send(json.dumps({'kind': 'failed', 'job': 'job-1', 'seq': 2, **event}))
+
+    page.route_web_socket(re.compile('/v1/jobs/job-1/events'), events)
+
+
+def settings_field(page, label: str):
+    """The settings field (its label, input and any error) whose label reads ``label``."""
+    return page.locator('#settings .field').filter(has=page.get_by_label(label, exact=True))
+
+
+def test_the_settings_form_shows_every_generation_parameter_with_the_models_bounds(alone):
+    page = alone.open()
+    schema = GenerationParams.model_json_schema()['properties']
+    for key in GenerationParams.model_fields:
+        sync_api.expect(page.locator(f'#settings-fields #{key}')).to_be_attached()
+    for key in ('num_images', 'steps', 'guidance_scale', 'width', 'height'):
+        field = page.locator(f'#{key}')
+        assert field.get_attribute('type') == 'number', key
+        assert field.get_attribute('min') == f'{schema[key]["minimum"]:g}', key
+        if 'maximum' in schema[key]:
+            assert field.get_attribute('max') == f'{schema[key]["maximum"]:g}', key
+    assert page.get_by_label('Width', exact=True).get_attribute('step') == '8'
+    assert page.get_by_label('Seed', exact=True).get_attribute('max') == str(MAX_SEED)  # Optional[int]'s bounds too
+    choices = page.get_by_label('Scheduler', exact=True).locator('option').all_text_contents()
+    assert choices == list(get_args(Scheduler))
+    sync_api.expect(page.get_by_label('Scheduler', exact=True)).to_have_value('dpm++')
+    sync_api.expect(page.get_by_label('Steps', exact=True)).to_have_value('30')  # the executor's configured default, once the token is in
+    assert alone.console_errors == []
+
+
+def test_a_parameter_added_to_the_model_shows_up_as_a_field_and_is_sent_with_the_job(alone):
+    def with_clip_skip(route):
+        schema = route.fetch().json()
+        schema['settings']['properties']['clip_skip'] = {
+            'type': 'integer', 'minimum': 1, 'maximum': 12, 'default': 2, 'title': 'Clip Skip', 'description': 'text encoder layers skipped'}
+        route.fulfill(json=schema)
+
+    sent = []
+    alone.page.route('**/ui/schema.json', with_clip_skip)
+    alone.page.route('**/v1/jobs', lambda route: (sent.append(route.request.post_data), route.abort()))
+    page = alone.open(num_images='2', width='64', height='80')
+    field = page.get_by_label('Clip skip', exact=True)
+    assert (field.get_attribute('min'), field.get_attribute('max'), field.input_value()) == ('1', '12', '2')
+    assert field.get_attribute('title') == 'text encoder layers skipped'
+    field.fill('3')
+    page.get_by_test_id('prompt').fill('a fox')
+    page.get_by_test_id('generate').click()
+
+    sync_api.expect(page.locator('#status')).to_have_text('Not started.')
+    form = dict(re.findall(r'name="([^"]+)"\r\n\r\n([^\r]*)', sent[0]))
+    assert form['clip_skip'] == '3'
+    assert (form['n'], form['size'], form['prompt']) == ('2', '64x80', 'a fox')
+
+
+# Each place of the code table, with a message that names another place's things: the code decides, not the words.
+MISLEADING = 'no speech: steps must be at most 200, the token is wrong'
+
+
+@pytest.mark.parametrize('code, param, place', [
+    (ErrorCode.INVALID_API_KEY, None, 'header'),
+    (ErrorCode.PROMPT_TOO_LONG, None, '#typed'),
+    (ErrorCode.INVALID_PARAMETER, 'guidance_scale', 'Guidance'),
+    (ErrorCode.INVALID_PARAMETER, 'size', 'Width'),  # the job field stands for the parameters width and height
+    (ErrorCode.UNKNOWN_PARAMETER, 'clip_skip', '#settings'),  # no field sets it: the settings as a whole
+    (ErrorCode.OUT_OF_MEMORY, None, '#banner'),
+])
+def test_a_refused_job_shows_its_error_where_its_code_places_it(alone, code, param, place):
+    page = alone.open()
+    refuse_jobs(alone.page, code, param, MISLEADING)
+    page.get_by_test_id('prompt').fill('a fox')
+    page.get_by_test_id('generate').click()
+
+    where = settings_field(page, place) if place[0].isupper() else page.locator(place)
+    error = where.get_by_test_id('error')
+    sync_api.expect(error).to_be_visible()
+    sync_api.expect(error).to_contain_text(MISLEADING, ignore_case=True)
+    assert page.get_by_test_id('error').count() == 1
+    if place[0].isupper():
+        sync_api.expect(page.get_by_label(place, exact=True)).to_have_attribute('aria-invalid', 'true')
+
+
+@pytest.mark.parametrize('code, param, place', [
+    (ErrorCode.AUDIO_UNREADABLE, None, '#drop'),
+    (ErrorCode.INVALID_PARAMETER, 'width', 'Width'),
+    (ErrorCode.STORE_FAILED, None, '#banner'),
+])
+def test_a_failed_job_shows_its_error_where_its_code_places_it(alone, code, param, place):
+    page = alone.open()
+    fail_jobs(alone.page, {'error': MISLEADING, 'error_code': code.value, 'error_param': param})
+    page.get_by_test_id('file').set_input_files(str(DATA / 'not_audio.wav'))
+
+    sync_api.expect(page.locator('#status')).to_have_text('Failed.')
+    where = settings_field(page, place) if place[0].isupper() else page.locator(place)
+    sync_api.expect(where.get_by_test_id('error')).to_contain_text(MISLEADING, ignore_case=True)
+    if code is ErrorCode.AUDIO_UNREADABLE:
+        sync_api.expect(where.get_by_test_id('error')).to_contain_text('cannot be read as audio')  # the advice for its code
+
+
+def test_an_image_request_failed_for_a_label_shows_beside_the_labels(alone, shapes_png):
+    page = alone.open()
+    answered = {'data': [{'error': MISLEADING, 'error_code': 'invalid_parameter', 'error_param': 'labels'}]}
+    page.route('**/tag', lambda route: route.fulfill(json=answered))
+    page.get_by_test_id('image-file').set_input_files(str(shapes_png))
+    page.get_by_test_id('labels').fill('a dog, a dog')
+    page.get_by_test_id('tags-button').click()
+
+    sync_api.expect(page.locator('#tagging').get_by_test_id('error')).to_contain_text(MISLEADING, ignore_case=True)
+    sync_api.expect(page.get_by_test_id('labels')).to_have_attribute('aria-invalid', 'true')
+
+
+def test_the_page_schema_is_open_and_places_every_error_code(page_alone):
+    import requests
+
+    answer = requests.get(f'{page_alone}/ui/schema.json', timeout=10)
+    assert answer.status_code == 200 and 'default-src' in answer.headers['content-security-policy']
+    schema = answer.json()
+    assert schema['settings']['properties'].keys() == GenerationParams.model_fields.keys()
+    assert schema['errors'] == {code.value: {'page': kind.page} for code, kind in ERRORS.items()}
+    assert set(schema['places']) == {kind.page for kind in ERRORS.values()}

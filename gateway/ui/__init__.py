@@ -2,21 +2,28 @@
 
     GET /ui, /ui/           the page (static/index.html); open, like its files: it asks for the token itself
     GET /ui/<file>          its styles and scripts, from static/ only, by exact name
-    GET /ui/parameters      the executors' parameter schemas (ranges, defaults, choices): needs the token
+    GET /ui/schema.json     what the page is built from (open): the parameter models' JSON schemas, from
+                            which it builds its settings form, and where each error code shows on it
+    GET /ui/parameters      the executors' parameter schemas as configured (their defaults): needs the token
 
 The page talks to the job API (POST /v1/jobs, WS /v1/jobs/{id}/events, DELETE /v1/jobs/{id}), and for an
 image to the Flow's own HTTP routes (POST /caption, /tag, /restyle), with the
 token from its own field, as ``Authorization: Bearer`` and, on the WebSocket, as the subprotocol
-``bearer.<token>``. It loads nothing from any other host.
+``bearer.<token>``. It loads nothing from any other host. It reads an error's ``code`` (s2i/contracts/errors.py)
+to place it, and shows its message as text.
 """
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from gateway.errors import APIError
+from s2i.contracts.errors import ERRORS, PAGE_PLACES
+from s2i.contracts.stable_diffusion import GenerationParams, RestyleParams
+from s2i.contracts.whisper import TranscriptionParams
 from s2i.runtime import UNAUTHENTICATED
 
 STATIC = Path(__file__).parent / 'static'
@@ -37,6 +44,9 @@ SECURITY_HEADERS = {
     'Referrer-Policy': 'no-referrer',
     'Cache-Control': 'no-cache',
 }
+# pydantic leaves a bound of an Optional[Annotated[int, ...]] field under its own name ("ge") inside
+# anyOf; JSON Schema's names are what the page (and any other reader) understands.
+JSON_SCHEMA_BOUNDS = {'ge': 'minimum', 'le': 'maximum', 'gt': 'exclusiveMinimum', 'lt': 'exclusiveMaximum'}
 
 
 def static_files() -> Dict[str, Path]:
@@ -44,34 +54,62 @@ def static_files() -> Dict[str, Path]:
     return {path.name: path for path in sorted(STATIC.iterdir()) if path.suffix in CONTENT_TYPES and path.is_file()}
 
 
+def standard_bounds(schema: Any) -> Any:
+    """``schema`` with pydantic's stray ``ge``/``le``/``gt``/``lt`` renamed to JSON Schema's bounds."""
+    if isinstance(schema, list):
+        return [standard_bounds(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {JSON_SCHEMA_BOUNDS.get(key, key): standard_bounds(value) for key, value in schema.items()}
+
+
+@lru_cache(maxsize=1)
+def page_schema() -> Dict[str, Any]:
+    """What the page builds itself from. ``settings``: every generation parameter is a settings field
+    (a field added to GenerationParams shows up on the page by itself); ``restyle``: /restyle's
+    parameters (its strength); ``transcription``: Whisper's (the spoken language). ``errors``: each
+    code's place on the page, one of ``places``."""
+    return {
+        'settings': standard_bounds(GenerationParams.model_json_schema()),
+        'restyle': standard_bounds(RestyleParams.model_json_schema()),
+        'transcription': standard_bounds(TranscriptionParams.model_json_schema()),
+        'places': list(PAGE_PLACES),
+        'errors': {code.value: {'page': kind.page} for code, kind in ERRORS.items()},
+    }
+
+
+def served(path: Path) -> Response:
+    return Response(path.read_bytes(), media_type=CONTENT_TYPES[path.suffix], headers=SECURITY_HEADERS)
+
+
 def ui_router(guard) -> APIRouter:
     """The page's routes; ``guard`` is the gateway's (gateway/gateway.py): its token and parameter schemas."""
     router = APIRouter(prefix='/ui')
     files = static_files()
 
-    def served(name: str) -> Response:
-        path = files[name]
-        return Response(path.read_bytes(), media_type=CONTENT_TYPES[path.suffix], headers=SECURITY_HEADERS)
-
     @router.get('', include_in_schema=False)
     @router.get('/', include_in_schema=False)
     async def page() -> Response:
-        return served('index.html')
+        return served(files['index.html'])
+
+    @router.get('/schema.json', include_in_schema=False)
+    async def schema() -> Response:
+        return JSONResponse(page_schema(), headers=SECURITY_HEADERS)
 
     @router.get('/parameters', include_in_schema=False)
     async def parameters(request: Request) -> Dict[str, Any]:
-        """What each executor takes, as the page's inputs' bounds; the token is checked here, as the
+        """What each executor takes, with its configured defaults; the token is checked here, as the
         middleware lets every GET under /ui through."""
         if guard.owner(request.headers.get('authorization')) is None:
             raise APIError(401, UNAUTHENTICATED, code='invalid_api_key')
         schemas = await guard.parameters.schemas() or []
-        return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': schema.json_schema}
+        return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': standard_bounds(schema.json_schema)}
                                            for schema in schemas]}
 
     @router.get('/{name}', include_in_schema=False)
     async def file(name: str) -> Response:
         if name not in files:
             raise APIError(404, f'no file {name[:40]!r} in the page', code='not_found')
-        return served(name)
+        return served(files[name])
 
     return router

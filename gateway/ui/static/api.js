@@ -8,7 +8,7 @@ const RETRY_MS = [500, 1000, 2000, 4000];  // between reconnections; the last on
 export const token = () => sessionStorage.getItem(TOKEN_KEY) || '';
 export const setToken = (value) => sessionStorage.setItem(TOKEN_KEY, value.trim());
 
-/** A refused request: its HTTP status and OpenAI's error fields (message, param, code). */
+/** A refused request: its HTTP status and OpenAI's error fields (message, param, code: s2i/contracts/errors.py). */
 export class RequestError extends Error {
   constructor(status, message, param = null, code = null) {
     super(message);
@@ -40,24 +40,25 @@ export const submitJob = (body) => call('POST', '/v1/jobs', body);
 export const cancelJob = (id) => call('DELETE', `/v1/jobs/${encodeURIComponent(id)}`);
 export const lookUpJob = (id) => call('GET', `/v1/jobs/${encodeURIComponent(id)}`);
 export const parameterSchemas = () => call('GET', '/ui/parameters');
+export const pageSchema = () => call('GET', '/ui/schema.json');
 
 /**
  * One image through one of the Flow's image endpoints (/caption, /tag, /restyle) over Jina's HTTP route:
  * the answered document (caption, tags, matches with data_uri). An error the executor wrote into the
- * document is thrown as a RequestError, like a refused request.
+ * document (error, error_code, error_param) is thrown as a RequestError, like a refused request.
  */
 export async function imageRequest(endpoint, document, parameters = {}) {
   const answer = await call('POST', endpoint, { data: [document], parameters });
   const [answered] = answer.data || [];
   if (!answered) throw new RequestError(0, 'the service answered without a document');
-  if (answered.error) throw new RequestError(200, answered.error);
+  if (answered.error) throw new RequestError(200, answered.error, answered.error_param, answered.error_code);
   return answered;
 }
 
 /**
  * Follows a job's events from seq ``after``, calling onEvent with each one in order, until the terminal
  * event. A dropped connection is opened again from the last seq seen (onEvent gets {kind: 'reconnecting'});
- * a job the service no longer knows ends with {kind: 'lost', error}.
+ * a job the service no longer knows ends with {kind: 'lost', status, error, error_code}, as a failed job's event.
  */
 export function followJob(id, after, onEvent) {
   let last = after;
@@ -89,7 +90,7 @@ export function followJob(id, after, onEvent) {
     } catch (e) {
       if (e.status === 401 || e.status === 404) {
         ended = true;
-        onEvent({ kind: 'lost', status: e.status, error: e.message });
+        onEvent({ kind: 'lost', status: e.status, error: e.message, error_code: e.code });
         return;
       }
     }

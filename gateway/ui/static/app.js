@@ -1,135 +1,78 @@
 // The page: three ways in (record, upload, type), one job followed at a time, and the session's gallery;
-// and an image to caption, tag or restyle (images.js).
+// and an image to caption, tag or restyle (images.js). The settings form is built from the parameter
+// models' schemas (settings.js), and errors show where their code says (errors.js).
 
-import { TERMINAL, cancelJob, followJob, parameterSchemas, setToken, submitJob, token } from './api.js';
+import { TERMINAL, cancelJob, followJob, pageSchema, parameterSchemas, setToken, submitJob, token } from './api.js';
 import { $, dropZone } from './dom.js';
-import { NOT_AN_IMAGE, wireImages } from './images.js';
+import { clearError, knowPlaces, placeOf, showError, showFailure, tokenErrorShown } from './errors.js';
+import { boundStrength, wireImages } from './images.js';
 import { Recorder } from './recorder.js';
+import { applyBounds, buildSettings, settingInput, settingKeys, settingValues } from './settings.js';
 
 const JOB_KEY = 's2i.job';          // the job being followed: a reload resumes it
 const GALLERY_KEY = 's2i.gallery';  // this session's images
-const MAX_SEED = 2 ** 31 - 1;
-const LANGUAGES = { en: 'English', de: 'German', fr: 'French', es: 'Spanish', it: 'Italian', pt: 'Portuguese',
-  nl: 'Dutch', pl: 'Polish', sv: 'Swedish', da: 'Danish', no: 'Norwegian', fi: 'Finnish', cs: 'Czech',
-  ru: 'Russian', uk: 'Ukrainian', tr: 'Turkish', el: 'Greek', ar: 'Arabic', he: 'Hebrew', hi: 'Hindi',
-  zh: 'Chinese', ja: 'Japanese', ko: 'Korean', vi: 'Vietnamese', id: 'Indonesian' };
-// The settings' inputs by the parameter they set (the executors' names, as in their schemas and errors).
-const SETTINGS = { num_images: 'n', width: 'width', height: 'height', steps: 'steps', guidance_scale: 'guidance_scale',
-  seed: 'seed', negative_prompt: 'negative_prompt', scheduler: 'scheduler', language: 'language' };
-// What to do about the audio errors a person meets most; the service's own words follow in brackets.
-const ADVICE = [
-  [/^(no speech|no usable speech)/i, 'No speech was heard. Speak closer to the microphone, or type a prompt.'],
-  [/^could not decode/i, 'This file cannot be read as audio. Try a WAV, MP3, OGG, FLAC or WebM recording.'],
-  [/^empty audio/i, 'The recording is empty. Check the microphone, or choose another file.'],
-  [/^audio too (long|large)/i, 'The recording is too long or too large for this service.'],
-  [/^not an image this service reads/i, NOT_AN_IMAGE],
-];
-const AUDIO_ERRORS = /^(no speech|no usable speech|empty audio|could not decode|audio too|bad audio|malformed audio)/i;
+// POST /v1/jobs takes three parameters under OpenAI's names: n (num_images) and size (width x height).
+const JOB_FIELD_INPUTS = { n: 'num_images', size: 'width' };
+// The page's inputs, beside the settings, that a parameter or field of an error can name.
+const PAGE_INPUTS = { prompt: 'prompt', text: 'prompt', labels: 'labels', strength: 'strength', image: 'image-file', image_uri: 'image-file' };
+// The input each way in sends from: where an error about the input itself shows.
+const SOURCE_INPUTS = { record: 'record', file: 'file', prompt: 'prompt', again: 'generate' };
 
 let job = null;       // {id, source, follower, images}
 let recorder = null;
+let formBuilt = null; // resolves once the settings form is built from the schemas
 
-// Errors, next to the input that caused them
-
-function showError(message, anchorId) {
-  clearError();
-  const error = $('error');
-  const anchor = $(anchorId);
-  error.textContent = message;
-  error.hidden = false;
-  (anchor.closest('.field, .way') || anchor.parentElement).append(error);
-  anchor.setAttribute('aria-invalid', 'true');
-  anchor.setAttribute('aria-describedby', 'error');
-  if (anchor.closest('details')) anchor.closest('details').open = true;
+/** The id of the input that sets ``param`` (a parameter, or a job field), if the page has one. */
+function inputFor(param) {
+  return settingInput(param) || settingInput(JOB_FIELD_INPUTS[param]) || PAGE_INPUTS[param];
 }
 
-function clearError() {
-  $('error').hidden = true;
-  $('error').textContent = '';
-  document.querySelectorAll('[aria-invalid]').forEach((el) => {
-    el.removeAttribute('aria-invalid');
-    el.removeAttribute('aria-describedby');
-  });
+/** Shows a refused request's or a failed job's ``error`` at its code's place; ``source``: the way in it came from. */
+function fail(error, source) {
+  showFailure(error, SOURCE_INPUTS[source] || source, inputFor);
 }
 
-/** The input a refused request or a failed job is about: by the error's param, status or wording. */
-function culprit(error, source) {
-  if (error.status === 401) return 'token';
-  if (error.param === 'n') return 'n';
-  if (error.param === 'size') return 'width';
-  if (error.param === 'file') return source === 'prompt' ? 'prompt' : source;
-  if (SETTINGS[error.param]) return SETTINGS[error.param];
-  const message = error.message || '';
-  if (AUDIO_ERRORS.test(message) && source !== 'prompt') return source;
-  const named = /^(?:invalid parameters: )?([a-z_]+)/.exec(message);
-  if (named && SETTINGS[named[1]]) return SETTINGS[named[1]];
-  if (/^prompt /.test(message)) return 'prompt';
-  return source === 'again' ? 'generate' : source;
-}
+// The settings, from the schemas, with the executors' configured defaults once the token is known
 
-function plainly(error) {
-  if (error.status === 401) return 'The access token is wrong or missing. Enter the token of this service.';
-  if (error.status === 429) return `The service is busy: ${error.message}.`;
-  if (error.status === 413) return `Too large: ${error.message}.`;
-  const message = error.message || 'something went wrong';
-  for (const [pattern, advice] of ADVICE) {
-    if (pattern.test(message)) return `${advice} (${message})`;
+async function buildForm() {
+  try {
+    const schema = await pageSchema();
+    knowPlaces(schema.errors);
+    const fields = [...Object.entries(schema.settings.properties), ['language', schema.transcription.properties.language]];
+    buildSettings($('settings-fields'), fields);
+    boundStrength(schema.restyle.properties.strength);
+    return Object.keys(schema.restyle.properties);
+  } catch (e) {
+    fail(e, 'generate');
+    return [];
   }
-  return message.charAt(0).toUpperCase() + message.slice(1) + (/[.!?]$/.test(message) ? '' : '.');
 }
-
-// Settings, with the server's bounds
 
 let boundsLoaded = false;
 
-/** The inputs' bounds from the server; without a token only once a job went through (a service without one). */
+/** The executors' configured defaults; without a token only once a job went through (a service without one). */
 async function loadBounds(force = false) {
   if (!token() && !force) return;
   let answer;
   try {
     answer = await parameterSchemas();
   } catch (e) {
-    if (e.status === 401) showError(plainly(e), 'token');
+    if (placeOf(e) === 'token') fail(e, 'token');
     return;
   }
   boundsLoaded = true;
-  if ($('error').parentElement.querySelector('#token')) clearError();
+  if (tokenErrorShown()) clearError();
+  await formBuilt;
   for (const { json_schema: schema } of answer.data) {
-    for (const [key, property] of Object.entries(schema.properties || {})) {
-      if (SETTINGS[key]) applyBounds($(SETTINGS[key]), key, property);
-    }
+    for (const [key, property] of Object.entries(schema.properties || {})) applyBounds(key, property);
   }
 }
 
-function applyBounds(input, key, property) {
-  const merged = Object.assign({}, ...(property.anyOf || []), property);
-  if (input.tagName === 'SELECT') {
-    if (merged.enum) fillSelect(input, merged.enum.map((value) => [value, value]), merged.default);
-    return;
-  }
-  if (merged.minimum !== undefined) input.min = merged.minimum;
-  if (merged.maximum !== undefined) input.max = merged.maximum;
-  if (merged.multipleOf !== undefined) input.step = merged.multipleOf;
-  if (merged.maxLength !== undefined) input.maxLength = merged.maxLength;
-  if (merged.default !== undefined && merged.default !== null && key !== 'seed' && !input.dataset.touched) {
-    input.value = merged.default;
-  }
-}
-
-function fillSelect(select, options, chosen) {
-  const current = select.value;
-  select.replaceChildren(...options.map(([value, label]) => new Option(label, value)));
-  select.value = options.some(([value]) => value === current) ? current : (chosen ?? options[0][0]);
-}
-
-/** The job's fields from the settings (and ``overrides``): those of POST /v1/jobs. */
+/** The settings (with ``overrides``, by parameter) as the fields of POST /v1/jobs. */
 function settings(overrides = {}) {
-  const fields = {
-    n: $('n').value, size: `${$('width').value}x${$('height').value}`, steps: $('steps').value,
-    guidance_scale: $('guidance_scale').value, seed: $('seed').value, negative_prompt: $('negative_prompt').value,
-    scheduler: $('scheduler').value, language: $('language').value, ...overrides,
-  };
-  return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== '' && value !== null && value !== undefined));
+  const { num_images: n, width, height, ...rest } = { ...settingValues(), ...overrides };
+  const size = width || height ? `${width ?? ''}x${height ?? ''}` : undefined;
+  return Object.fromEntries(Object.entries({ ...rest, n, size }).filter(([, value]) => value !== '' && value !== null && value !== undefined));
 }
 
 // Submitting and following a job
@@ -150,7 +93,7 @@ async function start(source, body) {
   } catch (e) {
     setBusy(false);
     $('status').textContent = 'Not started.';
-    showError(plainly(e), culprit(e, source));
+    fail(e, source);
   }
 }
 
@@ -195,7 +138,7 @@ function onEvent(event) {
     case 'failed':
     case 'lost':
       status.textContent = 'Failed.';
-      showError(plainly({ message: event.error, status: event.status }), culprit({ message: event.error, status: event.status }, job.source));
+      fail({ message: event.error, code: event.error_code, param: event.error_param, status: event.status }, job.source);
       break;
   }
   if (TERMINAL.has(event.kind) || event.kind === 'lost') finish();
@@ -309,12 +252,15 @@ function showDetails(image) {
   $('details').showModal();
 }
 
+/** The shown image's prompt and settings again: with its seed (that image), or new seeds (variations). */
 function again(seeded) {
-  const p = shown.parameters || {};
+  const recorded = shown.parameters || {};
   $('details').close();
-  const same = { prompt: p.prompt, size: `${shown.width}x${shown.height}`, steps: p.steps, guidance_scale: p.guidance_scale,
-    negative_prompt: p.negative_prompt, scheduler: p.scheduler };
-  start('again', settings(seeded ? { ...same, n: 1, seed: shown.seed } : { ...same, seed: '' }));
+  const kept = settingKeys().filter((key) => !['num_images', 'seed', 'best_of'].includes(key) && recorded[key] != null);
+  const same = { ...Object.fromEntries(kept.map((key) => [key, recorded[key]])), prompt: recorded.prompt,
+    width: shown.width, height: shown.height };
+  // One image from its seed; best_of would draw candidates from it and could keep another one.
+  start('again', settings(seeded ? { ...same, num_images: 1, seed: shown.seed, best_of: '' } : { ...same, seed: '' }));
 }
 
 // The three ways in
@@ -355,6 +301,7 @@ function sendFile(file) {
 }
 
 function wire() {
+  formBuilt = buildForm();
   $('token').value = token();
   $('token').addEventListener('change', () => {
     setToken($('token').value);
@@ -363,9 +310,6 @@ function wire() {
     if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]*$/.test(token())) return showError('This token has characters a browser cannot send (spaces, commas, quotes…).', 'token');
     loadBounds();
   });
-  fillSelect($('language'), [['', 'Detect it'], ...Object.entries(LANGUAGES)], '');
-  fillSelect($('scheduler'), [['dpm++', 'dpm++']], 'dpm++');
-  for (const id of Object.values(SETTINGS)) $(id).addEventListener('input', () => { $(id).dataset.touched = '1'; });
 
   $('typed').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -379,7 +323,6 @@ function wire() {
   $('record').addEventListener('click', toggleRecording);
   $('file').addEventListener('change', () => sendFile($('file').files[0]));
   dropZone($('drop'), (file) => { if (!job) sendFile(file); });
-  $('dice').addEventListener('click', () => { $('seed').value = Math.floor(Math.random() * MAX_SEED); });
   $('cancel').addEventListener('click', async () => {
     if (!job) return;
     const cancelled = job.id;
@@ -388,7 +331,7 @@ function wire() {
       await cancelJob(cancelled);
       if (job && job.id === cancelled) $('status').textContent = 'Cancelling…';  // unless its end came first
     } catch (e) {
-      if (e.status !== 409) showError(plainly(e), 'cancel');  // 409: it has just ended anyway
+      if (e.status !== 409) fail(e, 'cancel');  // 409: it has just ended anyway
     } finally {
       $('cancel').disabled = false;
     }
@@ -396,7 +339,7 @@ function wire() {
   $('again').addEventListener('click', () => again(true));
   $('variations').addEventListener('click', () => again(false));
 
-  wireImages({ showError, clearError, plainly, settings, addImage, inputFor: (parameter) => SETTINGS[parameter] });
+  wireImages({ fail, addImage, restyleKeys: formBuilt });
 
   savedImages().forEach(showImage);
   const resumed = JSON.parse(sessionStorage.getItem(JOB_KEY) || 'null');

@@ -3,35 +3,32 @@
 
 import { imageRequest } from './api.js';
 import { $, dropZone } from './dom.js';
+import { NOT_AN_IMAGE, clearError, showError } from './errors.js';
+import { described, settingValues, typed } from './settings.js';
 
-// What the service says about the image itself (s2i/images.py and the executors): shown beside the image input.
-const IMAGE_ERRORS = /^(not an image|empty image|image too large|bad image|truncated or damaged|could not read the image|reading the image failed|no image|nothing to restyle:)/i;
-export const NOT_AN_IMAGE = 'This file cannot be read as an image. Choose a PNG, JPEG or WebP file.';
 const ACTIONS = ['caption-button', 'tags-button', 'restyle'];
+// Restyled images take their size from the image: the settings' width and height are left out.
+const SIZE_KEYS = ['width', 'height'];
 
+/** The strength slider's upper bound and default from /restyle's schema (its lower end stays above 0). */
+export function boundStrength(property) {
+  const strength = described(property);
+  if (strength.maximum !== undefined) $('strength').max = strength.maximum;
+  if (strength.default != null) $('strength').value = strength.default;
+  $('strength-value').textContent = Number($('strength').value).toFixed(2);
+}
 
 /**
- * Wires the image section. ``page`` is app.js's: showError(message, inputId), clearError(), plainly(error),
- * settings() (the job fields of the settings), addImage(image) (to the gallery), inputFor(parameter).
+ * Wires the image section. ``page`` is app.js's: fail(error, inputId) (shows an error at its code's place),
+ * addImage(image) (to the gallery), restyleKeys (a promise of /restyle's parameters).
  */
 export function wireImages(page) {
   let chosen = null;  // the image as a data: URI, once the browser could show it
   let busy = false;
 
-  function culprit(error, action) {
-    if (error.status === 401) return 'token';
-    if (error.status === 413 || IMAGE_ERRORS.test(error.message || '')) return 'image-file';
-    const message = (error.message || '').replace(/^invalid parameters: /, '');
-    if (/^labels?\b/.test(message)) return 'labels';
-    if (/^(strength|steps x strength)\b/.test(message)) return 'strength';
-    if (/^(nothing to restyle with|prompt )/.test(message)) return 'prompt';
-    const named = /^([a-z_]+)/.exec(message);
-    return (named && page.inputFor(named[1])) || action;
-  }
-
   async function choose(file) {
     if (!file || busy) return;
-    page.clearError();
+    clearError();
     chosen = null;
     $('caption').textContent = '';
     $('tags').replaceChildren();
@@ -50,7 +47,7 @@ export function wireImages(page) {
     } catch {
       preview.hidden = true;
       preview.removeAttribute('src');
-      page.showError(NOT_AN_IMAGE, 'image-file');
+      showError(NOT_AN_IMAGE, 'image-file');
     }
     for (const id of ACTIONS) $(id).disabled = !chosen;
   }
@@ -58,7 +55,7 @@ export function wireImages(page) {
   /** One request for ``action`` (the button's id): busy meanwhile, the error beside its cause if it fails. */
   async function send(action, endpoint, document, parameters, waiting) {
     if (!chosen || busy) return null;
-    page.clearError();
+    clearError();
     busy = true;
     for (const id of [...ACTIONS, 'image-file']) $(id).disabled = true;
     $(action).setAttribute('aria-busy', 'true');
@@ -70,7 +67,7 @@ export function wireImages(page) {
       return answered;
     } catch (e) {
       $('image-status').textContent = 'Failed.';
-      page.showError(page.plainly(e), culprit(e, action));
+      page.fail(e, 'image-file');
       return null;
     } finally {
       busy = false;
@@ -113,14 +110,10 @@ export function wireImages(page) {
 
   async function restyle() {
     const style = $('prompt').value.trim();
-    if (!style) return page.showError('Type the style in the prompt first, e.g. "as an oil painting".', 'prompt');
-    const fields = page.settings();
-    const number = (key) => (fields[key] === undefined ? undefined : Number(fields[key]));
-    const parameters = Object.fromEntries(Object.entries({
-      strength: Number($('strength').value), num_images: number('n'), steps: number('steps'),
-      guidance_scale: number('guidance_scale'), seed: number('seed'), negative_prompt: fields.negative_prompt,
-      scheduler: fields.scheduler,
-    }).filter(([, value]) => value !== undefined));
+    if (!style) return showError('Type the style in the prompt first, e.g. "as an oil painting".', 'prompt');
+    const keys = new Set(await page.restyleKeys);
+    const settings = Object.entries(settingValues()).filter(([key]) => keys.has(key) && !SIZE_KEYS.includes(key));
+    const parameters = { ...typed(Object.fromEntries(settings)), strength: Number($('strength').value) };
     const answered = await send('restyle', '/restyle', { text: style }, parameters, 'Restyling… (the answer comes when all images are drawn)');
     if (!answered) return;
     const request = `restyle-${Date.now()}`;
