@@ -12,7 +12,7 @@
 - ``/parameters``: the executor's keys, their schema with the configured defaults, and its model.
 - pass-on (``passes_on = True``): every endpoint the executor does not serve returns its documents
   unchanged, because Jina's Flow check wants each executor to take the endpoints of the ones before it.
-- per-document errors (``own_failure``, ``fail_all``): an exception fails the documents it concerns,
+- per-document errors (``own_failure``, ``failure``, ``fail_all``): an exception fails the documents it concerns,
   with its code, never the whole request, whose other documents may be other callers' (dynamic batching).
 
 ``ModelExecutor`` adds the device and dtype (fp16 on CUDA, fp32 on the CPU) and a model that loads
@@ -28,7 +28,7 @@ from docarray import DocList
 from jina import Executor, requests
 from pydantic import ValidationError
 
-from s2i.contracts.documents import ParameterSchema, PromptDoc, fail, fail_with, mark_failed
+from s2i.contracts.documents import ParameterSchema, PromptDoc, fail_with, mark_failed
 from s2i.contracts.errors import CodedError, ErrorCode
 from s2i.contracts.params import PARAMETERS_ENDPOINT, ParameterError, RequestParams
 from s2i.executor_settings import ExecutorSettings
@@ -131,21 +131,25 @@ class ServiceExecutor(Executor):
 
     @contextmanager
     def own_failure(self, doc: PromptDoc, step: str):
-        """An exception in one document's ``step`` becomes that document's error: a CodedError as it
-        says, anything else as "<step> failed" with its type (the log has the details)."""
+        """An exception in one document's ``step`` becomes that document's error (``failure``)."""
         try:
             yield
-        except CodedError as e:
-            fail_with(doc, e)
         except Exception as e:
-            self.logger.error(f'{step} failed for document {doc.id}', exc_info=True)
-            fail(doc, failed_step(step, e), code_of(e))
+            fail_with(doc, self.failure(f'{step} for document {doc.id}', e, step))
 
-    def fail_all(self, docs: Iterable[PromptDoc], step: str, error: Exception) -> None:
-        """``step`` failed for all of ``docs`` together (one model call): each of them says so, with the code."""
-        docs = list(docs)
-        self.logger.error(f'{step} failed for {len(docs)} document(s)', exc_info=error)
-        mark_failed(docs, failed_step(step, error), code_of(error))
+    def failure(self, what: str, error: Exception, step: Optional[str] = None) -> CodedError:
+        """What an exception in ``what`` tells the documents it fails: a CodedError as it is; anything else
+        logged with its traceback here, and told as "<step> failed: <its type>" with its code. Called in the
+        except block; what it returns holds no traceback, so the failed call's tensors can be freed."""
+        if isinstance(error, CodedError):
+            return CodedError(error.message, error.code, error.param)
+        self.logger.error(f'{what} failed', exc_info=True)
+        return CodedError(f'{step or what} failed: {type(error).__name__}; {DETAILS_LOGGED}', code_of(error))
+
+
+def fail_all(docs: Iterable[PromptDoc], error: CodedError) -> None:
+    """``error`` for each of ``docs`` that has none yet."""
+    mark_failed(docs, error.message, error.code, error.param)
 
 
 class ModelExecutor(ServiceExecutor):
@@ -219,11 +223,6 @@ def warn_about_unknown_variables(logger) -> None:
         warn_unknown_variables(logger)
     except ImportError as e:
         logger.warning(f'the S2I_ variables were not checked for typos: {e}')
-
-
-def failed_step(step: str, error: Exception) -> str:
-    """What a client is told of an unexpected failure: the step and the exception's type (the log has the rest)."""
-    return f'{step} failed: {type(error).__name__}; {DETAILS_LOGGED}'
 
 
 def code_of(error: Exception) -> ErrorCode:

@@ -34,10 +34,12 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from s2i.contracts.documents import PromptDoc
-from s2i.encoding import from_data_uri
-from s2i.inputs import path_under
+from s2i.contracts.documents import PromptDoc, fail, fail_with
+from s2i.contracts.errors import CodedError, ErrorCode
 from s2i.contracts.params import quote
+from s2i.encoding import from_data_uri
+from s2i.executor_settings import ImageInputSettings, ModelImageSettings
+from s2i.inputs import path_under
 from s2i.runtime import DETAILS_LOGGED
 
 # Pillow's names, in the order the error message lists them. A short list on purpose: Pillow can also
@@ -66,20 +68,35 @@ UPRIGHT = {
 _WARNING_FILTERS = threading.Lock()  # see quiet_pillow
 
 
+IMAGE_SETTINGS = ModelImageSettings.model_fields  # the one home of the limits' defaults (s2i/executor_settings.py)
+
+
 @dataclass(frozen=True)
 class ImagePolicy:
-    max_bytes: int = 20 * 2**20  # per document, after data-URI decoding
+    max_bytes: int = IMAGE_SETTINGS['max_image_bytes'].default  # per document, after data-URI decoding
     # width x height as the header declares it, refused before decoding; Pillow refuses over
     # Image.MAX_IMAGE_PIXELS (89.5 M) whatever this says
-    max_pixels: int = 40_000_000
+    max_pixels: int = IMAGE_SETTINGS['max_image_pixels'].default
     input_dir: Optional[str] = None  # server-side paths are read only under here; None: no paths
     # pixels decoded for a model in one request, its documents together (a JPEG counts at the reduced
     # size it is decoded at); the images past it are refused, not decoded. 25 images at max_pixels.
-    max_request_pixels: int = 1_000_000_000
+    max_request_pixels: int = IMAGE_SETTINGS['max_request_pixels'].default
+
+    @classmethod
+    def of(cls, settings: ImageInputSettings) -> 'ImagePolicy':
+        """An executor's policy, from its settings."""
+        request_pixels = getattr(settings, 'max_request_pixels', cls.max_request_pixels)
+        return cls(settings.max_image_bytes, settings.max_image_pixels, settings.input_dir, request_pixels)
 
 
-class ImageError(ValueError):
-    """A document's image cannot be used; the message says why, in words a client understands."""
+class ImageError(CodedError, ValueError):
+    """A document's image cannot be used; the message says why, in words a client understands. Its code
+    is image_unreadable unless said otherwise (input_too_large, missing_input), and the field to blame the image."""
+
+    code = ErrorCode.IMAGE_UNREADABLE
+
+    def __init__(self, message: str, code: Optional[ErrorCode] = None):
+        super().__init__(message, code, param='image')
 
 
 class PixelBudget:
@@ -94,7 +111,7 @@ class PixelBudget:
             raise ImageError(
                 f'too many image pixels in one request: this image decodes to {width} x {height} pixels, '
                 f'{self.spent} were decoded before it, the limit is {self.limit} pixels per request '
-                '(max_request_pixels); send it in another request'
+                '(max_request_pixels); send it in another request', ErrorCode.INPUT_TOO_LARGE,
             )
         self.spent += width * height
 
@@ -137,10 +154,10 @@ def model_image_batches(
         try:
             batch.append((doc, document_image(doc, policy, shorter_side, budget)))
         except ImageError as e:
-            doc.error = str(e)
+            fail_with(doc, e)
         except Exception as e:
             logger.error(f'reading the image failed for document {doc.id}', exc_info=True)
-            doc.error = f'reading the image failed: {type(e).__name__}; {DETAILS_LOGGED}'
+            fail(doc, f'reading the image failed: {type(e).__name__}; {DETAILS_LOGGED}', ErrorCode.INTERNAL_ERROR)
         if len(batch) == batch_size:
             yield batch
             batch = []  # the caller is done with the last batch: its pixels can go
@@ -167,9 +184,9 @@ def model_input_side(processor) -> Optional[int]:
 def image_bytes(image: Optional[bytes], image_uri: Optional[str], policy: ImagePolicy) -> bytes:
     """The image file of a document (its ``image``, or what its ``image_uri`` holds), within the byte limit."""
     if image is not None and image_uri is not None:
-        raise ImageError('both image and image_uri are set: send the image in one of them')
+        raise ImageError('both image and image_uri are set: send the image in one of them', ErrorCode.INVALID_REQUEST)
     if image is None and image_uri is None:
-        raise ImageError('no image: set image (file bytes) or image_uri (a data: URI)')
+        raise ImageError('no image: set image (file bytes) or image_uri (a data: URI)', ErrorCode.MISSING_INPUT)
     data = image if image is not None else _read_uri(image_uri, policy)
     if not data:
         raise ImageError('empty image: the file has 0 bytes')
@@ -179,7 +196,8 @@ def image_bytes(image: Optional[bytes], image_uri: Optional[str], policy: ImageP
 
 def _check_size(size: int, policy: ImagePolicy) -> None:
     if size > policy.max_bytes:
-        raise ImageError(f'image too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_image_bytes)')
+        raise ImageError(f'image too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_image_bytes)',
+                         ErrorCode.INPUT_TOO_LARGE)
 
 
 def _read_uri(uri: str, policy: ImagePolicy) -> bytes:
@@ -250,7 +268,8 @@ def open_header(data: bytes, policy: ImagePolicy) -> Image.Image:
 
 def _too_many_pixels(declared: str, policy: ImagePolicy) -> ImageError:
     return ImageError(
-        f'image too large: it declares {declared} pixels, the limit is {policy.max_pixels} pixels (max_image_pixels); not decoded'
+        f'image too large: it declares {declared} pixels, the limit is {policy.max_pixels} pixels (max_image_pixels); not decoded',
+        ErrorCode.INPUT_TOO_LARGE,
     )
 
 
@@ -285,7 +304,7 @@ def decode_pixels(image: Image.Image) -> None:
     try:
         image.load()
     except Image.DecompressionBombError as e:  # a GIF frame larger than the screen its header declared
-        raise ImageError('image too large: a frame declares more pixels than the limit; not decoded') from e
+        raise ImageError('image too large: a frame declares more pixels than the limit; not decoded', ErrorCode.INPUT_TOO_LARGE) from e
     except (OSError, SyntaxError, EOFError) as e:
         raise ImageError(f'truncated or damaged {image.format} image: its pixels could not be decoded') from e
     except Exception as e:

@@ -95,6 +95,7 @@ def test_in_a_batch_of_three_only_the_bad_image_gets_an_error(captioner):
 def test_a_document_without_an_image_gets_the_documented_error(captioner):
     (doc,) = caption(captioner, PromptDoc(text='a fox'))
     assert doc.error == NO_IMAGE == 'no image to caption: send image (bytes) or image_uri'
+    assert (doc.error_code, doc.error_param) == ('missing_input', 'image')
     assert doc.caption == ''
 
 
@@ -118,6 +119,7 @@ def test_a_failed_batch_is_retried_so_only_the_failing_image_gets_an_error(capti
     assert [docs[0].caption, docs[2].caption] == expected
     assert docs[0].error == docs[2].error == ''
     assert docs[1].error.startswith('captioning failed: RuntimeError') and docs[1].caption == ''
+    assert docs[1].error_code == 'internal_error'
 
 
 @pytest.mark.parametrize('parameters, named', [
@@ -131,6 +133,7 @@ def test_invalid_parameters_fail_every_document_naming_the_key(captioner, parame
     docs = caption(captioner, image_doc(), image_doc('blue'), **parameters)
     for doc in docs:
         assert doc.error.startswith('invalid parameters:') and named in doc.error
+        assert (doc.error_code, doc.error_param) == ('invalid_parameter', named)
         assert doc.caption == ''
 
 
@@ -188,12 +191,14 @@ def test_a_lazy_model_loads_at_the_first_request_and_a_missing_one_fails_only_it
     missing = CaptionExecutor(model=str(tmp_path / 'no-such-model'), device='cpu', load_at_start=False)
     [doc] = caption(missing, image_doc())
     assert doc.error.startswith('the captioning model could not be loaded: ') and not doc.caption
+    assert doc.error_code == 'model_unavailable'
 
 
 def test_the_image_limits_are_the_executor_s_settings(tiny_blip_dir):
     strict = CaptionExecutor(model=tiny_blip_dir, device='cpu', max_image_pixels=100)
     [doc] = caption(strict, image_doc())  # 40 x 30 = 1200 pixels
     assert doc.error.startswith('image too large: it declares 40 x 30 pixels, the limit is 100 pixels (max_image_pixels)')
+    assert (doc.error_code, doc.error_param) == ('input_too_large', 'image')
 
 
 def test_a_request_of_big_images_is_decoded_a_batch_at_a_time_and_shrunk(tiny_blip_dir):

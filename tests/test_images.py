@@ -156,6 +156,19 @@ def test_a_file_over_max_bytes_is_refused():
     assert message == f'image too large: {len(data)} bytes, the limit is 1000 bytes (max_image_bytes)'
 
 
+@pytest.mark.parametrize('policy, doc, code', [
+    (DEFAULT, {'image': b''}, 'image_unreadable'),
+    (DEFAULT, {'image': b'text, not a picture'}, 'image_unreadable'),
+    (DEFAULT, {}, 'missing_input'),
+    (ImagePolicy(max_bytes=1000), {'image': encoded(noise())}, 'input_too_large'),
+    (ImagePolicy(max_pixels=100), {'image': encoded(noise())}, 'input_too_large'),
+], ids=['empty', 'not an image', 'no image', 'too many bytes', 'too many pixels'])
+def test_each_refusal_carries_its_code_and_blames_the_image(policy, doc, code):
+    with pytest.raises(ImageError) as caught:
+        document_image(PromptDoc(**doc), policy)
+    assert (caught.value.code, caught.value.param) == (code, 'image')
+
+
 def test_a_data_uri_over_max_bytes_is_refused_before_it_is_decoded():
     assert refusal(ImagePolicy(max_bytes=1000), image_uri=data_uri(encoded(noise()))).startswith('image too large:')
 
@@ -337,6 +350,13 @@ def test_past_max_request_pixels_an_image_is_refused_and_the_images_that_fit_are
     assert [image is not None for image in images] == [True, True, False, True]  # 1200 + 1200 + 100 pixels
     assert errors == ['', '', 'too many image pixels in one request: this image decodes to 40 x 30 pixels, 2400 were '
                       'decoded before it, the limit is 2500 pixels per request (max_request_pixels); send it in another request', '']
+
+
+def test_an_image_past_the_requests_budget_is_input_too_large_and_a_damaged_one_image_unreadable():
+    docs = [PromptDoc(image=data) for data in (encoded(Image.new('RGB', (40, 30), RED)), b'damaged', encoded(Image.new('RGB', (40, 30), RED)))]
+    for _ in model_image_batches(docs, ImagePolicy(max_request_pixels=2000), 8, 100, logging.getLogger('test')):
+        pass
+    assert [(doc.error_code, doc.error_param) for doc in docs] == [('', ''), ('image_unreadable', 'image'), ('input_too_large', 'image')]
 
 
 def test_a_jpeg_for_a_model_counts_at_the_reduced_size_it_is_decoded_at():
