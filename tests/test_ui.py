@@ -388,11 +388,11 @@ def page_alone() -> Iterator[str]:
     import uvicorn
     from fastapi import FastAPI
 
-    from gateway.errors import APIError, api_error
+    from gateway.errors import add_error_handlers
     from gateway.ui import ui_router
 
     app = FastAPI()
-    app.add_exception_handler(APIError, api_error)
+    add_error_handlers(app)
     app.include_router(ui_router(OpenGuard()))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port, log_level='warning', ws='none'))  # its WebSockets are stubbed

@@ -20,8 +20,7 @@ from typing import Any, Dict
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.errors import APIError
-from s2i.contracts.errors import ERRORS, PAGE_PLACES
+from s2i.contracts.errors import ERRORS, PAGE_PLACES, CodedError, ErrorCode
 from s2i.contracts.stable_diffusion import GenerationParams, RestyleParams
 from s2i.contracts.whisper import TranscriptionParams
 from s2i.runtime import UNAUTHENTICATED
@@ -83,7 +82,8 @@ def served(path: Path) -> Response:
 
 
 def ui_router(guard) -> APIRouter:
-    """The page's routes; ``guard`` is the gateway's (gateway/gateway.py): its token and parameter schemas."""
+    """The page's routes; ``guard`` is the gateway's (gateway/gateway.py): its token and parameter schemas.
+    Refusals are CodedErrors, answered by the app's error handlers (gateway/errors.py)."""
     router = APIRouter(prefix='/ui')
     files = static_files()
 
@@ -101,7 +101,7 @@ def ui_router(guard) -> APIRouter:
         """What each executor takes, with its configured defaults; the token is checked here, as the
         middleware lets every GET under /ui through."""
         if guard.owner(request.headers.get('authorization')) is None:
-            raise APIError(401, UNAUTHENTICATED, code='invalid_api_key')
+            raise CodedError(UNAUTHENTICATED, ErrorCode.INVALID_API_KEY)
         schemas = await guard.parameters.schemas() or []
         return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': standard_bounds(schema.json_schema)}
                                            for schema in schemas]}
@@ -109,7 +109,7 @@ def ui_router(guard) -> APIRouter:
     @router.get('/{name}', include_in_schema=False)
     async def file(name: str) -> Response:
         if name not in files:
-            raise APIError(404, f'no file {name[:40]!r} in the page', code='not_found')
+            raise CodedError(f'no file {name[:40]!r} in the page', ErrorCode.NOT_FOUND)
         return served(files[name])
 
     return router

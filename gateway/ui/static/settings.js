@@ -90,10 +90,12 @@ function field(key, schemaProperty) {
   return box;
 }
 
-/** Builds the form in ``container`` from ``properties`` ([key, JSON schema property] pairs), text fields last. */
+/** Builds the form in ``container`` from ``properties`` ([key, JSON schema property] pairs): one-column fields
+ * first, in the schema's order, then the seed's two columns, then full-width text fields. */
 export function buildSettings(container, properties) {
   const boxes = properties.filter(([, property]) => described(property).type !== 'array').map(([key, property]) => field(key, property));
-  container.replaceChildren(...boxes.filter((box) => !box.classList.contains('wide')), ...boxes.filter((box) => box.classList.contains('wide')));
+  const width = (box) => (box.classList.contains('wide') ? 2 : Number(box.classList.contains('seed')));
+  container.replaceChildren(...boxes.sort((a, b) => width(a) - width(b)));
 }
 
 /** A field's bounds, choices and default from ``schemaProperty`` (the model's, or an executor's as configured);
