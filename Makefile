@@ -2,6 +2,7 @@
 # make test   set up .venv, run the test suite
 # make serve  set up .venv, start the Flow (S2I_* variables configure it; see README)
 # make container-test  build the image, run the Compose stack and one container, send requests (root, Docker; README)
+# make docs   set up .venv, build the docs site into site/ (mkdocs, --strict: a broken link fails)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
@@ -22,3 +23,7 @@ serve: $(STAMP)
 
 container-test: $(STAMP)
 	$(VENV)/bin/python scripts/container_test.py
+
+.PHONY: docs
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict

@@ -347,10 +347,10 @@ def test_a_cpu_only_stack_with_a_cuda_device_is_refused(export_with):
         export_with('--gpus', 'none', S2I_DEVICE='cuda')
 
 
-# README's Kubernetes commands
+# The Kubernetes commands of docs/deploy.md
 
 def readme_section(heading: str) -> str:
-    text = (ROOT / 'README.md').read_text()
+    text = (ROOT / 'docs' / 'deploy.md').read_text()
     start = text.index(f'\n{heading}\n')
     following = re.search(r'\n##+ ', text[start + len(heading) + 2:])
     return text[start: start + len(heading) + 2 + following.start()] if following else text[start:]
@@ -366,7 +366,7 @@ def shell_commands(section: str):
 
 
 def test_the_readme_kubernetes_commands_use_the_files_the_export_writes(export_with):
-    section = readme_section('### Kubernetes with GPU nodes')
+    section = readme_section('## Kubernetes with GPU nodes')
     commands = list(shell_commands(section))
     (export_command,) = [c for c in commands if any(w.endswith('deploy/export.py') for w in c)]
     at = next(i for i, w in enumerate(export_command) if w.endswith('deploy/export.py'))
