@@ -367,20 +367,11 @@ def test_a_file_that_is_not_an_image_shows_the_error_beside_the_image_input_and_
 # The page alone: its own routes (gateway.ui) on a free port, and the answers of /v1 and the Flow stubbed per
 # test (page.route), so that each error code can be met without making the service fail.
 
-class OpenGuard:
-    """A gateway without a token, whose Stable Diffusion executor is configured with 30 steps by default."""
-
-    configured = SimpleNamespace(executor='stable_diffusion',
-                                 json_schema={'properties': {'steps': {'type': 'integer', 'default': 30}}})
-
-    def __init__(self):
-        self.parameters = SimpleNamespace(schemas=self.schemas)
-
-    def owner(self, authorization):
-        return 'anonymous'
+class ConfiguredFlow:
+    """A Flow whose Stable Diffusion executor is configured with 30 steps by default: all the page asks of it."""
 
     async def schemas(self):
-        return [self.configured]
+        return [SimpleNamespace(executor='stable_diffusion', json_schema={'properties': {'steps': {'type': 'integer', 'default': 30}}})]
 
 
 @pytest.fixture(scope='module')
@@ -388,12 +379,14 @@ def page_alone() -> Iterator[str]:
     import uvicorn
     from fastapi import FastAPI
 
+    from gateway.auth import ApiKeys
     from gateway.errors import add_error_handlers
-    from gateway.ui import ui_router
+    from gateway.ui import router
 
     app = FastAPI()
     add_error_handlers(app)
-    app.include_router(ui_router(OpenGuard()))
+    app.include_router(router)
+    app.state.keys, app.state.flow = ApiKeys(TOKEN), ConfiguredFlow()  # what create_app gives the routes
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port, log_level='warning', ws='none'))  # its WebSockets are stubbed
     thread = threading.Thread(target=server.run, daemon=True)
@@ -546,3 +539,6 @@ def test_the_page_schema_is_open_and_places_every_error_code(page_alone):
     assert schema['settings']['properties'].keys() == GenerationParams.model_fields.keys()
     assert schema['errors'] == {code.value: {'page': kind.page} for code, kind in ERRORS.items()}
     assert set(schema['places']) == {kind.page for kind in ERRORS.values()}
+    assert requests.get(f'{page_alone}/ui/parameters', timeout=10).status_code == 401  # the configured ones need the token
+    configured = requests.get(f'{page_alone}/ui/parameters', headers={'authorization': f'Bearer {TOKEN}'}, timeout=10)
+    assert configured.json()['data'][0]['json_schema']['properties']['steps']['default'] == 30

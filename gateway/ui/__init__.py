@@ -11,19 +11,23 @@ image to the Flow's own HTTP routes (POST /caption, /tag, /restyle), with the
 token from its own field, as ``Authorization: Bearer`` and, on the WebSocket, as the subprotocol
 ``bearer.<token>``. It loads nothing from any other host. It reads an error's ``code`` (s2i/contracts/errors.py)
 to place it, and shows its message as text.
+
+``router`` holds the routes; they take the API keys and the Flow from the app (gateway/dependencies.py),
+and refuse with CodedErrors that the app's error handlers answer (gateway/errors.py).
 """
 
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
+from gateway.dependencies import get_flow, require_key
+from gateway.flow_client import FlowClient
 from s2i.contracts.errors import ERRORS, PAGE_PLACES, CodedError, ErrorCode
 from s2i.contracts.stable_diffusion import GenerationParams, RestyleParams
 from s2i.contracts.whisper import TranscriptionParams
-from s2i.runtime import UNAUTHENTICATED
 
 STATIC = Path(__file__).parent / 'static'
 CONTENT_TYPES = {
@@ -81,35 +85,38 @@ def served(path: Path) -> Response:
     return Response(path.read_bytes(), media_type=CONTENT_TYPES[path.suffix], headers=SECURITY_HEADERS)
 
 
-def ui_router(guard) -> APIRouter:
-    """The page's routes; ``guard`` is the gateway's (gateway/gateway.py): its token and parameter schemas.
-    Refusals are CodedErrors, answered by the app's error handlers (gateway/errors.py)."""
-    router = APIRouter(prefix='/ui')
-    files = static_files()
+FILES = static_files()
+router = APIRouter(prefix='/ui')
 
-    @router.get('', include_in_schema=False)
-    @router.get('/', include_in_schema=False)
-    async def page() -> Response:
-        return served(files['index.html'])
 
-    @router.get('/schema.json', include_in_schema=False)
-    async def schema() -> Response:
-        return JSONResponse(page_schema(), headers=SECURITY_HEADERS)
+@router.get('', include_in_schema=False)
+@router.get('/', include_in_schema=False)
+async def page() -> Response:
+    return served(FILES['index.html'])
 
-    @router.get('/parameters', include_in_schema=False)
-    async def parameters(request: Request) -> Dict[str, Any]:
-        """What each executor takes, with its configured defaults; the token is checked here, as the
-        middleware lets every GET under /ui through."""
-        if guard.owner(request.headers.get('authorization')) is None:
-            raise CodedError(UNAUTHENTICATED, ErrorCode.INVALID_API_KEY)
-        schemas = await guard.parameters.schemas() or []
-        return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': standard_bounds(schema.json_schema)}
-                                           for schema in schemas]}
 
-    @router.get('/{name}', include_in_schema=False)
-    async def file(name: str) -> Response:
-        if name not in files:
-            raise CodedError(f'no file {name[:40]!r} in the page', ErrorCode.NOT_FOUND)
-        return served(files[name])
+@router.get('/schema.json', include_in_schema=False)
+async def schema() -> Response:
+    return JSONResponse(page_schema(), headers=SECURITY_HEADERS)
 
+
+@router.get('/parameters', include_in_schema=False, dependencies=[Depends(require_key)])
+async def parameters(flow: FlowClient = Depends(get_flow)) -> Dict[str, Any]:
+    """What each executor takes, with its configured defaults. The token is checked here (require_key),
+    as the token middleware lets every GET under /ui through."""
+    schemas = await flow.schemas() or []
+    return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': standard_bounds(schema.json_schema)}
+                                       for schema in schemas]}
+
+
+@router.get('/{name}', include_in_schema=False)
+async def file(name: str) -> Response:
+    if name not in FILES:
+        raise CodedError(f'no file {name[:40]!r} in the page', ErrorCode.NOT_FOUND)
+    return served(FILES[name])
+
+
+def ui_router(guard=None) -> APIRouter:
+    """``router``, for a gateway that still asks for it by calling this: ``guard`` is no longer used, as the
+    routes take the API keys and the Flow from the app (gateway/dependencies.py)."""
     return router
