@@ -28,7 +28,7 @@ from docarray import DocList
 from jina import Executor, requests
 from pydantic import ValidationError
 
-from s2i.contracts.documents import ParameterSchema, PromptDoc, fail_with, mark_failed
+from s2i.contracts.documents import ParameterSchema, PromptDoc, mark_failed
 from s2i.contracts.errors import CodedError, ErrorCode
 from s2i.contracts.params import PARAMETERS_ENDPOINT, ParameterError, RequestParams
 from s2i.executor_settings import ExecutorSettings
@@ -131,11 +131,11 @@ class ServiceExecutor(Executor):
 
     @contextmanager
     def own_failure(self, doc: PromptDoc, step: str):
-        """An exception in one document's ``step`` becomes that document's error (``failure``)."""
+        """An exception in one document's ``step`` becomes that document's error (``failure``), unless it has one."""
         try:
             yield
         except Exception as e:
-            fail_with(doc, self.failure(f'{step} for document {doc.id}', e, step))
+            fail_all([doc], self.failure(f'{step} for document {doc.id}', e, step))
 
     def failure(self, what: str, error: Exception, step: Optional[str] = None) -> CodedError:
         """What an exception in ``what`` tells the documents it fails: a CodedError as it is; anything else

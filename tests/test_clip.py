@@ -132,6 +132,7 @@ def test_without_labels_anywhere_every_document_gets_an_error(tiny_clip_dir):
     bare = ClipExecutor(model=tiny_clip_dir, device='cpu', interrogator_at_startup=False)
     docs = tag(bare, image_doc(), image_doc())
     assert all('no labels' in doc.error for doc in docs)
+    assert {(doc.error_code, doc.error_param) for doc in docs} == {('invalid_parameter', 'labels')}
 
 
 @pytest.mark.parametrize('parameters, named', [
@@ -270,6 +271,7 @@ def test_rank_errors_are_per_document(clip):
     assert 'no text prompt' in docs[0].error
     assert 'no images' in docs[1].error
     assert 'image 1' in docs[2].error
+    assert [doc.error_code for doc in docs[:3]] == ['missing_input', 'missing_input', 'image_unreadable']
     assert docs[3].error == '' and len(docs[3].matches) == 2
 
 
@@ -339,3 +341,4 @@ def test_an_image_too_elongated_for_clip_gets_the_documented_error_and_the_other
     docs = tag(clip, image_doc(), PromptDoc(image=png('red', (200_000, 2))), image_doc('blue'))
     assert [len(doc.tags) for doc in docs] == [2, 0, 2]
     assert docs[1].error == 'image too elongated: 200000 x 2 pixels, its long side may be at most 20 times its short side; crop it'
+    assert (docs[1].error_code, docs[1].error_param) == ('image_unreadable', 'image')

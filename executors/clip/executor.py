@@ -7,94 +7,52 @@ Input images are decoded a batch at a time, shrunk to the model's input size (s2
 """
 
 import io
-from contextlib import contextmanager
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from docarray import DocList
-from jina import Executor, requests
+from jina import requests
 from PIL import Image
 
 from executors.clip.labels import INTERROGATOR_LISTS, LabelCache, LabelTable, cached_table, interrogator_labels, model_key
-from s2i.contracts.clip import DEFAULT_MODEL, ClipParams
-from s2i.contracts.documents import ParameterSchema, PromptDoc, Tag, mark_failed
-from s2i.contracts.params import PARAMETERS_ENDPOINT, describe_parameters, request_parameters
-from s2i.runtime import (
-    DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, ready_on_device, refuse_unknown_settings, resolve_device,
-    setting, unloadable,
-)
-from s2i.tiny_sd import is_tiny_model
-from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, tiny_clip_dir
-
+from executors.clip.settings import ClipSettings
+from s2i.contracts.clip import ClipParams
+from s2i.contracts.documents import PromptDoc, Tag, mark_failed
+from s2i.contracts.errors import CodedError, ErrorCode
+from s2i.executor_base import ModelExecutor, fail_all
 from s2i.images import ImagePolicy, model_image_batches, model_input_side
-
-DEFAULT_TEMPLATE = 'a photo of {}'  # how /tag puts each label into words; {} is the label
-
+from s2i.runtime import ready_on_device, unloadable
+from s2i.tiny_clip import TINY_CLIP_NAME, TINY_CLIP_WARNING, tiny_clip_dir
+from s2i.tiny_sd import is_tiny_model
 
 TINY_LIST_LABELS = 12  # the tiny model interrogates with the first labels of each list only
 
 
-class ClipExecutor(Executor):
+class ClipExecutor(ModelExecutor):
     """Any transformers CLIP model (a hub id or a local folder) on images."""
 
-    def __init__(
-        self,
-        model: Optional[str] = None,
-        device: Optional[str] = None,
-        labels: Optional[List[str]] = None,
-        label_template: str = DEFAULT_TEMPLATE,
-        multi_label_offset: float = 0.2,
-        request_defaults: Optional[Dict[str, Any]] = None,
-        max_labels: int = 1000,
-        max_label_chars: int = 200,
-        label_cache_size: int = 32,
-        batch_size: int = 32,
-        text_batch_size: int = 256,
-        interrogator_at_startup: bool = True,
-        max_labels_per_list: Optional[int] = None,
-        load_at_start: bool = True,
-        max_image_bytes: int = ImagePolicy.max_bytes,
-        max_image_pixels: int = ImagePolicy.max_pixels,
-        max_request_pixels: int = ImagePolicy.max_request_pixels,
-        input_dir: Optional[str] = None,
-        **kwargs,
-    ):
-        refuse_unknown_settings(type(self), kwargs)
-        super().__init__(**kwargs)
-        self.model_id = setting(model, 'S2I_CLIP_MODEL', DEFAULT_MODEL)
-        self.device = torch.device(resolve_device(setting(device, 'S2I_DEVICE', 'auto')))
-        self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
-        if '{}' not in label_template:
-            raise ValueError(f'label_template must contain {{}} where the label goes, got {label_template!r}')
-        self.labels = ClipParams(labels=labels).labels if labels else None  # the same checks as a request's
-        self.label_template = label_template
-        self.multi_label_offset = multi_label_offset
-        self.defaults = ClipParams.with_defaults(request_defaults)
-        self.max_labels, self.max_label_chars = max_labels, max_label_chars
-        self.defaults.check_limits(max_labels, max_label_chars)
-        self.batch_size, self.text_batch_size = batch_size, text_batch_size
-        if max_labels_per_list is None and self.model_id == TINY_CLIP_NAME:
-            max_labels_per_list = TINY_LIST_LABELS  # a wiring check: 100,000 flavours would only make noise slower
-        self.max_labels_per_list = max_labels_per_list
-        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir, max_request_pixels)  # s2i/images.py
+    settings_class = ClipSettings
+    params_class = ClipParams
+    model_kind = 'CLIP'
+    passes_on = True  # /caption, /generate_stream, ...
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.labels = ClipParams(labels=self.settings.labels).labels if self.settings.labels else None  # a request's checks
+        self.defaults.check_limits(self.settings.max_labels, self.settings.max_label_chars)
+        self.max_labels_per_list = self.settings.max_labels_per_list
+        if self.max_labels_per_list is None and self.model_id == TINY_CLIP_NAME:
+            self.max_labels_per_list = TINY_LIST_LABELS  # a wiring check: 100,000 flavours would only make noise slower
+        self.image_policy = ImagePolicy.of(self.settings)  # s2i/images.py
         self.model = self.processor = self.model_path = None  # set once the model is loaded
-        self.lazy_model = LazyModel(self._load_model, 'CLIP', self.logger)
-        self.label_cache = LabelCache(label_cache_size)
+        self.label_cache = LabelCache(self.settings.label_cache_size)
         self.tables: Optional[Dict[str, LabelTable]] = None  # the interrogator's lists, loaded on first use
         self.merged_table: Optional[LabelTable] = None  # all of them in one, for fast mode
-        if load_at_start:
-            self.model, self.processor, self.model_path = self.lazy_model.get()
-            if interrogator_at_startup:
-                self._interrogator_tables()
+        self.load_now_or_at_first_use()
+        if self.settings.load_at_start and self.settings.interrogator_at_startup:
+            self._interrogator_tables()
 
-    def _ready(self, docs: DocList[PromptDoc]) -> bool:
-        """Whether the model is loaded (at the first request that needs it, with load_at_start: false)."""
-        if not self.lazy_model.ready_for(docs):
-            return False
-        self.model, self.processor, self.model_path = self.lazy_model.get()
-        return True
-
-    def _load_model(self):
+    def load_model(self):
         from transformers import CLIPModel, CLIPProcessor
 
         path = tiny_clip_dir() if self.model_id == TINY_CLIP_NAME else self.model_id
@@ -107,20 +65,22 @@ class ClipExecutor(Executor):
         model = ready_on_device(model, self.model_id, self.device, self.dtype, warning, self.logger)
         return model, processor, path
 
+    def use_model(self, loaded) -> None:
+        self.model, self.processor, self.model_path = loaded
+
     # --- endpoints ---
 
     @requests(on='/tag')
     def tag(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         """Each image's ``top_k`` best labels in ``doc.tags``, best first: softmax shares of the labels
         (``single``), or each label's own sigmoid score, above ``threshold`` (``multi``)."""
-        params = request_parameters(docs, parameters, self.defaults, check=self._check_limits)
-        if params is None:
-            return docs
-        if not self._ready(docs):
+        params = self.request_params(docs, parameters, check=self._check_limits)
+        if params is None or not self.model_ready(docs):
             return docs
         labels = params.labels or self.labels
         if not labels:
-            mark_failed(docs, 'invalid parameters: no labels: give labels in the request (or configure the labels setting)')
+            mark_failed(docs, 'invalid parameters: no labels: give labels in the request (or configure the labels setting)',
+                        ErrorCode.INVALID_PARAMETER, 'labels')
             return docs
         docs_with_images, features = self._image_features(docs)
         if not docs_with_images:
@@ -131,7 +91,7 @@ class ClipExecutor(Executor):
             if params.tag_mode == 'single':
                 scores = logits.softmax(dim=-1)
             else:
-                scores = (logits - self.model.logit_scale.exp().float() * self.multi_label_offset).sigmoid()
+                scores = (logits - self.model.logit_scale.exp().float() * self.settings.multi_label_offset).sigmoid()
         for doc, row in zip(docs_with_images, scores.tolist()):
             ranked = sorted(zip(labels, row), key=lambda pair: pair[1], reverse=True)
             if params.tag_mode == 'multi':
@@ -144,8 +104,8 @@ class ClipExecutor(Executor):
         """A prompt for each image in ``doc.interrogated``: its ``caption`` (set by a caption executor
         earlier in the Flow; without one the prompt has no caption) and the labels of the CLIP
         Interrogator's lists that CLIP ranks highest for the image."""
-        params = request_parameters(docs, parameters, self.defaults, check=self._check_limits)
-        if params is None or not self._ready(docs):
+        params = self.request_params(docs, parameters, check=self._check_limits)
+        if params is None or not self.model_ready(docs):
             return docs
         docs_with_images, features = self._image_features(docs)
         if not docs_with_images:
@@ -153,8 +113,7 @@ class ClipExecutor(Executor):
         try:
             tables = self._interrogator_tables()  # at the first request, unless loaded at start-up
         except Exception as e:
-            self.logger.error("loading the interrogator's label embeddings failed", exc_info=True)
-            mark_failed(docs_with_images, f'interrogation failed: {type(e).__name__}; {DETAILS_LOGGED}')
+            fail_all(docs_with_images, self.failure("loading the interrogator's label embeddings", e, 'interrogation'))
             return docs
         flavors = params.flavor_count()
         with torch.inference_mode():
@@ -181,33 +140,23 @@ class ClipExecutor(Executor):
             return self.pass_on(docs, parameters)
         return self.rank(docs, parameters)
 
-    @requests
-    def pass_on(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
-        """Every other endpoint (/caption, /generate_stream, ...) passes through unchanged: Jina's Flow
-        check wants each executor to take the endpoints of the ones before it."""
-        if not from_the_gateway(parameters):  # a caller around the gateway learns nothing, even here
-            mark_failed(docs, UNAUTHENTICATED)
-        return docs
-
     @requests(on='/rank')
     def rank(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
         """Each document's images (``matches``) scored against its English ``text`` (``clip_score``:
         the cosine similarity of their CLIP embeddings), best first, and the ``num_images`` best kept.
 
         After Stable Diffusion with ``best_of``: it draws the candidates, this keeps the best."""
-        params = request_parameters(docs, parameters, self.defaults, check=self._check_limits)
-        if params is None or not self._ready(docs):
+        params = self.request_params(docs, parameters, check=self._check_limits)
+        if params is None or not self.model_ready(docs):
             return docs
         images: List[Tuple[PromptDoc, int, Image.Image]] = []  # (document, index among its matches, pixels)
         ranking = []
         for doc in docs:
             if doc.error:
                 continue
-            with self._own_failure(doc, 'reading the images'):
-                doc_images = self._match_images(doc)
-                if doc_images is not None:
-                    images += [(doc, i, image) for i, image in enumerate(doc_images)]
-                    ranking.append(doc)
+            with self.own_failure(doc, 'reading the images'):
+                images += [(doc, i, image) for i, image in enumerate(self._match_images(doc))]
+                ranking.append(doc)
         if not ranking:
             return docs
         try:
@@ -215,8 +164,7 @@ class ClipExecutor(Executor):
                 image_features = self._embed_images([image for _, _, image in images])
                 text_features = self.embed_texts([doc.text for doc in ranking])
         except Exception as e:
-            self.logger.error(f'ranking {len(images)} image(s) failed', exc_info=True)
-            mark_failed(ranking, f'ranking failed: {type(e).__name__}; {DETAILS_LOGGED}')
+            fail_all(ranking, self.failure(f'ranking {len(images)} image(s)', e, 'ranking'))
             return docs
         row_of = {id(doc): row for row, doc in enumerate(ranking)}
         for (doc, i, _), features in zip(images, image_features):
@@ -226,33 +174,29 @@ class ClipExecutor(Executor):
             doc.matches = type(doc.matches)(best_first[: params.num_images])
         return docs
 
-    @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
-                            **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id, parameters=parameters)
-
     # --- embeddings ---
 
     def label_embeddings(self, labels: List[str]) -> torch.Tensor:
         """The unit-length text embeddings of ``labels`` put into words by ``label_template``,
         from the in-memory cache when this list was embedded before."""
-        return self.label_cache.get(tuple(labels), self.label_template, self.embed_texts)
+        return self.label_cache.get(tuple(labels), self.settings.label_template, self.embed_texts)
 
     def embed_texts(self, texts: List[str]) -> torch.Tensor:
         """Unit-length CLIP text embeddings, one row per text; texts beyond 77 tokens are cut."""
         rows = []
         with torch.inference_mode():
-            for start in range(0, len(texts), self.text_batch_size):
+            for start in range(0, len(texts), self.settings.text_batch_size):
                 tokens = self.processor.tokenizer(
-                    texts[start : start + self.text_batch_size], padding=True, truncation=True, return_tensors='pt'
+                    texts[start : start + self.settings.text_batch_size], padding=True, truncation=True, return_tensors='pt'
                 ).to(self.device)
                 rows.append(_features(self.model.get_text_features(**tokens)))
         return _unit_length(torch.cat(rows))
 
     def _embed_images(self, images: List[Image.Image]) -> torch.Tensor:
         rows = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = self.processor.image_processor(images[start : start + self.batch_size], return_tensors='pt')
+        batch_size = self.settings.batch_size
+        for start in range(0, len(images), batch_size):
+            pixels = self.processor.image_processor(images[start : start + batch_size], return_tensors='pt')
             pixel_values = pixels['pixel_values'].to(self.device, self.dtype)
             rows.append(_features(self.model.get_image_features(pixel_values=pixel_values)))
         return _unit_length(torch.cat(rows))
@@ -263,15 +207,14 @@ class ClipExecutor(Executor):
         readable, rows = [], []
         side = model_input_side(self.processor)
         wanting = [doc for doc in docs if not doc.error]
-        for batch in model_image_batches(wanting, self.image_policy, self.batch_size, side, self.logger):
+        for batch in model_image_batches(wanting, self.image_policy, self.settings.batch_size, side, self.logger):
             batch_docs = [doc for doc, _ in batch]
             try:
                 with torch.inference_mode():
                     rows.append(self._embed_images([image for _, image in batch]))
                 readable += batch_docs
             except Exception as e:
-                self.logger.error(f'embedding {len(batch)} image(s) failed', exc_info=True)
-                mark_failed(batch_docs, f'embedding the image failed: {type(e).__name__}; {DETAILS_LOGGED}')
+                fail_all(batch_docs, self.failure(f'embedding {len(batch)} image(s)', e, 'embedding the image'))
         if not readable:
             return [], None
         return readable, torch.cat(rows)
@@ -290,27 +233,23 @@ class ClipExecutor(Executor):
     # --- per-document steps ---
 
     def _check_limits(self, params: ClipParams) -> None:
-        params.check_limits(self.max_labels, self.max_label_chars)
+        params.check_limits(self.settings.max_labels, self.settings.max_label_chars)
 
-    def _match_images(self, doc: PromptDoc) -> Optional[List[Image.Image]]:
-        """The pixels of ``doc``'s images, or None with the document's error set."""
+    def _match_images(self, doc: PromptDoc) -> List[Image.Image]:
+        """The pixels of ``doc``'s images; a CodedError if there are none to rank."""
         if not doc.text.strip():
-            doc.error = 'nothing to rank against: the document has no text prompt'
-            return None
+            raise CodedError('nothing to rank against: the document has no text prompt', ErrorCode.MISSING_INPUT, 'prompt')
         if not doc.matches:
-            doc.error = 'nothing to rank: the document has no images (matches)'
-            return None
+            raise CodedError('nothing to rank: the document has no images (matches)', ErrorCode.MISSING_INPUT)
         images = []
         for i, match in enumerate(doc.matches):
             if not match.png:
-                doc.error = f'image {i} has no PNG bytes to rank'
-                return None
+                raise CodedError(f'image {i} has no PNG bytes to rank', ErrorCode.MISSING_INPUT)
             try:
                 image = Image.open(io.BytesIO(match.png))
                 image.load()
             except Exception as e:
-                doc.error = f'image {i} is not a readable image: {type(e).__name__}'
-                return None
+                raise CodedError(f'image {i} is not a readable image: {type(e).__name__}', ErrorCode.IMAGE_UNREADABLE) from None
             images.append(image.convert('RGB'))
         return images
 
@@ -324,15 +263,6 @@ class ClipExecutor(Executor):
                 break
             prompt = longer
         return prompt
-
-    @contextmanager
-    def _own_failure(self, doc: PromptDoc, step: str):
-        """An exception in one document's ``step`` becomes that document's error."""
-        try:
-            yield
-        except Exception as e:
-            self.logger.error(f'{step} failed for document {doc.id}', exc_info=True)
-            mark_failed([doc], f'{step} failed: {type(e).__name__}; {DETAILS_LOGGED}')
 
 
 def classic_start(caption: str, medium: str, artist: str) -> str:
