@@ -35,10 +35,7 @@ from s2i.contracts.store import StoreParams
 from s2i.contracts.whisper import TranscriptionParams
 from s2i.encoding import encode_png
 
-try:  # the FlowClient protocol's home once the gateway is an app factory (issue 23)
-    from gateway.flow_client import FlowFailure
-except ImportError:
-    from gateway.flow_calls import FlowFailure
+from gateway.flow_client import unavailable
 
 # flow.yml's names of the executors, and the models this Flow says it loaded (GET /v1/models lists them)
 WHISPER, PAINTER, CAPTION, RANKER, STORE = 'whisper', 'stable_diffusion', 'caption', 'clip', 'store'
@@ -78,7 +75,7 @@ class Failure:
     """How an executor fails every document it works on: with ``code``, ``message`` and ``param``, as
     s2i.contracts.documents.fail sets them. ``executor`` None: the first executor a document meets."""
 
-    code: ErrorCode
+    code: Optional[ErrorCode]  # None: an executor that sets no code (an older one): only ``error``
     param: str = ''
     message: str = 'the executor failed on this document (a scripted failure)'
     executor: Optional[str] = None
@@ -142,7 +139,7 @@ class FakeFlow:
         """Records the call, raises FlowFailure if an executor is unreachable, and returns copies to answer with."""
         self.sent.append(Sent(executor, endpoint, [as_prompt(doc) for doc in docs], dict(parameters or {})))
         if self.unreachable is not None:
-            raise FlowFailure(f'the {self.unreachable} executor of the Flow could not be reached; try again', unavailable=True)
+            raise unavailable(self.unreachable)  # FlowFailure, code executor_unavailable
         return DocList[PromptDoc]([as_prompt(doc) for doc in docs])
 
     def _works(self) -> Dict[str, Callable]:
@@ -166,7 +163,7 @@ class FakeFlow:
             if doc.error:
                 continue
             if self.failure is not None and self.failure.executor in (None, executor):
-                fail(doc, self.failure.message, self.failure.code, self.failure.param)
+                failed(doc, self.failure)
                 continue
             try:
                 work(doc, parameters)
@@ -180,6 +177,13 @@ DONE_FIELDS = ('text', 'language', 'transcript', 'matches', 'error', 'error_code
 def as_prompt(doc: PromptDoc) -> PromptDoc:
     """A copy of ``doc`` as a plain PromptDoc (a GenerationRequest's parameters left out), its id kept."""
     return PromptDoc(**{name: getattr(doc, name) for name in PromptDoc.model_fields})
+
+
+def failed(doc: PromptDoc, failure: Failure) -> None:
+    if failure.code is None:
+        doc.error = failure.message
+    else:
+        fail(doc, failure.message, failure.code, failure.param)
 
 
 def safely(model, parameters: Dict[str, Any]) -> RequestParams:
@@ -271,6 +275,8 @@ def stored_failure(code: ErrorCode = ErrorCode.STORE_FAILED) -> Failure:
 
 # What the API tests send through the gateway to this Flow
 
+WS = 'ws://127.0.0.1:8322'  # the address tests/gateway_app.py's client asks for
+TERMINAL = frozenset({'succeeded', 'failed', 'cancelled'})
 AUDIO = b'RIFF\x24\x00\x00\x00WAVEfmt '  # any bytes: the fake Whisper hears its Speech in whatever it is sent
 IMAGE_REQUEST = {'prompt': 'a red fox in the snow', 'size': '64x64', 'steps': 2}
 TEXT_JOB = {'prompt': 'a red fox in the snow', 'size': '64x64', 'steps': 2}
@@ -285,3 +291,12 @@ def image_form(png: bytes, **fields: str) -> Dict[str, Any]:
     """The keyword arguments of a multipart POST to /v1/images/edits or /variations."""
     return {'files': {'image': ('photo.png', png, 'image/png')}, 'data': fields}
 
+
+
+def job_events(client, job_id: str, after: int = 0) -> List[dict]:
+    """A job's events after seq ``after``, through its terminal one, over ``WS /v1/jobs/{id}/events``."""
+    events: List[dict] = []
+    with client.websocket_connect(f'{WS}/v1/jobs/{job_id}/events?after={after}') as ws:
+        while not events or events[-1]['kind'] not in TERMINAL:
+            events.append(ws.receive_json())
+    return events

@@ -9,14 +9,12 @@ import pytest
 from PIL import Image
 
 from fake_flow import (
-    AUDIO, ENGLISH, FIRST_SEED, GERMAN, INTERROGATED, MODELS, PAINTER, STORED_IN, TEXT_JOB, WHISPER, FakeFlow, audio_form,
-    image_form,
+    AUDIO, ENGLISH, FIRST_SEED, GERMAN, INTERROGATED, MODELS, PAINTER, STORED_IN, TEXT_JOB, WHISPER, WS, FakeFlow, audio_form,
+    image_form, job_events,
 )
 from gateway_app import gateway_client
 from image_files import png_bytes
 
-WS = 'ws://127.0.0.1:8322'  # the test client's own address (gateway_app.py)
-TERMINAL = {'succeeded', 'failed', 'cancelled'}
 ACTIVE = {'queued', 'running'}
 
 
@@ -42,15 +40,6 @@ def decoded(b64_json: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(b64_json)))
     assert image.format == 'PNG'
     return image
-
-
-def replayed(client, job_id: str, after: int = 0) -> list:
-    """A job's events after seq ``after``, through its terminal one."""
-    events = []
-    with client.websocket_connect(f'{WS}/v1/jobs/{job_id}/events?after={after}') as ws:
-        while not events or events[-1]['kind'] not in TERMINAL:
-            events.append(ws.receive_json())
-    return events
 
 
 # --- Audio ---------------------------------------------------------------------------------------------
@@ -213,11 +202,11 @@ def test_a_cancelled_job_ends_cancelled_and_its_events_replay_from_any_seq(jobs)
     answer = jobs.delete(f'/v1/jobs/{job["id"]}')
     assert answer.status_code == 202, answer.text
     assert answer.json()['id'] == job['id'] and answer.json()['status'] in {'cancelled', 'cancelling'}
-    events = replayed(jobs, job['id'])
+    events = job_events(jobs, job['id'])
     assert (events[0]['kind'], events[-1]['kind']) == ('queued', 'cancelled')
     assert [event['seq'] for event in events] == list(range(1, len(events) + 1))
     assert {event['job'] for event in events} == {job['id']}
-    assert replayed(jobs, job['id'], after=1) == events[1:]  # a client that saw seq 1 misses nothing, sees nothing twice
+    assert job_events(jobs, job['id'], after=1) == events[1:]  # a client that saw seq 1 misses nothing, sees nothing twice
     assert jobs.get(f'/v1/jobs/{job["id"]}').json()['status'] == 'cancelled'
 
 
