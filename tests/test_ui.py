@@ -542,3 +542,17 @@ def test_the_page_schema_is_open_and_places_every_error_code(page_alone):
     assert requests.get(f'{page_alone}/ui/parameters', timeout=10).status_code == 401  # the configured ones need the token
     configured = requests.get(f'{page_alone}/ui/parameters', headers={'authorization': f'Bearer {TOKEN}'}, timeout=10)
     assert configured.json()['data'][0]['json_schema']['properties']['steps']['default'] == 30
+
+
+def test_a_restyle_sends_the_settings_it_takes_as_numbers_and_the_size_of_the_image(alone, shapes_png):
+    asked = []
+    alone.page.route('**/restyle', lambda route: (asked.append(route.request.post_data_json), route.fulfill(json={'data': [{'matches': []}]})))
+    page = alone.open(num_images='2', steps='3', seed='42', width='128')
+    page.get_by_test_id('image-file').set_input_files(str(shapes_png))
+    page.get_by_test_id('prompt').fill('as an oil painting')
+    page.get_by_test_id('strength').fill('0.5')
+    page.get_by_test_id('restyle').click()
+
+    sync_api.expect(page.locator('#image-status')).to_have_text('Done: 0 images added below.')
+    assert asked[0]['data'][0]['text'] == 'as an oil painting'
+    assert asked[0]['parameters'] == {'num_images': 2, 'steps': 3, 'seed': 42, 'guidance_scale': 7.5, 'scheduler': 'dpm++', 'strength': 0.5}

@@ -300,45 +300,50 @@ function sendFile(file) {
   $('file').value = '';
 }
 
+/** Keeps the token typed in; the WebSocket carries it as a subprotocol, an HTTP token: letters, digits and
+ * !#$%&'*+-.^_`|~ only. */
+function keepToken() {
+  setToken($('token').value);
+  clearError();
+  if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]*$/.test(token())) return showError('This token has characters a browser cannot send (spaces, commas, quotes…).', 'token');
+  loadBounds();
+}
+
+async function cancel() {
+  if (!job) return;
+  const cancelled = job.id;
+  $('cancel').disabled = true;
+  try {
+    await cancelJob(cancelled);
+    if (job && job.id === cancelled) $('status').textContent = 'Cancelling…';  // unless its end came first
+  } catch (e) {
+    if (e.status !== 409) fail(e, 'cancel');  // 409: it has just ended anyway
+  } finally {
+    $('cancel').disabled = false;
+  }
+}
+
+function typed(event) {
+  event.preventDefault();
+  const prompt = $('prompt').value.trim();
+  if (!prompt) return showError('Type what to draw, or record or upload speech.', 'prompt');
+  start('prompt', settings({ prompt }));
+}
+
 function wire() {
   formBuilt = buildForm();
   $('token').value = token();
-  $('token').addEventListener('change', () => {
-    setToken($('token').value);
-    clearError();
-    // The WebSocket carries it as a subprotocol, an HTTP token: letters, digits and !#$%&'*+-.^_`|~ only.
-    if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]*$/.test(token())) return showError('This token has characters a browser cannot send (spaces, commas, quotes…).', 'token');
-    loadBounds();
-  });
-
-  $('typed').addEventListener('submit', (event) => {
-    event.preventDefault();
-    const prompt = $('prompt').value.trim();
-    if (!prompt) return showError('Type what to draw, or record or upload speech.', 'prompt');
-    start('prompt', settings({ prompt }));
-  });
+  $('token').addEventListener('change', keepToken);
+  $('typed').addEventListener('submit', typed);
   $('prompt').addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) $('typed').requestSubmit();
   });
   $('record').addEventListener('click', toggleRecording);
   $('file').addEventListener('change', () => sendFile($('file').files[0]));
   dropZone($('drop'), (file) => { if (!job) sendFile(file); });
-  $('cancel').addEventListener('click', async () => {
-    if (!job) return;
-    const cancelled = job.id;
-    $('cancel').disabled = true;
-    try {
-      await cancelJob(cancelled);
-      if (job && job.id === cancelled) $('status').textContent = 'Cancelling…';  // unless its end came first
-    } catch (e) {
-      if (e.status !== 409) fail(e, 'cancel');  // 409: it has just ended anyway
-    } finally {
-      $('cancel').disabled = false;
-    }
-  });
+  $('cancel').addEventListener('click', cancel);
   $('again').addEventListener('click', () => again(true));
   $('variations').addEventListener('click', () => again(false));
-
   wireImages({ fail, addImage, restyleKeys: formBuilt });
 
   savedImages().forEach(showImage);
