@@ -30,7 +30,7 @@ async function call(method, path, body) {
   }
   const answer = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const error = answer.error || { message: answer.detail || response.statusText };
+    const error = answer.error || { message: typeof answer.detail === 'string' ? answer.detail : response.statusText };
     throw new RequestError(response.status, error.message, error.param, error.code);
   }
   return answer;
