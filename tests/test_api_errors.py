@@ -120,9 +120,9 @@ NO_HTTP_CLIENT_GETS = set()
 
 @pytest.mark.parametrize('code', PROVOKED, ids=lambda code: code.value)
 def test_each_code_is_answered_with_its_status_type_and_code(code):
-    answer = PROVOKED[code]()
-    assert answer.status_code == ERRORS[code].http_status, answer.text
-    error = answer.json()['error']
+    answered = PROVOKED[code]()
+    assert answered.status_code == ERRORS[code].http_status, answered.text
+    error = answered.json()['error']
     assert (error['type'], error['code']) == (ERRORS[code].openai_type, code.value)
     assert error['message']
 

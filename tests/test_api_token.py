@@ -37,7 +37,7 @@ def bearer(key: str = TOKEN) -> dict:
     return {'authorization': f'Bearer {key}'}
 
 
-def send(client, route: str, job_id: str = NO_SUCH_JOB, headers: dict = {}):
+def send(client, route: str, headers: dict, job_id: str = NO_SUCH_JOB):
     method, path, request, _ = ROUTES[route]
     return client.request(method, path.format(job=job_id), headers=headers, **request())
 
@@ -56,7 +56,7 @@ def guarded(flow):
 @pytest.mark.parametrize('wrong', WRONG)
 @pytest.mark.parametrize('route', ROUTES)
 def test_every_route_refuses_a_request_without_a_key_before_the_flow_sees_it(guarded, flow, route, wrong):
-    answer = send(guarded, route, headers=WRONG[wrong])
+    answer = send(guarded, route, WRONG[wrong])
     assert answer.status_code == 401, answer.text
     error = answer.json()['error']
     assert (error['type'], error['code']) == ('invalid_request_error', 'invalid_api_key')
@@ -68,7 +68,7 @@ def test_every_route_refuses_a_request_without_a_key_before_the_flow_sees_it(gua
 @pytest.mark.parametrize('route', ROUTES)
 def test_every_route_answers_a_request_with_a_key(guarded, route):
     job = guarded.post('/v1/jobs', json=TEXT_JOB, headers=bearer()).json()
-    answer = send(guarded, route, job['id'], headers=bearer())
+    answer = send(guarded, route, bearer(), job['id'])
     assert answer.status_code == ROUTES[route][3], answer.text
 
 
