@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from s2i.runtime import free_port
+from tables import print_table  # bench/tables.py: the folder of the script being run is on the path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -588,13 +589,6 @@ def timed(call, images_each: int = 0) -> float:
 
 def percentile_ms(seconds, q: int) -> float:
     return float(np.percentile(np.array(seconds) * 1000, q))
-
-
-def print_table(title: str, header, rows) -> None:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    print(f'\n{title}')
-    for row in [header, ['-' * w for w in widths], *rows]:
-        print('  ' + '  '.join(str(x).rjust(w) for x, w in zip(row, widths)))
 
 
 def machine() -> dict:

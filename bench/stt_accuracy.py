@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from executors.whisper.audio import AudioPolicy, decode_bounded  # noqa: E402
 from s2i.contracts.documents import SAMPLE_RATE  # noqa: E402
-from run import print_table  # noqa: E402  (bench/run.py, beside this file)
+from tables import print_table  # noqa: E402  (bench/tables.py, beside this file)
 
 DATA = ROOT / 'tests' / 'data'
 SPOKEN = json.loads((DATA / 'speech_clips.json').read_text())

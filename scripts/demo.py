@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from s2i.contracts.stable_diffusion import DEFAULT_MODEL
-from s2i import client
+from s2i import cli
 from s2i.encoding import read_png_parameters
 from s2i.serve import READY_LINE, apply_defaults
 
@@ -84,7 +84,7 @@ def main() -> int:
     server = start_flow(OUT / 'flow.log')
     try:
         wait_until_ready(server, OUT / 'flow.log')
-        status = client.main(['--host', host, '--out', str(OUT), *map(str, EXAMPLES)])
+        status = cli.main(['--host', host, '--out', str(OUT), *map(str, EXAMPLES)])
         show_parameters_of_newest_image()
         offer_the_page(page)
     finally:

@@ -20,11 +20,13 @@ from PIL import Image
 
 from conftest import GERMAN_CLIP, ROOT
 from front_door import TOKEN
-from s2i.client import JobInterrupted, follow_job, job_events, main
+from s2i.cli import main
+from s2i.client import JobInterrupted, follow_job, job_events
+from s2i.contracts.errors import ERRORS, ErrorCode
 from s2i.runtime import UNAUTHENTICATED
 
 QUICK = ['--num-images', '2', '--width', '64', '--height', '64', '--steps', '3', '--seed', '5']
-RESULT_KEYS = {'input', 'language', 'transcript', 'text', 'images', 'stored', 'record', 'error'}  # as without --follow
+RESULT_KEYS = {'input', 'language', 'transcript', 'text', 'images', 'stored', 'record', 'error', 'error_code'}  # as without --follow
 
 
 def follow_args(front_door, *args: str) -> List[str]:
@@ -78,16 +80,18 @@ def test_follow_job_hands_on_every_event_in_order_and_returns_the_record(front_d
     assert 'snow' in record['text'].lower()
 
 
-def test_a_wrong_token_exits_with_the_gateways_401_message(front_door, tmp_path):
-    with pytest.raises(SystemExit) as exit:
-        main(['--follow', '--host', front_door.http, '--token', 'wrong', '--text', 'a fox', '--out', str(tmp_path)])
-    assert UNAUTHENTICATED in str(exit.value.code)
+def test_a_wrong_token_stops_with_the_gateways_401_message_and_its_codes_status(front_door, tmp_path, capsys):
+    status = main(['--follow', '--host', front_door.http, '--token', 'wrong', '--text', 'a fox', '--text', 'a cat', '--out', str(tmp_path)])
+    assert status == ERRORS[ErrorCode.INVALID_API_KEY].exit_status
+    assert UNAUTHENTICATED in capsys.readouterr().err
 
 
-def test_a_field_the_gateway_refuses_is_that_inputs_error_in_its_words(front_door, tmp_path, capsys):
-    code = main(follow_args(front_door, '--text', 'a fox', '--steps', '0', '--out', str(tmp_path), '--json'))
-    assert code == 1
-    assert 'steps' in json.loads(capsys.readouterr().out)['error']
+def test_a_size_the_service_refuses_is_that_inputs_error_with_its_code(front_door, tmp_path, capsys):
+    # Within the model's range (so the CLI sends it), over the executor's max_pixels (so the service refuses it).
+    status = main(follow_args(front_door, '--text', 'a fox', '--width', '2048', '--height', '2048', '--out', str(tmp_path), '--json'))
+    result = json.loads(capsys.readouterr().out)
+    assert status == ERRORS[ErrorCode.INVALID_PARAMETER].exit_status and result['error_code'] == 'invalid_parameter'
+    assert 'max_pixels' in result['error']
 
 
 @pytest.mark.parametrize('args, words', [

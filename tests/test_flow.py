@@ -12,6 +12,7 @@ from docarray import DocList
 
 from s2i import client
 from s2i.contracts.documents import PromptDoc
+from s2i.contracts.errors import ERRORS, ErrorCode
 from s2i.encoding import read_png_parameters
 from s2i.serve import READY_LINE
 
@@ -136,7 +137,7 @@ def test_cli_writes_images_and_prints_one_json_object_per_input(flow, tmp_path):
         str(ENGLISH_CLIP), str(GERMAN_CLIP), str(DATA / 'empty.wav'), '--text', 'a red barn',
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert run.returncode == 1, run.stderr  # the empty file failed
+    assert run.returncode == ERRORS[ErrorCode.AUDIO_UNREADABLE].exit_status, run.stderr  # the empty file failed
     english, german, empty, prompt = [json.loads(line) for line in run.stdout.splitlines()]
 
     assert english['input'] == str(ENGLISH_CLIP) and english['language'] == 'en' and english['error'] == ''

@@ -17,6 +17,7 @@ from docarray import DocList
 
 from s2i import client
 from s2i.contracts.documents import PromptDoc
+from s2i.contracts.errors import ERRORS, ErrorCode
 
 from conftest import ROOT
 from recording_flow import FAIL, received, running_recording_flow
@@ -168,11 +169,11 @@ def test_with_an_executor_down_the_client_names_it_for_each_input_and_tries_the_
         for pid in executor_ports(flow['server'], flow):
             os.kill(pid, signal.SIGKILL)
         for protocol in ('grpc', 'http'):
-            with pytest.raises(client.ExecutorUnavailable, match='the gateway answered, but its tagger executor is down'):
+            with pytest.raises(client.ExecutorUnavailable, match='tagger'):
                 client.generate(prompts=['an executor is down'], host=flow[protocol], token='')
         cli = subprocess.run([sys.executable, str(ROOT / 'client.py'), '--host', flow['grpc'], '--json', '--out', str(tmp_path),
                               '--text', 'first', '--text', 'second'], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     answers = [json.loads(line) for line in cli.stdout.splitlines()]
     assert [answer['input'] for answer in answers] == ['first', 'second']  # the second input was still tried
-    assert all('its tagger executor is down or restarting' in answer['error'] for answer in answers)
-    assert cli.returncode == 1 and 'cannot reach the Flow' not in cli.stderr
+    assert all('tagger' in answer['error'] and answer['error_code'] == 'executor_unavailable' for answer in answers)
+    assert cli.returncode == ERRORS[ErrorCode.EXECUTOR_UNAVAILABLE].exit_status and 'cannot reach the Flow' not in cli.stderr

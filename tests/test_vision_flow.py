@@ -14,8 +14,10 @@ from PIL import Image
 
 from conftest import GERMAN_CLIP
 from front_door import TOKEN
-from s2i.client import generate, main
+from s2i.cli import main
+from s2i.client import generate
 from s2i.contracts.documents import PromptDoc
+from s2i.contracts.errors import ERRORS, ErrorCode
 from s2i.encoding import read_png_parameters
 
 
@@ -89,7 +91,7 @@ def test_the_client_subcommands_print_one_json_object_per_image(front_door, tmp_
     assert tagged['input'] == str(image) and tagged['error'] == '' and len(tagged['tags']) == 2
 
     assert main(['restyle', str(image), str(tmp_path / 'broken.png'), '--style-audio', str(GERMAN_CLIP),
-                 '--steps', '2', '--out', str(tmp_path / 'out'), *common]) == 1
+                 '--steps', '2', '--out', str(tmp_path / 'out'), *common]) == ERRORS[ErrorCode.IMAGE_UNREADABLE].exit_status
     restyled, broken = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert 'snow' in restyled['text'].lower() and len(restyled['images']) == 1
     assert Image.open(restyled['images'][0]).size == (96, 64)

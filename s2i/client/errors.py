@@ -1,0 +1,73 @@
+"""What the client raises when the service refuses or fails a request: the error's code, from the
+contracts' table (s2i/contracts/errors.py), never read from its message.
+
+A refusal's code comes from the answer itself: over HTTP, the body's ``error.code`` (or, from a
+gateway that sends none, the first code of the table with that HTTP status); over gRPC, the call's
+status, by the table's ``grpc_status``. A failed document carries its own ``error_code``.
+"""
+
+from typing import Any, Optional
+
+from s2i.contracts.errors import ERRORS, CodedError, ErrorCode
+
+
+class ServiceError(CodedError, RuntimeError):
+    """The service answered, and refused the request or failed it: ``code`` (an ErrorCode), ``message``
+    (the service's words, for people) and ``param`` (the request field to blame, if one is)."""
+
+
+class ExecutorUnavailable(ServiceError, ConnectionError):
+    """The gateway answered, but an executor behind it is down: this request failed, later ones may not."""
+
+    code = ErrorCode.EXECUTOR_UNAVAILABLE
+
+
+class JobRefused(ServiceError):
+    """The jobs API refused a request: its HTTP ``status``, ``code`` and the gateway's ``message``."""
+
+    def __init__(self, status: int, message: str, code: Optional[str] = None, param: Optional[str] = None):
+        super().__init__(message, known_code(code) if code else code_for_http_status(status), param)
+        self.status = status
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C while following a job: the job was asked to cancel; ``cancel_error`` says why it could not be."""
+
+    def __init__(self, job_id: str, cancel_error: str = ''):
+        super().__init__(job_id)
+        self.job_id, self.cancel_error = job_id, cancel_error
+
+
+def known_code(code: Optional[str]) -> ErrorCode:
+    """``code`` as an ErrorCode; a code this client does not know (a newer service's) is an internal error."""
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL_ERROR
+
+
+def code_for_http_status(status: int) -> ErrorCode:
+    """The table's first code answered with this HTTP status (for an answer without a code)."""
+    return next((code for code, kind in ERRORS.items() if kind.http_status == status), ErrorCode.INTERNAL_ERROR)
+
+
+def code_for_grpc_status(name: str) -> ErrorCode:
+    """The table's first code refused with this gRPC status (``grpc.StatusCode``'s name)."""
+    return next((code for code, kind in ERRORS.items() if kind.grpc_status == name), ErrorCode.INTERNAL_ERROR)
+
+
+def service_error(message: str, code: ErrorCode, param: Optional[str] = None) -> ServiceError:
+    """The exception for a refusal with ``code``: ExecutorUnavailable for an executor that is down."""
+    kind = ExecutorUnavailable if code == ErrorCode.EXECUTOR_UNAVAILABLE else ServiceError
+    return kind(message, code, param)
+
+
+def http_refusal(status: int, body: Any, text: str = '') -> ServiceError:
+    """The ServiceError for an HTTP error answer: OpenAI's ``{"error": {"message", "code", "param"}}``
+    (FastAPI's ``{"detail": ...}`` and plain text are read for the message alone)."""
+    error = body.get('error') if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        code = known_code(error.get('code')) if error.get('code') else code_for_http_status(status)
+        return service_error(str(error.get('message')), code, error.get('param'))
+    message = str(body['detail']) if isinstance(body, dict) and 'detail' in body else f'HTTP {status}: {text[:200]}'
+    return service_error(message, code_for_http_status(status))
