@@ -82,7 +82,11 @@ class ServiceExecutor(Executor):
             jinas['requests'] = {EVERY_OTHER_ENDPOINT: 'pass_on', **(jinas.get('requests') or {})}
         super().__init__(**jinas)
         warn_about_unknown_variables(self.logger)
-        self.defaults = self.params_class.with_defaults(self.settings.request_defaults)
+        self.defaults = self.configured_defaults()
+
+    def configured_defaults(self) -> RequestParams:
+        """The request parameters' defaults, with the configured ``request_defaults`` over the model's own."""
+        return self.params_class.with_defaults(self.settings.request_defaults)
 
     @property
     def model_id(self) -> str:

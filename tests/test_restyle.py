@@ -110,17 +110,20 @@ def test_a_bad_image_fails_its_document_and_the_others_still_get_their_images(sd
     with pytest.raises(ImageError) as reading:
         document_image(PromptDoc(image=bad), ImagePolicy())
     assert broken.error == str(reading.value) and not broken.matches
+    assert (broken.error_code, broken.error_param) == ('image_unreadable', 'image')
     assert good.error == '' and len(good.matches) == 1
 
 
 def test_an_image_without_a_style_prompt_gets_the_documented_error(sd):
     (doc,) = restyle(sd, PromptDoc(image=PHOTO))
     assert doc.error == NO_STYLE == 'nothing to restyle with: send a style prompt (text) or speech (audio)'
+    assert (doc.error_code, doc.error_param) == ('missing_input', 'prompt')
 
 
 def test_a_style_prompt_without_an_image_gets_an_error(sd):
     (doc,) = restyle(sd, PromptDoc(text=STYLE))
     assert doc.error == NO_IMAGE and not doc.matches
+    assert (doc.error_code, doc.error_param) == ('missing_input', 'image')
 
 
 def test_best_of_draws_that_many_candidates_with_consecutive_seeds(sd):

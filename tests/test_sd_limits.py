@@ -41,6 +41,7 @@ def test_a_negative_prompt_past_the_text_encoders_window_is_reported_too(sd):
 def test_a_prompt_over_max_prompt_chars_is_rejected_and_the_other_document_still_drawn(sd):
     huge, fine = draw(sd, ['x' * 12_001, 'a lighthouse'])
     assert huge.error == 'prompt too long: 12001 characters, the limit is 12000 (max_prompt_chars)'
+    assert (huge.error_code, huge.error_param) == ('prompt_too_long', 'prompt')
     assert len(huge.matches) == 0
     assert fine.error == '' and len(fine.matches) == 1
 
@@ -51,6 +52,7 @@ def test_a_negative_prompt_over_max_prompt_chars_fails_every_document_before_any
     docs = draw(sd, ['a fox', 'a barn'], {'negative_prompt': 'blurry ' * 150_000})
     for doc in docs:
         assert doc.error == 'invalid parameters: negative_prompt too long: 1050000 characters, the limit is 12000 (max_prompt_chars)'
+        assert doc.error_param == 'negative_prompt'
         assert len(doc.matches) == 0
     assert calls == []
 
@@ -92,6 +94,7 @@ def test_out_of_memory_on_one_image_is_a_clear_error_and_the_executor_keeps_serv
         first, second = draw(sd, ['a fox', 'a barn'])
     for doc in (first, second):
         assert doc.error.startswith(f'{OUT_OF_MEMORY} for a 64x64 image: ask for a smaller width and height')
+        assert doc.error_code == 'out_of_memory'
         assert len(doc.matches) == 0
     (after,) = draw(sd, ['a fox'])
     assert after.error == '' and len(after.matches) == 1

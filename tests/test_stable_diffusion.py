@@ -83,6 +83,7 @@ def test_a_documents_own_seed_overrides_the_requests_and_is_checked_per_document
     assert [image.seed for image in own.matches] == [5, 6]
     assert [image.seed for image in from_request.matches] == [9, 10]
     assert too_high.error.startswith(f'invalid seed: seed + num_images - 1 must be at most {MAX_SEED}') and not too_high.matches
+    assert (too_high.error_code, too_high.error_param) == ('invalid_parameter', 'seed')
     # The same seed gives the same pixels whether it came with the document or the request.
     (from_document,) = sd.generate(DocList[PromptDoc]([PromptDoc(text='a red fox', seed=5)]), {**SMALL, 'seed': 9})
     (from_request,) = generate(sd, {**SMALL, 'seed': 5}, prompts=('a red fox',))
@@ -159,6 +160,7 @@ def test_invalid_parameters_give_every_document_an_error_naming_the_key(sd, para
     docs = generate(sd, parameters, prompts=('a', 'b'))
     for doc in docs:
         assert doc.error.startswith('invalid parameters: ') and key in doc.error
+        assert (doc.error_code, doc.error_param) == ('invalid_parameter', key)
         assert len(doc.matches) == 0
 
 
@@ -172,6 +174,7 @@ def test_documents_with_an_error_pass_through_untouched_while_the_others_are_dra
     assert docs[0].error == 'no speech detected' and len(docs[0].matches) == 0
     assert docs[1].error == '' and len(docs[1].matches) == 1
     assert docs[2].error == 'nothing to draw: the document has no text prompt' and len(docs[2].matches) == 0
+    assert (docs[2].error_code, docs[2].error_param) == ('missing_input', 'prompt')
 
 
 def test_a_failing_generation_fails_its_documents_and_the_executor_keeps_serving(sd, monkeypatch):
@@ -183,6 +186,7 @@ def test_a_failing_generation_fails_its_documents_and_the_executor_keeps_serving
         (failed,) = generate(sd)
     # The exception's text goes to the log, not to the client: it may hold internal paths.
     assert failed.error == 'image generation failed: RuntimeError; the details are in the service log'
+    assert failed.error_code == 'internal_error'
     assert len(only_image(sd).png) > 0
 
 

@@ -12,25 +12,27 @@ import secrets
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from docarray import DocList
-from jina import Executor, requests
+from jina import requests
 from PIL import Image
 
-from s2i.contracts.stable_diffusion import (
-    DEFAULT_MODEL, MAX_BEST_OF, MAX_PIXELS, GenerationParams, RestyleParams, restyle_size, too_long,
-)
 from executors.stable_diffusion.pipelines import (
     apply_fast_paths, build_schedulers, image_to_image_pipeline, load_pipeline, place_pipeline, truncation,
 )
-from s2i.contracts.documents import PROGRESS_INTERVAL, GeneratedImage, GenerationEvent, GenerationRequest, ParameterSchema, PromptDoc, mark_failed
+from executors.stable_diffusion.settings import StableDiffusionSettings
+from s2i.contracts.documents import (
+    PROGRESS_INTERVAL, GeneratedImage, GenerationEvent, GenerationRequest, ParameterSchema, PromptDoc, fail, fail_with,
+    mark_failed,
+)
+from s2i.contracts.errors import CodedError, ErrorCode
+from s2i.contracts.params import MAX_SEED, ParameterError, check_unicode
+from s2i.contracts.stable_diffusion import MAX_PIXELS, GenerationParams, RestyleParams, restyle_size, too_long
 from s2i.encoding import encode_png
+from s2i.executor_base import ModelExecutor, fail_all
 from s2i.images import ImageError, ImagePolicy, document_image
-from s2i.contracts.params import MAX_SEED, PARAMETERS_ENDPOINT, ParameterError, check_unicode, describe_parameters, request_parameters
-from s2i.runtime import DETAILS_LOGGED, refuse_unknown_settings, resolve_device, setting
 from s2i.tiny_sd import TINY_WARNING
 
 NO_STYLE = 'nothing to restyle with: send a style prompt (text) or speech (audio)'
@@ -62,7 +64,7 @@ class Cancelled(Exception):
         self.step, self.steps = step, steps
 
 
-class StableDiffusionExecutor(Executor):
+class StableDiffusionExecutor(ModelExecutor):
     """Text-to-image with any diffusers text-to-image model (SD 1.x/2.x, SDXL, ...), and image-to-image
     (``/restyle``) with the same weights, where diffusers has an image-to-image pipeline for the model.
 
@@ -78,60 +80,38 @@ class StableDiffusionExecutor(Executor):
     next denoising step.
     """
 
-    def __init__(
-        self,
-        model: Optional[str] = None,
-        device: Optional[str] = None,
-        request_defaults: Optional[Dict[str, Any]] = None,
-        enable_safety_checker: bool = False,
-        max_num_images: int = 4,
-        max_best_of: int = MAX_BEST_OF,
-        max_batch_size: int = 4,
-        max_pixels: int = 1024 * 1024,
-        max_prompt_chars: int = 20000,
-        channels_last: bool = False,
-        fuse_qkv: bool = False,
-        compile_unet: bool = False,
-        low_memory: bool = False,
-        warmup: bool = True,
-        max_image_bytes: int = ImagePolicy.max_bytes,
-        max_image_pixels: int = ImagePolicy.max_pixels,
-        input_dir: Optional[str] = None,
-        **kwargs,
-    ):
-        refuse_unknown_settings(type(self), kwargs)
-        super().__init__(**kwargs)
-        self.model_id = setting(model, 'S2I_SD_MODEL', DEFAULT_MODEL)
-        self.device = torch.device(resolve_device(setting(device, 'S2I_DEVICE', 'auto')))
-        self.dtype = torch.float16 if self.device.type == 'cuda' else torch.float32
-        self.max_num_images = max_num_images
-        self.max_best_of = max_best_of
-        self.max_batch_size = max_batch_size
-        self.max_pixels = min(max_pixels, MAX_PIXELS)
-        self.max_prompt_chars = max_prompt_chars
-        request_defaults = dict(request_defaults or {})
-        restyle_only = RestyleParams.keys() - GenerationParams.keys()  # strength
-        self.defaults = GenerationParams.with_defaults({k: v for k, v in request_defaults.items() if k not in restyle_only})
+    settings_class = StableDiffusionSettings
+    params_class = GenerationParams
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        settings = self.settings
+        self.max_pixels = min(settings.max_pixels, MAX_PIXELS)
         # /restyle's size follows its input image unless the request says otherwise: not the default width and height.
         self.restyle_defaults = RestyleParams.with_defaults(
-            {k: v for k, v in request_defaults.items() if k not in ('width', 'height')}
+            {k: v for k, v in settings.request_defaults.items() if k not in ('width', 'height')}
         )
         self._check_limits(self.defaults)
         self._check_limits(self.restyle_defaults)
-        self.pipe, self.is_tiny = load_pipeline(self.model_id, self.dtype, enable_safety_checker, self.logger)
+        self.pipe, self.is_tiny = load_pipeline(self.model_id, self.dtype, settings.enable_safety_checker, self.logger)
         self.logger.info(f'loaded {self.model_id} as {type(self.pipe).__name__} on {self.device} ({self.dtype})')
-        place_pipeline(self.pipe, self.device, low_memory, self.logger)
-        apply_fast_paths(self.pipe, channels_last, fuse_qkv, compile_unet, self.logger)
+        place_pipeline(self.pipe, self.device, settings.low_memory, self.logger)
+        apply_fast_paths(self.pipe, settings.channels_last, settings.fuse_qkv, settings.compile_unet, self.logger)
         self.schedulers = build_schedulers(self.pipe)
         self.restyle_pipe = None  # built from self.pipe, sharing its weights, at the first /restyle
-        self.image_policy = ImagePolicy(max_image_bytes, max_image_pixels, input_dir)  # s2i/images.py
+        self.image_policy = ImagePolicy.of(settings)  # s2i/images.py
         # The pipeline and its scheduler swap are not thread-safe, and a stream's worker thread runs
         # beside /generate's (Jina serialises only its synchronous endpoints): one call at a time.
         self.pipeline_lock = threading.Lock()
         self.shutting_down = threading.Event()  # set on SIGTERM/SIGINT: generations stop at their next step
         set_on_shutdown_signals(self.shutting_down)
-        if warmup:
+        if settings.warmup:
             self._warm_up()
+
+    def configured_defaults(self) -> GenerationParams:
+        """Text-to-image's defaults: request_defaults without /restyle's own keys (strength)."""
+        restyle_only = RestyleParams.keys() - GenerationParams.keys()
+        return GenerationParams.with_defaults({k: v for k, v in self.settings.request_defaults.items() if k not in restyle_only})
 
     def _warm_up(self) -> None:
         """One short generation at the default size, so the first request is not the slow one."""
@@ -150,13 +130,13 @@ class StableDiffusionExecutor(Executor):
 
     @requests(on=['/generate', '/text2image'])
     def generate(self, docs: DocList[PromptDoc], parameters: Dict[str, Any], **kwargs) -> DocList[PromptDoc]:
-        params = request_parameters(docs, parameters, self.defaults, check=self._check_limits)
+        params = self.request_params(docs, parameters, check=self._check_limits)
         if params is None:
             return docs
         drawing = [doc for doc in docs if not doc.error]
         jobs = []
         for doc in drawing:
-            with self._own_failure(doc, 'reading the document'):
+            with self.own_failure(doc, 'reading the document'):
                 jobs += self._plan_jobs(doc, params)
         for batch in self._batches(jobs):
             self._run_batch(batch, params)
@@ -169,7 +149,7 @@ class StableDiffusionExecutor(Executor):
         """Each document's input image (``image`` or ``image_uri``) redrawn after its English ``text``:
         typed by the client, or Whisper's translation of the document's audio (Whisper runs first in
         the Flow). ``strength`` sets how far from the input image to go."""
-        params = request_parameters(docs, parameters, self.restyle_defaults, check=self._check_restyle)
+        params = self.request_params(docs, parameters, self.restyle_defaults, check=self._check_restyle)
         if params is None:
             return docs
         drawing = [doc for doc in docs if not doc.error]
@@ -177,7 +157,7 @@ class StableDiffusionExecutor(Executor):
             return docs
         calls: Dict[RestyleParams, List[Job]] = {}  # a pipeline call draws one size: documents grouped by theirs
         for doc in drawing:
-            with self._own_failure(doc, 'reading the document'):
+            with self.own_failure(doc, 'reading the document'):
                 sized, jobs = self._plan_restyle(doc, params)
                 calls.setdefault(sized, []).extend(jobs)
         for sized, jobs in calls.items():
@@ -197,7 +177,8 @@ class StableDiffusionExecutor(Executor):
             return True
         except RuntimeError as e:
             self.logger.error(str(e), exc_info=True)
-            mark_failed(docs, f'restyle is not available: the model {self.model_id!r} has no image-to-image pipeline')
+            mark_failed(docs, f'restyle is not available: the model {self.model_id!r} has no image-to-image pipeline',
+                        ErrorCode.UNSUPPORTED)
             return False
 
     def _plan_restyle(self, doc: PromptDoc, params: RestyleParams) -> Tuple[RestyleParams, List[Job]]:
@@ -207,20 +188,20 @@ class StableDiffusionExecutor(Executor):
         if not jobs:
             return params, []
         if not doc.has_image:
-            doc.error = NO_IMAGE
+            fail(doc, NO_IMAGE, ErrorCode.MISSING_INPUT, 'image')
             return params, []
         try:
             image = document_image(doc, self.image_policy)
         except ImageError as e:
-            doc.error = str(e)
+            fail_with(doc, e)
             return params, []
         if params.width is None:
             width, height = restyle_size(image.width, image.height, self.max_pixels)
             params = params.model_copy(update={'width': width, 'height': height})
             try:
                 self._check_limits(params)  # an extreme aspect ratio, raised to MIN_SIZE on its short side
-            except ParameterError as e:
-                doc.error = f'image cannot be restyled at its own size: {e}; give width and height'
+            except ParameterError as e:  # the image's shape, not the request's values: width and height are the way out
+                fail(doc, f'image cannot be restyled at its own size: {e}; give width and height', ErrorCode.IMAGE_UNREADABLE, 'image')
                 return params, []
         return params, [job._replace(image=image) for job in jobs]
 
@@ -232,13 +213,16 @@ class StableDiffusionExecutor(Executor):
         Never raises: Jina's connection pool retries a failed stream from the start, replaying it."""
         stop = threading.Event()  # set when this stream ends, for whatever reason: its worker thread stops
         try:
-            params = request_parameters([doc], doc.parameters, self.defaults, check=self._check_limits)
+            params = self.request_params([doc], doc.parameters, check=self._check_limits)
             if params is not None:
                 async for event in self._stream_generation(doc, params, stop):
                     yield event
         except Exception as e:
-            self.logger.error(f'streamed generation failed for document {doc.id}', exc_info=True)
-            mark_failed([doc], f'image generation failed: {type(e).__name__}; {DETAILS_LOGGED}')
+            fail_all([doc], self.failure(f'streamed generation for document {doc.id}', e, 'image generation'))
+        except BaseException:  # CancelledError or GeneratorExit (below): its consumer went away, e.g. a cancelled job
+            stop.set()
+            self.logger.info(f'stream of document {doc.id} closed before its end: its generation stops at its next step')
+            raise
         finally:
             # The stream ended, or its consumer went away: a cancelled gRPC call reaches here at once
             # as CancelledError at an await (Jina's worker cancels the task that reads this generator),
@@ -250,7 +234,7 @@ class StableDiffusionExecutor(Executor):
 
     async def _stream_generation(self, doc: PromptDoc, params: GenerationParams, stop: threading.Event):
         """The progress events of ``doc``'s pipeline calls: the calls ``/generate`` would make."""
-        with self._own_failure(doc, 'reading the document'):
+        with self.own_failure(doc, 'reading the document'):
             jobs = self._plan_jobs(doc, params)
         for batch in self._batches(jobs):
             if doc.error:  # an earlier call failed: the document gets an error, not some of its images
@@ -288,14 +272,15 @@ class StableDiffusionExecutor(Executor):
             return
         except Cancelled as e:
             cancelled = e
-            mark_failed([job.doc for job in jobs], 'cancelled: the stream was closed')
+            mark_failed([job.doc for job in jobs], 'cancelled: the stream was closed', ErrorCode.CANCELLED)
         finally:
             finished()
-        self._release_memory()  # out of the except block, where the traceback no longer holds the call's tensors
+        self.release_memory()
         self.logger.info(f'generation cancelled at step {cancelled.step}/{cancelled.steps}')
 
     def _check_limits(self, params: GenerationParams) -> None:
-        params.check_limits(self.max_num_images, self.max_pixels, self.max_prompt_chars, self.max_best_of)
+        settings = self.settings
+        params.check_limits(settings.max_num_images, self.max_pixels, settings.max_prompt_chars, settings.max_best_of)
 
     def _check_restyle(self, params: RestyleParams) -> None:
         self._check_limits(params)
@@ -303,35 +288,25 @@ class StableDiffusionExecutor(Executor):
 
     def _batches(self, jobs: List[Job]) -> List[List[Job]]:
         """``jobs`` in pipeline calls of at most ``max_batch_size`` images, in order."""
-        return [jobs[start : start + self.max_batch_size] for start in range(0, len(jobs), self.max_batch_size)]
+        size = self.settings.max_batch_size
+        return [jobs[start : start + size] for start in range(0, len(jobs), size)]
 
-    @requests(on=PARAMETERS_ENDPOINT)
-    def describe_parameters(self, docs: DocList[ParameterSchema], parameters: Optional[Dict[str, Any]] = None,
-                            **kwargs) -> DocList[ParameterSchema]:
+    def parameter_schema(self) -> ParameterSchema:
         """Text-to-image's keys and defaults, and /restyle's own key (strength): the gateway learns them here."""
-        described = describe_parameters(docs, self.metas.name, self.defaults, model=self.model_id, parameters=parameters)
-        mine = described[-1]
+        mine = super().parameter_schema()
         restyle_schema = RestyleParams.model_json_schema()['properties']
         for key in sorted(RestyleParams.keys() - GenerationParams.keys()):
             mine.json_schema['properties'][key] = {**restyle_schema[key], 'default': getattr(self.restyle_defaults, key)}
         mine.keys = sorted(set(mine.keys) | RestyleParams.keys())
-        return described
-
-    @contextmanager
-    def _own_failure(self, doc: PromptDoc, step: str):
-        """An exception in one document's ``step`` becomes that document's error: dynamic batching
-        puts other callers' documents in the same call, and they must still get their images."""
-        try:
-            yield
-        except Exception as e:
-            self.logger.error(f'{step} failed for document {doc.id}', exc_info=True)
-            mark_failed([doc], f'{step} failed: {type(e).__name__}; {DETAILS_LOGGED}')
+        return mine
 
     def _plan_jobs(self, doc: PromptDoc, params: GenerationParams, no_prompt: str = 'nothing to draw: the document has no text prompt') -> List[Job]:
         """The images to make for ``doc`` (``best_of`` candidates, or ``num_images``): none if it gets an error instead."""
         doc.matches = DocList[GeneratedImage]()  # this executor's images replace any the document came with
-        doc.error = self._prompt_error(doc.text, no_prompt)
-        if doc.error:
+        try:
+            self._check_prompt(doc.text, no_prompt)
+        except CodedError as e:
+            fail_with(doc, e)
             return []
         count = params.images_to_draw
         first_seed = doc.seed if doc.seed is not None else params.seed
@@ -340,58 +315,50 @@ class StableDiffusionExecutor(Executor):
         try:
             params.check_seeds_from(first_seed)
         except ParameterError as e:
-            doc.error = f'invalid seed: {e}'
+            fail(doc, f'invalid seed: {e}', e.code, e.param)
             return []
         return [Job(doc, first_seed + i) for i in range(count)]
 
-    def _prompt_error(self, prompt: str, no_prompt: str) -> str:
-        if len(prompt) > self.max_prompt_chars:  # first: nothing else reads a text over the limit
-            return too_long('prompt', prompt, self.max_prompt_chars)
+    def _check_prompt(self, prompt: str, no_prompt: str) -> None:
+        """A CodedError for a prompt this executor cannot draw: too long, not Unicode, or blank (``no_prompt``)."""
+        max_chars = self.settings.max_prompt_chars
+        if len(prompt) > max_chars:  # first: nothing else reads a text over the limit
+            raise CodedError(too_long('prompt', prompt, max_chars), ErrorCode.PROMPT_TOO_LONG, 'prompt')
         try:
             check_unicode(prompt)  # the tokenizer would fail the whole batch on it
         except ValueError as e:
-            return f'prompt {e}'
+            raise CodedError(f'prompt {e}', ErrorCode.INVALID_REQUEST, 'prompt') from None
         if not prompt.strip():
-            return no_prompt
-        return ''
+            raise CodedError(no_prompt, ErrorCode.MISSING_INPUT, 'prompt')
 
     def _run_batch(self, jobs: List[Job], params: GenerationParams,
                    step_done: Optional[StepDone] = None, stop: Optional[threading.Event] = None) -> None:
         """Generate ``jobs`` in one pipeline call. A failed call is retried in halves down to one image,
         so that only the documents that fail alone get an error (CUDA out-of-memory, or a bad prompt).
         A stream's ``step_done`` and ``stop`` go to ``_generate_batch``; Cancelled is raised, not retried."""
-        out_of_memory = False
         try:
             self._generate_batch(jobs, params, step_done, stop)
             return
         except Cancelled:
             raise
         except Interrupted:
-            mark_failed([job.doc for job in jobs], INTERRUPTED)
+            mark_failed([job.doc for job in jobs], INTERRUPTED, ErrorCode.INTERRUPTED)
             return
         except torch.cuda.OutOfMemoryError as e:
             self.logger.warning(f'out of GPU memory for {len(jobs)} {params.width}x{params.height} image(s)')
-            error = f'{OUT_OF_MEMORY} for a {params.width}x{params.height} image: ask for a smaller width and height ({e})'
-            out_of_memory = True
+            failure = CodedError(f'{OUT_OF_MEMORY} for a {params.width}x{params.height} image: ask for a smaller width and height ({e})',
+                                 ErrorCode.OUT_OF_MEMORY)
         except Exception as e:
-            self.logger.error(f'generation of {len(jobs)} image(s) failed', exc_info=True)
-            error = f'image generation failed: {type(e).__name__}; {DETAILS_LOGGED}'
-        if out_of_memory:  # out of the except block, where the failed call's traceback no longer holds its tensors
-            self._release_memory()
+            failure = self.failure(f'generation of {len(jobs)} image(s)', e, 'image generation')
+        if failure.code == ErrorCode.OUT_OF_MEMORY:  # out of the except block, where the traceback held the call's tensors
+            self.release_memory()
         if len(jobs) == 1:
-            mark_failed([jobs[0].doc], error)
+            fail_all([jobs[0].doc], failure)
             return
         self.logger.warning(f'retrying the {len(jobs)} images in two halves')
         half = len(jobs) // 2
         self._run_batch(jobs[:half], params, step_done, stop)
         self._run_batch(jobs[half:], params, step_done, stop)
-
-    def _release_memory(self) -> None:
-        import gc
-
-        gc.collect()  # the failed call's tensors, so the retry finds the memory free
-        if self.device.type == 'cuda':
-            torch.cuda.empty_cache()
 
     def _generate_batch(self, jobs: List[Job], params: GenerationParams,
                         step_done: Optional[StepDone] = None, stop: Optional[threading.Event] = None) -> None:
@@ -399,7 +366,7 @@ class StableDiffusionExecutor(Executor):
             output, seconds = self._call_pipeline(jobs, params, step_done, stop)
         flagged = getattr(output, 'nsfw_content_detected', None) or [False] * len(jobs)
         for job, image, nsfw in zip(jobs, output.images, flagged):
-            with self._own_failure(job.doc, 'encoding the image'):
+            with self.own_failure(job.doc, 'encoding the image'):
                 job.doc.matches.append(self._to_generated_image(job, image, params, nsfw, len(jobs)))
         self.logger.info(
             f'{len(jobs)} image(s) {params.width}x{params.height}, {params.denoising_steps} steps, '
