@@ -34,7 +34,7 @@ from typing import Any, Dict, List
 
 import yaml
 
-from gateway.gateway import GATEWAY_VARIABLES, JOBS_DB_VARIABLE
+from gateway.settings import GATEWAY_VARIABLES, JOBS_DB_VARIABLE
 from s2i.runtime import AUTH_TOKEN_VARIABLE
 from s2i.serve import DEFAULTS, FLOW_YML, apply_defaults
 from s2i.tiny_sd import TINY_MODEL_NAME

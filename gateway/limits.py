@@ -1,6 +1,6 @@
 """What the gateway refuses before any executor works: too much, or what its transport cannot carry.
 
-Each refusal names its limit and setting. The limits are the gateway's settings (gateway/config.yml):
+Each refusal names its limit and setting. The limits are the gateway's settings (gateway/settings.py):
 a request is refused whole, at the door, so that one caller cannot make the executors (or the
 gateway itself) hold gigabytes, and so that documents are never dropped on the way (Jina's HTTP
 route answers only the first ``request_size`` documents of a longer request: above the limit, a
@@ -11,15 +11,20 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from gateway.errors import refusal
+from gateway.settings import default
 from s2i.contracts.documents import PromptDoc
+from s2i.contracts.errors import ErrorCode
 from s2i.contracts.params import MAX_QUOTED_CHARS, quote
 
 
 @dataclass(frozen=True)
 class RequestLimits:
-    max_documents: int = 100  # per request; Jina's own clients send 100 per request by default
-    max_request_bytes: int = 64 * 2**20  # HTTP body / gRPC message; room for one 25 MiB clip as a data URI
-    max_depth: int = 32  # nesting of lists and dicts in parameters and documents
+    """The request limits among the gateway's settings (their defaults and meaning: GatewaySettings)."""
+
+    max_documents: int = default('max_documents')  # Jina's own clients send 100 per request by default
+    max_request_bytes: int = default('max_request_bytes')
+    max_depth: int = default('max_depth')
 
     def __post_init__(self):
         for name in ('max_documents', 'max_request_bytes', 'max_depth'):
@@ -134,6 +139,4 @@ class LimitBody:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope, receive, send):
-        from gateway.errors import refusal
-
-        await refusal(scope['path'], 413, self.limits.too_large, code='request_too_large')(scope, receive, send)
+        await refusal(scope['path'], ErrorCode.INPUT_TOO_LARGE, self.limits.too_large)(scope, receive, send)

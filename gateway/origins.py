@@ -8,7 +8,7 @@ page cannot forge it, so the gateway lets through:
 
 - requests without ``Origin``: programs (curl, the SDKs, client.py), and browsers' own same-site GETs;
 - same-origin requests: the page at /ui, served by this gateway (``Origin`` names the ``Host`` asked for);
-- the origins listed in ``allowed_origins`` (gateway/config.yml) or S2I_ALLOWED_ORIGINS (comma-separated,
+- the origins listed in the gateway's ``allowed_origins`` setting (S2I_ALLOWED_ORIGINS, comma-separated,
   each ``scheme://host[:port]``, e.g. ``https://studio.example.com``).
 
 Anything else is refused before the token check and before any route: a WebSocket handshake with close
@@ -19,13 +19,15 @@ without CORS headers, which this gateway never sends, a page on another site can
 from typing import Iterable, Optional, Tuple
 from urllib.parse import urlsplit
 
+from starlette.websockets import WebSocketClose
+
 from gateway.errors import refusal
+from s2i.contracts.errors import ErrorCode
 from s2i.contracts.params import quote
 
 ORIGINS_VARIABLE = 'S2I_ALLOWED_ORIGINS'
 STATE_CHANGING = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
 DEFAULT_PORTS = {'http': 80, 'ws': 80, 'https': 443, 'wss': 443}
-ORIGIN_NOT_ALLOWED = 'origin_not_allowed'
 
 
 def origin_key(origin: str) -> Optional[Tuple[str, int]]:
@@ -68,12 +70,10 @@ class CheckOrigin:
         return key is not None and (key == host_key(host, origin) or key in self.allowed)
 
     async def _refuse(self, scope, receive, send, origin: str) -> None:
-        from starlette.websockets import WebSocketClose
-
         message = (f'cross-site request refused: origin {quote(origin)} is not this service\'s own; list it in '
                    f'allowed_origins (gateway/config.yml) or {ORIGINS_VARIABLE} to allow it')
         if scope['type'] == 'websocket':
             # 1008: policy violation; a close reason holds at most 123 bytes, so it names the setting, not the origin
             await WebSocketClose(code=1008, reason=f'cross-site WebSocket refused: origin not in {ORIGINS_VARIABLE}')(scope, receive, send)
             return
-        await refusal(scope['path'], 403, message, code=ORIGIN_NOT_ALLOWED)(scope, receive, send)
+        await refusal(scope['path'], ErrorCode.ORIGIN_NOT_ALLOWED, message)(scope, receive, send)

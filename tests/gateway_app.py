@@ -1,27 +1,27 @@
-"""The gateway's own routes in-process: the same ``add_front_door`` wiring that Jina's HTTP server gets
-(origin check, token, body limit, error shapes, the /v1 routes and the page), on a plain FastAPI app,
-driven by Starlette's TestClient. No Flow runs: a stand-in answers for it, and fails the test if a
-request that should have been refused reaches it."""
+"""The gateway in-process: ``create_app`` (gateway/app.py), the app Jina's HTTP server serves, over a
+stand-in for the Flow, driven by Starlette's TestClient. Jobs are kept in an in-memory SQLite store; they
+run against the stand-in as they would against a Flow. With ``flow=None`` a request that should have been
+refused fails the test if it reaches the Flow, and a job, once running, runs until it is cancelled."""
 
+import asyncio
+import dataclasses
 import logging
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Optional, Sequence
 
-from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from gateway.gateway import Guard, add_front_door
-from gateway.jobs.runner import JobLimits, JobRunner
-from gateway.jobs.store import SqliteJobStore
-from gateway.jobs.webhooks import Webhooks
+from gateway.app import IN_MEMORY, create_app
+from gateway.jobs.runner import JobLimits
 from gateway.limits import RequestLimits
+from gateway.settings import GatewaySettings
 
 LOGGER = logging.getLogger('tests.gateway_app')
+BASE_URL = 'http://127.0.0.1:8322'
 
 
 class NoFlow:
-    """Stands for the Flow where a request must be refused before any executor works."""
+    """Stands for the Flow where a request must be refused before any executor works. A job taken from the
+    queue waits here until it is cancelled (it never ends by itself, so the test decides its state)."""
 
     async def call(self, *args, **kwargs):
         raise AssertionError('the request reached the Flow')
@@ -29,36 +29,30 @@ class NoFlow:
     call_executor = call
 
     async def generate_stream(self, *args, **kwargs):
-        raise AssertionError('the request reached the Flow')
+        await asyncio.Event().wait()  # until cancelled
         yield  # an async generator, like the real one
+
+    async def schemas(self):
+        return []
 
     async def models(self):
         return {}
 
 
-class NoParameters:
-    """The executors' parameter schemas, as a Flow without executors describes them."""
-
-    async def schemas(self):
-        return []
-
-    async def refusal(self, endpoint, parameters):
-        return None
+def gateway_settings(token: Optional[str] = None, allowed_origins: Sequence[str] = (), limits: JobLimits = JobLimits(),
+                     request_limits: RequestLimits = RequestLimits(), **settings) -> GatewaySettings:
+    """The gateway's settings for a test, whatever this process's S2I_* variables say: only what is given,
+    else the defaults; jobs in memory, no webhooks."""
+    given = {'auth_token': token, 'allowed_origins': list(allowed_origins), 'jobs_db': IN_MEMORY, 'redis_url': None,
+             'webhook_hosts': [], 'webhook_secret': None, **dataclasses.asdict(limits), **dataclasses.asdict(request_limits),
+             **settings}
+    return GatewaySettings(**given)
 
 
 def gateway_client(token: Optional[str] = None, allowed_origins: Sequence[str] = (), flow=None,
-                   limits: JobLimits = JobLimits(), request_limits: RequestLimits = RequestLimits()) -> TestClient:
-    """A TestClient (use it in a ``with`` block) for the gateway's routes behind ``token``; jobs are kept
-    in an in-memory SQLite store and stay queued (no job runs)."""
-    guard = Guard(token, request_limits, NoParameters(), LOGGER)
-    runner = JobRunner(flow or NoFlow(), None, Webhooks(), limits, LOGGER)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        runner.store = SqliteJobStore(Path(':memory:'), limits.job_ttl_seconds)  # in the thread that uses it
-        yield
-        await runner.store.close()
-
-    app = add_front_door(FastAPI(lifespan=lifespan), guard, flow or NoFlow(), runner, allowed_origins)
-    app.state.jobs = runner  # for tests that publish events as a running job would
-    return TestClient(app, base_url='http://127.0.0.1:8322')
+                   limits: JobLimits = JobLimits(), request_limits: RequestLimits = RequestLimits(), **settings) -> TestClient:
+    """A TestClient (use it in a ``with`` block: the app starts and stops with it) for the gateway behind
+    ``token`` over ``flow`` (None: NoFlow); ``settings`` are any other GatewaySettings fields. The app's job
+    runner is ``client.app.state.jobs``, its store ``client.app.state.jobs.store``."""
+    settings = gateway_settings(token, allowed_origins, limits, request_limits, **settings)
+    return TestClient(create_app(settings, flow or NoFlow(), logger=LOGGER), base_url=BASE_URL)

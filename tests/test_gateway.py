@@ -10,8 +10,10 @@ from docarray import DocList
 from jina import Client
 
 from s2i import client
-from gateway.gateway import is_authorized, unknown_parameters
+from gateway.auth import is_authorized
+from gateway.parameters import unknown_parameters
 from s2i.contracts.documents import ParameterSchema, PromptDoc
+from s2i.contracts.errors import ErrorCode
 from s2i.encoding import from_data_uri, read_png_parameters
 from s2i.runtime import UNAUTHENTICATED
 
@@ -37,18 +39,20 @@ def test_every_key_some_executor_owns_is_accepted(parameters):
 
 
 def test_a_key_no_executor_owns_is_named_with_the_known_keys():
-    assert unknown_parameters({'steps': 2, 'step': 1, 'seeed': 3}, SCHEMAS) == \
-        "unknown parameter(s) 'step', 'seeed'; known: beam_size, guidance_scale, language, steps"
+    refused = unknown_parameters({'steps': 2, 'step': 1, 'seeed': 3}, SCHEMAS)
+    assert refused.message == "unknown parameter(s) 'step', 'seeed'; known: beam_size, guidance_scale, language, steps"
+    assert (refused.code, refused.param) == (ErrorCode.UNKNOWN_PARAMETER, 'step')
 
 
 def test_a_long_unknown_key_is_quoted_short():
-    refused = unknown_parameters({'x' * 200_000: 1, 'whisper': {'y' * 100_000: 1}}, SCHEMAS)
+    refused = unknown_parameters({'x' * 200_000: 1, 'whisper': {'y' * 100_000: 1}}, SCHEMAS).message
     assert refused.startswith("unknown parameter(s) 'xxxx") and '(200000 characters)' in refused and len(refused) < 200
 
 
 def test_a_scoped_key_must_belong_to_that_executor():
-    assert unknown_parameters({'stable_diffusion': {'steps': 3, 'beam_size': 1}}, SCHEMAS) == \
-        "unknown parameter(s) 'beam_size' for stable_diffusion; known: guidance_scale, steps"
+    refused = unknown_parameters({'stable_diffusion': {'steps': 3, 'beam_size': 1}}, SCHEMAS)
+    assert refused.message == "unknown parameter(s) 'beam_size' for stable_diffusion; known: guidance_scale, steps"
+    assert (refused.code, refused.param) == (ErrorCode.UNKNOWN_PARAMETER, 'beam_size')
 
 
 def test_an_executor_name_without_a_dict_is_refused_even_when_some_executor_owns_that_key():
@@ -56,7 +60,9 @@ def test_an_executor_name_without_a_dict_is_refused_even_when_some_executor_owns
     with_style = [*SCHEMAS, ParameterSchema(executor='style', keys=['style'])]
     for schemas in (SCHEMAS, with_style):
         name = schemas[-1].executor
-        assert unknown_parameters({name: 'x'}, schemas).startswith(f"'{name}' names an executor of the Flow: send a dict")
+        refused = unknown_parameters({name: 'x'}, schemas)
+        assert refused.message.startswith(f"'{name}' names an executor of the Flow: send a dict")
+        assert (refused.code, refused.param) == (ErrorCode.INVALID_PARAMETER, name)
 
 
 def test_the_known_keys_are_those_of_the_executors_described_so_a_new_one_adds_its_own():

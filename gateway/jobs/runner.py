@@ -1,7 +1,7 @@
 """Running jobs: speech (or text) in, images out, each step published as an event as it happens.
 
 A job goes Whisper (audio only) -> Stable Diffusion's streaming endpoint (per-step progress) ->
-the store, one executor at a time through the gateway's connection pool (gateway/flow_calls.py),
+the store, one executor at a time through the Flow client (gateway/flow_client.py),
 so that the transcript is published before any image exists and each denoising step as it ends.
 
 Jobs wait in this gateway's queue and run ``max_running_jobs`` at a time; a queued job's audio waits in
@@ -20,15 +20,22 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from docarray import DocList
 
-from gateway.flow_calls import GENERATOR, RANKER, STORE, TRANSCRIBER, FlowCalls, FlowFailure
+from gateway.errors import code_of
+from gateway.flow_client import GENERATOR, RANKER, STORE, TRANSCRIBER, FlowClient, FlowFailure
 from gateway.generation import URL_SECONDS
 from gateway.jobs.store import JobEnded, JobStore
 from gateway.jobs.webhooks import Webhooks
+from gateway.settings import default
 from s2i.contracts.documents import GenerationEvent, GenerationRequest, PromptDoc
+from s2i.contracts.errors import ErrorCode
+from s2i.contracts.events import (
+    Cancelled, Failed, Image, ImageResult, JobEventBase, JobRecord, Progress, Queued, Started, Succeeded, Transcribed,
+    event_json,
+)
 
 CANCEL_POLL_SECONDS = 0.25  # how soon a cancel asked through another gateway (Redis) is noticed
 PURGE_EVERY_SECONDS = 600
@@ -40,13 +47,13 @@ NOT_STORED = 'no url: the service does not store results (S2I_STORE=none), so th
 
 @dataclass(frozen=True)
 class JobLimits:
-    """The gateway's job settings (gateway/config.yml); README, "Limits and errors"."""
+    """The job limits among the gateway's settings (their defaults and meaning: GatewaySettings)."""
 
-    max_active_jobs: int = 100  # queued or running, all keys together: 429 beyond
-    max_active_jobs_per_key: int = 32  # queued or running, per API key: 429 beyond
-    max_running_jobs: int = 1  # jobs this gateway runs at once (each holds one Stable Diffusion replica)
-    max_job_seconds: float = 600  # a job still running after this fails
-    job_ttl_seconds: float = 86400  # a job and its events are deleted this long after their last change
+    max_active_jobs: int = default('max_active_jobs')
+    max_active_jobs_per_key: int = default('max_active_jobs_per_key')
+    max_running_jobs: int = default('max_running_jobs')
+    max_job_seconds: float = default('max_job_seconds')
+    job_ttl_seconds: float = default('job_ttl_seconds')
 
 
 @dataclass
@@ -92,8 +99,21 @@ class TooManyJobs(Exception):
     """A limit on active jobs is reached; the message names it."""
 
 
+class JobFailed(Exception):
+    """A step of a job failed, with the error and code its record and last event carry."""
+
+    def __init__(self, error: str, code: ErrorCode):
+        super().__init__(error)
+        self.error, self.code = error, ErrorCode(code)
+
+    @classmethod
+    def of(cls, doc: PromptDoc) -> 'JobFailed':
+        """A failed document's error, by the code its executor gave (none: internal_error)."""
+        return cls(doc.error, code_of(doc.error_code))
+
+
 class JobRunner:
-    def __init__(self, flow: FlowCalls, store: JobStore, webhooks: Webhooks, limits: JobLimits, logger: logging.Logger,
+    def __init__(self, flow: FlowClient, store: JobStore, webhooks: Webhooks, limits: JobLimits, logger: logging.Logger,
                  spool_dir: Optional[Path] = None):
         self.flow = flow
         self.store = store
@@ -135,13 +155,7 @@ class JobRunner:
         """The new job's record, queued; TooManyJobs if a limit is reached."""
         await self._check_limits(owner)
         job_id = uuid.uuid4().hex
-        job = {
-            'id': job_id, 'owner': owner, 'status': 'queued', 'created': time.time(),
-            'input': 'audio' if job_input.audio is not None else 'text', 'prompt': job_input.prompt,
-            'language': job_input.language, 'parameters': job_input.parameters,
-            'response_format': job_input.response_format, 'callback_url': job_input.callback_url,
-            'transcript': '', 'text': '', 'language_probability': None, 'images': [], 'error': '', 'timings': {},
-        }
+        job = {**new_record(job_id, job_input), 'owner': owner}
         queued = await asyncio.to_thread(QueuedJob, job_input, self.spool_dir)
         try:
             await self.store.create(job)
@@ -149,7 +163,7 @@ class JobRunner:
             queued.discard()
             raise
         self.queued[job_id] = queued
-        await self._publish(job_id, 'queued', position=self.queue.qsize())
+        await self._publish(Queued(job=job_id, time=time.time(), position=self.queue.qsize()))
         self.queue.put_nowait(job_id)
         return job
 
@@ -225,49 +239,47 @@ class JobRunner:
         """One job from start to its terminal event; never raises (but when the gateway stops)."""
         clock = Clock()
         try:
-            status, fields = await asyncio.wait_for(self._steps(job_id, queued, clock), self.limits.max_job_seconds)
+            status, fields = 'succeeded', await asyncio.wait_for(self._steps(job_id, queued, clock), self.limits.max_job_seconds)
         except JobEnded:  # another gateway ended it (this one's lease had lapsed): its end is not this gateway's
             self.logger.warning(f'job {job_id} had ended elsewhere (or expired): stopped, without another event')
             return
         except asyncio.CancelledError:
-            status, fields = ('failed', {'error': STOPPED}) if self.stopping else ('cancelled', {})
+            status, fields = ('failed', failure(STOPPED, ErrorCode.INTERRUPTED)) if self.stopping else ('cancelled', {})
         except asyncio.TimeoutError:
-            status, fields = 'failed', {'error': f'the job ran longer than {self.limits.max_job_seconds:g} s (max_job_seconds)'}
-        except FlowFailure as e:
-            status, fields = 'failed', {'error': str(e)}
+            timeout = f'the job ran longer than {self.limits.max_job_seconds:g} s (max_job_seconds)'
+            status, fields = 'failed', failure(timeout, ErrorCode.JOB_TIMEOUT)
+        except (JobFailed, FlowFailure) as e:
+            status, fields = 'failed', failure(str(e), e.code)
         except Exception as e:
             self.logger.error(f'job {job_id} failed', exc_info=True)
-            status, fields = 'failed', {'error': f'the job failed: {type(e).__name__}; the details are in the service log'}
+            unexpected = f'the job failed: {type(e).__name__}; the details are in the service log'
+            status, fields = 'failed', failure(unexpected, ErrorCode.INTERNAL_ERROR)
         finally:
             queued.discard()
         fields['timings'] = clock.timings
         await asyncio.shield(self._finish(job_id, status, fields))
 
-    async def _steps(self, job_id: str, queued: QueuedJob, clock: 'Clock') -> Tuple[str, Dict[str, Any]]:
+    async def _steps(self, job_id: str, queued: QueuedJob, clock: 'Clock') -> Dict[str, Any]:
+        """The job's steps; the fields of its record when it succeeded. JobFailed when a step failed."""
         job = await self.store.update(job_id, status='running', started=time.time())
         if job is None or job['status'] != 'running':
             raise JobEnded(job_id)  # it expired, or another gateway ended it while it waited here
         clock.timings['queued_s'] = round(time.time() - job['created'], 3)
         job_input = await asyncio.to_thread(queued.take)
-        await self._publish(job_id, 'started')
+        await self._publish(Started(job=job_id, time=time.time()))
         doc = PromptDoc(text=job_input.prompt)
         if job_input.audio is not None:
             with clock.timing('transcribe_s'):
                 doc = await self._transcribe(job_id, job_input)
-            if doc.error:
-                return 'failed', {'error': doc.error}
         with clock.timing('generate_s'):
             doc = await self._generate(job_id, doc, job_input)
-            if job_input.parameters.get('best_of') and not doc.error:  # CLIP keeps the n best of the candidates
-                [doc] = await self.flow.call_executor(RANKER, DocList[PromptDoc]([doc]), job_input.parameters)
-        if doc.error:
-            return 'failed', {'error': doc.error}
         with clock.timing('store_s'):
             stored = await self._store(doc, job_input)
         images = [self._image(index, image, job_input.response_format) for index, image in enumerate(stored.matches)]
         for image in images:
-            await self._publish(job_id, 'image', **image)
-        return 'succeeded', {'images': images, 'result_url': stored.result_url, 'store_error': stored.error}
+            await self._publish(Image(job=job_id, time=time.time(), **image.model_dump(exclude_unset=True)))
+        return {'images': [image.model_dump(exclude_unset=True) for image in images], 'result_url': stored.result_url,
+                'store_error': stored.error, 'store_error_code': stored.error_code}
 
     async def _store(self, doc: PromptDoc, job_input: JobInput) -> PromptDoc:
         """``doc`` as the store kept it (with urls and its record's), or, if the store failed, ``doc`` as
@@ -277,49 +289,59 @@ class JobRunner:
         try:
             [stored] = await self.flow.call_executor(STORE, DocList[PromptDoc]([keeping]), parameters)
         except FlowFailure as e:
-            return PromptDoc(**carried(doc), matches=doc.matches, error=str(e))
+            return PromptDoc(**carried(doc), matches=doc.matches, error=str(e), error_code=ErrorCode.STORE_FAILED.value)
         if stored.error:
-            return PromptDoc(**carried(doc), matches=doc.matches, error=stored.error)
+            code = stored.error_code or ErrorCode.STORE_FAILED.value
+            return PromptDoc(**carried(doc), matches=doc.matches, error=stored.error, error_code=code)
         return stored
 
     async def _transcribe(self, job_id: str, job_input: JobInput) -> PromptDoc:
         audio = PromptDoc(blob=job_input.audio, language=job_input.language)
         [doc] = await self.flow.call_executor(TRANSCRIBER, DocList[PromptDoc]([audio]))
-        if not doc.error:
-            heard = {'language': doc.language, 'language_probability': doc.language_probability,
-                     'transcript': doc.transcript, 'text': doc.text}
-            await self.store.update(job_id, **heard)
-            await self._publish(job_id, 'transcribed', **heard)
+        if doc.error:
+            raise JobFailed.of(doc)
+        heard = {'language': doc.language, 'language_probability': doc.language_probability,
+                 'transcript': doc.transcript, 'text': doc.text}
+        await self.store.update(job_id, **heard)
+        await self._publish(Transcribed(job=job_id, time=time.time(), **heard))
         return doc
 
     async def _generate(self, job_id: str, doc: PromptDoc, job_input: JobInput) -> PromptDoc:
-        """The document with its images (or error), publishing each progress event as it comes."""
+        """The document with its images, publishing each progress event as it comes; CLIP keeps the
+        n best of the candidates when the job asked for best_of. JobFailed when no image came."""
         request = GenerationRequest(**carried(doc), parameters=job_input.parameters)
+        done = await self._follow_generation(job_id, request)
+        if done.error:
+            raise JobFailed.of(done)
+        drawn = PromptDoc(**carried(done), matches=done.matches)
+        if job_input.parameters.get('best_of'):
+            [drawn] = await self.flow.call_executor(RANKER, DocList[PromptDoc]([drawn]), job_input.parameters)
+            if drawn.error:
+                raise JobFailed.of(drawn)
+        return drawn
+
+    async def _follow_generation(self, job_id: str, request: GenerationRequest) -> GenerationEvent:
         last_step: Dict[int, int] = {}  # per pipeline call: a retried stream replays its steps
-        done: Optional[GenerationEvent] = None
         async for event in self.flow.generate_stream(request):
             if event.kind == 'done':
-                done = event
-                break
+                return event
             if event.step > last_step.get(event.first_image, 0):
                 last_step[event.first_image] = event.step
-                await self._publish(job_id, 'progress', stage='generating', step=event.step, steps=event.steps,
-                                    image=event.first_image, images=event.images)
-        if done is None:
-            raise FlowFailure(f'the {GENERATOR} executor ended its stream without a result')
-        return PromptDoc(**carried(done), matches=done.matches, error=done.error)
+                await self._publish(Progress(job=job_id, time=time.time(), step=event.step, steps=event.steps,
+                                             image=event.first_image, images=event.images))
+        raise FlowFailure(f'the {GENERATOR} executor ended its stream without a result')
 
-    async def _publish(self, job_id: str, kind: str, **fields) -> None:
+    async def _publish(self, event: JobEventBase) -> None:
         try:
-            await self.store.publish(job_id, {'kind': kind, 'job': job_id, 'time': time.time(), **fields})
+            await self.store.publish(event.job, event_json(event))
         except JobEnded:
-            if job_id not in self.running:
+            if event.job not in self.running:
                 raise
             # Another gateway ended it (this one's lease had lapsed): stop its work as a cancel does (the
             # executor's call too, at its next await); _finish then finds it ended and publishes nothing.
-            self.running[job_id].cancel()
+            self.running[event.job].cancel()
 
-    def _image(self, index: int, image, response_format: str) -> Dict[str, Any]:
+    def _image(self, index: int, image, response_format: str) -> ImageResult:
         described = {'index': index, 'seed': image.seed, 'width': image.width, 'height': image.height,
                      'parameters': image.parameters}
         url = image.presigned_url or image.url
@@ -330,12 +352,12 @@ class JobRunner:
             described['b64_json'] = base64.b64encode(image.png).decode()
             if response_format == 'url':
                 described['note'] = NOT_STORED
-        return described
+        return ImageResult(**described)
 
     async def _finish(self, job_id: str, status: str, fields: Dict[str, Any]) -> None:
         """The job's end: its record and its one terminal event together, then its webhook."""
-        event = {'kind': status, 'job': job_id, 'time': time.time(), **({'error': fields['error']} if fields.get('error') else {})}
-        job = await self.store.finish(job_id, event, finished=time.time(), **fields)
+        event = terminal_event(job_id, status, fields)
+        job = await self.store.finish(job_id, event_json(event), finished=time.time(), **fields)
         if job is None:
             return  # expired meanwhile, or already ended (cancelled, or failed by another gateway)
         self.logger.info(f'job {job_id} {status}' + (f': {fields["error"]}' if fields.get('error') else ''))
@@ -343,6 +365,28 @@ class JobRunner:
             task = asyncio.create_task(self.webhooks.deliver(job['callback_url'], public_record(job)))
             self.background.append(task)
             task.add_done_callback(self.background.remove)
+
+
+def failure(error: str, code: ErrorCode) -> Dict[str, Any]:
+    """A failed job's record fields."""
+    return {'error': error, 'error_code': ErrorCode(code).value}
+
+
+def terminal_event(job_id: str, status: str, fields: Dict[str, Any]) -> JobEventBase:
+    now = time.time()
+    if status == 'failed':
+        return Failed(job=job_id, time=now, error=fields['error'], error_code=fields['error_code'])
+    return (Succeeded if status == 'succeeded' else Cancelled)(job=job_id, time=now)
+
+
+def new_record(job_id: str, job_input: JobInput) -> Dict[str, Any]:
+    """A new job's record (s2i/contracts/events.py's JobRecord), queued."""
+    record = JobRecord(
+        id=job_id, status='queued', created=time.time(), input='audio' if job_input.audio is not None else 'text',
+        prompt=job_input.prompt, language=job_input.language, parameters=job_input.parameters,
+        response_format=job_input.response_format, callback_url=job_input.callback_url,
+    )
+    return record.model_dump(mode='json', exclude={'started', 'finished', 'result_url', 'store_error', 'store_error_code'})
 
 
 def public_record(job: Dict[str, Any]) -> Dict[str, Any]:

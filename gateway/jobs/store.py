@@ -36,7 +36,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
-TERMINAL = frozenset({'succeeded', 'failed', 'cancelled'})  # job statuses that end a job; also the kinds of the last event
+from s2i.contracts.errors import ErrorCode
+from s2i.contracts.events import TERMINAL_KINDS, Failed, event_json
+
+TERMINAL = TERMINAL_KINDS  # job statuses that end a job; also the kinds of the last event
 ACTIVE = frozenset({'queued', 'running'})
 SAFETY_WAIT = 1.0  # seconds a follower waits for a wake-up before it reads the stored events again anyway
 LEASE_SECONDS = 15.0  # a gateway that has not renewed its lease for this long is taken for dead; its runner renews it every third of this
@@ -148,7 +151,13 @@ def open_store(redis_url: Optional[str], sqlite_path: Path, ttl_seconds: float, 
 
 
 def failed_event(job_id: str, reason: str) -> dict:
-    return {'kind': 'failed', 'job': job_id, 'time': time.time(), 'error': reason}
+    """The last event of a job whose gateway stopped before it ended (fail_lapsed): interrupted."""
+    return event_json(Failed(job=job_id, time=time.time(), error=reason, error_code=ErrorCode.INTERRUPTED))
+
+
+def lapsed_fields(reason: str) -> dict:
+    """The record fields of a job failed by fail_lapsed."""
+    return {'error': reason, 'error_code': ErrorCode.INTERRUPTED.value, 'finished': time.time()}
 
 
 def is_terminal(event: dict) -> bool:
@@ -525,7 +534,7 @@ class SqliteJobStore(JobStore):
         )
         failed = 0
         for job_id, in lapsed:
-            failed += await self.finish(job_id, failed_event(job_id, reason), error=reason, finished=time.time()) is not None
+            failed += await self.finish(job_id, failed_event(job_id, reason), **lapsed_fields(reason)) is not None
         return failed
 
     async def purge_expired(self) -> int:
@@ -859,7 +868,7 @@ class RedisJobStore(JobStore):
         failed = 0
         for job_id, holder in zip(job_ids, holders):
             if holder != self.gateway and holder not in live:
-                failed += await self.finish(job_id, failed_event(job_id, reason), error=reason, finished=time.time()) is not None
+                failed += await self.finish(job_id, failed_event(job_id, reason), **lapsed_fields(reason)) is not None
         return failed
 
     async def _gateways_of(self, job_ids: List[str]) -> List[Optional[str]]:

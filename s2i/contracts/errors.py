@@ -49,6 +49,7 @@ class ErrorCode(str, Enum):
     INTERRUPTED = 'interrupted'
     STORE_FAILED = 'store_failed'
     CANCELLED = 'cancelled'
+    JOB_ENDED = 'job_ended'
     JOB_TIMEOUT = 'job_timeout'
     INTERNAL_ERROR = 'internal_error'
 
