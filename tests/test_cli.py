@@ -151,10 +151,17 @@ def test_an_unreachable_gateway_exits_69_naming_it(capsys):
     assert f'cannot reach the Flow at {host}' in capsys.readouterr().err
 
 
-def test_grpc_statuses_map_to_the_tables_codes():
+def test_a_grpc_status_is_read_as_the_tables_most_general_code_for_it():
     assert code_for_grpc_status('UNAUTHENTICATED') == ErrorCode.INVALID_API_KEY
     assert code_for_grpc_status('UNAVAILABLE') == ErrorCode.EXECUTOR_UNAVAILABLE
+    assert code_for_grpc_status('INTERNAL') == ErrorCode.INTERNAL_ERROR  # not store_failed, which the table lists first
     assert code_for_grpc_status('NO_SUCH_STATUS') == ErrorCode.INTERNAL_ERROR
+
+
+def test_an_http_error_without_a_code_is_read_by_its_status(gateway, capsys):
+    gateway.answers(503, detail='the stable_diffusion executor of the Flow could not be reached; try again')
+    assert main(['--host', gateway.url, '--text', 'a fox', '--json']) == ERRORS[ErrorCode.EXECUTOR_UNAVAILABLE].exit_status
+    assert json.loads(capsys.readouterr().out)['error_code'] == 'executor_unavailable'
 
 
 def test_a_call_over_http_imports_neither_docarray_torch_nor_jina(gateway):

@@ -6,7 +6,7 @@ gateway that sends none, the first code of the table with that HTTP status); ove
 status, by the table's ``grpc_status``. A failed document carries its own ``error_code``.
 """
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from s2i.contracts.errors import ERRORS, CodedError, ErrorCode
 
@@ -26,7 +26,7 @@ class JobRefused(ServiceError):
     """The jobs API refused a request: its HTTP ``status``, ``code`` and the gateway's ``message``."""
 
     def __init__(self, status: int, message: str, code: Optional[str] = None, param: Optional[str] = None):
-        super().__init__(message, known_code(code) if code else code_for_http_status(status), param)
+        super().__init__(message, code_or_status(code, status), param)
         self.status = status
 
 
@@ -46,14 +46,31 @@ def known_code(code: Optional[str]) -> ErrorCode:
         return ErrorCode.INTERNAL_ERROR
 
 
+def code_or_status(code: Optional[str], http_status: int) -> ErrorCode:
+    """An HTTP answer's code; from an answer without one (or with one this client does not know), its status's."""
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return code_for_http_status(http_status)
+
+
 def code_for_http_status(status: int) -> ErrorCode:
-    """The table's first code answered with this HTTP status (for an answer without a code)."""
-    return next((code for code, kind in ERRORS.items() if kind.http_status == status), ErrorCode.INTERNAL_ERROR)
+    """The code for an HTTP status that came without one (see most_general)."""
+    return most_general([code for code, kind in ERRORS.items() if kind.http_status == status])
 
 
 def code_for_grpc_status(name: str) -> ErrorCode:
-    """The table's first code refused with this gRPC status (``grpc.StatusCode``'s name)."""
-    return next((code for code, kind in ERRORS.items() if kind.grpc_status == name), ErrorCode.INTERNAL_ERROR)
+    """The code for a gRPC status (``grpc.StatusCode``'s name): a gRPC refusal carries no other."""
+    return most_general([code for code, kind in ERRORS.items() if kind.grpc_status == name])
+
+
+def most_general(codes: List[ErrorCode]) -> ErrorCode:
+    """Of the codes a status stands for, the most general: internal_error where it is one of them (500
+    and INTERNAL also stand for store_failed), else the first the table lists (invalid_request for 400,
+    executor_unavailable for 503); internal_error for a status the table does not use."""
+    if not codes or ErrorCode.INTERNAL_ERROR in codes:
+        return ErrorCode.INTERNAL_ERROR
+    return codes[0]
 
 
 def service_error(message: str, code: ErrorCode, param: Optional[str] = None) -> ServiceError:
@@ -67,7 +84,6 @@ def http_refusal(status: int, body: Any, text: str = '') -> ServiceError:
     (FastAPI's ``{"detail": ...}`` and plain text are read for the message alone)."""
     error = body.get('error') if isinstance(body, dict) else None
     if isinstance(error, dict):
-        code = known_code(error.get('code')) if error.get('code') else code_for_http_status(status)
-        return service_error(str(error.get('message')), code, error.get('param'))
+        return service_error(str(error.get('message')), code_or_status(error.get('code'), status), error.get('param'))
     message = str(body['detail']) if isinstance(body, dict) and 'detail' in body else f'HTTP {status}: {text[:200]}'
     return service_error(message, code_for_http_status(status))
