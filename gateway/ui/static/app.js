@@ -317,7 +317,7 @@ async function cancel() {
     await cancelJob(cancelled);
     if (job && job.id === cancelled) $('status').textContent = 'Cancelling…';  // unless its end came first
   } catch (e) {
-    if (e.status !== 409) fail(e, 'cancel');  // 409: it has just ended anyway
+    if (e.code !== 'job_ended') fail(e, 'cancel');  // it has just ended anyway
   } finally {
     $('cancel').disabled = false;
   }
