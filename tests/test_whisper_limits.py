@@ -52,6 +52,7 @@ def test_each_bad_clip_gets_its_own_error_and_the_good_one_in_the_same_request_i
     results = transcribe(limited_whisper, *(doc for doc, _ in cases.values()), good)
     for (name, (_, error)), result in zip(cases.items(), results):
         assert result.error.startswith(error), (name, result.error)
+        assert result.error_code == ('no_speech' if error == NO_SPEECH else 'audio_unreadable'), name
         assert result.text == '', name
     assert_english_clip_understood(results[-1])
 
@@ -67,6 +68,7 @@ def test_audio_over_the_byte_limit_is_rejected_whether_sent_as_bytes_or_as_a_dat
     )
     assert as_blob.error == f'audio too large: {len(too_big)} bytes, the limit is {BYTE_LIMIT} bytes (max_audio_bytes)'
     assert as_uri.error.startswith('audio too large: ') and as_uri.error.endswith(f'the limit is {BYTE_LIMIT} bytes (max_audio_bytes)')
+    assert as_blob.error_code == as_uri.error_code == 'input_too_large'
     assert_english_clip_understood(good)
 
 
@@ -77,6 +79,7 @@ def test_a_ten_minute_recording_is_rejected_from_its_header_without_decoding(whi
     monkeypatch.setattr(whisper_base.backend, 'load_audio', lambda *args: decoded.append(args))
     (doc,) = transcribe(whisper_base, PromptDoc(blob=ten_minutes))
     assert doc.error == 'audio too long: 600.0 s, the limit is 300 s (max_audio_seconds)'
+    assert doc.error_code == 'audio_too_long'
     assert decoded == []  # the decoder never ran
 
 
@@ -99,7 +102,7 @@ def test_non_speech_that_passes_vad_is_caught_by_whispers_own_signals_and_says_w
     # probability give it away (bench/speech_signals.py measures them).
     monkeypatch.setattr(whisper_base, 'vad_filter', False)
     noise, speech = transcribe(whisper_base, PromptDoc(tensor=white_noise(5)), PromptDoc(blob=ENGLISH_CLIP.read_bytes()))
-    assert noise.error.startswith(f'{UNUSABLE_SPEECH}: ')
+    assert noise.error.startswith(f'{UNUSABLE_SPEECH}: ') and noise.error_code == 'no_speech'
     assert any(signal in noise.error for signal in ('compression ratio', 'no_speech_prob', 'avg_logprob'))
     assert noise.text == '' and noise.transcript == ''
     assert_english_clip_understood(speech)
@@ -135,30 +138,32 @@ def test_sentences_said_three_times_pass_while_a_decoder_loop_fails():
     repeated = Transcription('en', 0.9, [said(sentence, start=4.0 * i, end=4.0 * i + 3.5) for i in range(3)])
     loop = Transcription('en', 0.9, [said('the ' * 60, end=12.0)])
     assert judge(repeated, 12.0, False, SpeechChecks()) is None
-    assert judge(loop, 12.0, False, SpeechChecks()).startswith(f'{UNUSABLE_SPEECH}: the text repeats itself')
+    assert judge(loop, 12.0, False, SpeechChecks()).message.startswith(f'{UNUSABLE_SPEECH}: the text repeats itself')
 
 
 @pytest.mark.parametrize(
-    'result, speech_seconds, error',
+    'result, speech_seconds, error, code',
     [
-        (Transcription('es', 0.30, [said('Gracias.', end=0.4)]), 3.0, 'no usable speech: the text covers 0.4 s of 3.0 s of speech'),
-        (Transcription('en', 0.9, [said('Yes.', end=0.6)]), 0.6, 'no usable speech: too little speech (0.6 s < 1 s)'),
-        (Transcription('th', 0.42, [said("Let's go to the next episode.", end=2.0)]), 2.0, 'the spoken language is uncertain (th, p=0.42): send `language`'),
-        (Transcription('en', 0.9, [said('ab ' * 100, end=4.0)]), 4.0, 'no usable speech: the text repeats itself'),
+        (Transcription('es', 0.30, [said('Gracias.', end=0.4)]), 3.0, 'no usable speech: the text covers 0.4 s of 3.0 s of speech', 'no_speech'),
+        (Transcription('en', 0.9, [said('Yes.', end=0.6)]), 0.6, 'no usable speech: too little speech (0.6 s < 1 s)', 'no_speech'),
+        (Transcription('th', 0.42, [said("Let's go to the next episode.", end=2.0)]), 2.0,
+         'the spoken language is uncertain (th, p=0.42): send `language`', 'language_uncertain'),
+        (Transcription('en', 0.9, [said('ab ' * 100, end=4.0)]), 4.0, 'no usable speech: the text repeats itself', 'no_speech'),
     ],
     ids=['cut', 'fragment', 'uncertain-language', 'loop'],
 )
-def test_documents_whose_text_is_not_what_was_said_get_an_error_that_says_why(result, speech_seconds, error):
-    assert judge(result, speech_seconds, False, SpeechChecks()).startswith(error)  # the shipped thresholds
+def test_documents_whose_text_is_not_what_was_said_get_an_error_that_says_why(result, speech_seconds, error, code):
+    problem = judge(result, speech_seconds, False, SpeechChecks())  # the shipped thresholds
+    assert problem.message.startswith(error) and problem.code == code
 
 
 def test_a_looping_translation_is_refused_but_a_low_confidence_one_passes():
     """The loop bench/stt_accuracy.py caught on the Italian fixture with a cropped window."""
     loop = Transcription('it', 1.0, [said('long, ' * 60, avg_logprob=-0.2, end=7.5)])
     plain = Transcription('it', 1.0, [said('My grandfather walks in the mountains.', avg_logprob=-1.4, no_speech_prob=0.7, end=7.5)])
-    assert judge_translation(loop, 7.5, SpeechChecks()).startswith(f'{UNUSABLE_SPEECH}: the translation to English repeats itself')
+    assert judge_translation(loop, 7.5, SpeechChecks()).message.startswith(f'{UNUSABLE_SPEECH}: the translation to English repeats itself')
     assert judge_translation(plain, 7.5, SpeechChecks()) is None
-    assert judge_translation(Transcription('it', 1.0, []), 7.5, SpeechChecks()).endswith('the translation to English came out empty')
+    assert judge_translation(Transcription('it', 1.0, []), 7.5, SpeechChecks()).message.endswith('the translation to English came out empty')
 
 
 def test_a_language_hint_skips_the_language_check():
@@ -200,6 +205,7 @@ def test_a_turbo_model_refuses_to_translate_but_transcribes_english(stand_in):
     turbo = WhisperExecutor(backend=stand_in, model='large-v3-turbo', device='cpu')
     foreign, english = transcribe(turbo, speech(), speech(language='en'))
     assert foreign.error.startswith('cannot translate to English: large-v3-turbo was trained without translation data')
+    assert foreign.error_code == 'cannot_translate'
     assert foreign.text == ''
     assert english.error == '' and english.text == 'a small dog'
 

@@ -25,10 +25,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from executors.whisper.settings import WhisperSettings
 from s2i.contracts.documents import SAMPLE_RATE, PromptDoc
+from s2i.contracts.errors import CodedError, ErrorCode
+from s2i.contracts.params import quote
 from s2i.encoding import from_data_uri
 from s2i.inputs import path_under
-from s2i.contracts.params import quote
 from s2i.urls import host_refusal
 
 MAX_MESSAGE_CHARS = 100  # of an exception's message, in an error a client sees
@@ -36,8 +38,11 @@ SERVER_PATH = re.compile(r'(?:[A-Za-z]:)?(?:[\\/][\w.~-]+){2,}[\\/]?')  # /home/
 NOT_IN_A_REQUEST_LINE = re.compile(r'[^\x21-\x7e]')  # http.client refuses spaces, control characters and non-ASCII
 
 
-class AudioError(ValueError):
-    """The document's audio is missing, too big, not allowed, undecodable or malformed."""
+class AudioError(CodedError, ValueError):
+    """The document's audio is missing, too big, not allowed, undecodable or malformed: audio_unreadable,
+    unless it is too large (input_too_large) or too long (audio_too_long)."""
+
+    code = ErrorCode.AUDIO_UNREADABLE
 
 
 def described(error: BaseException) -> str:
@@ -54,13 +59,22 @@ def first_line(error: BaseException) -> str:
     return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + '…'
 
 
+SETTINGS = WhisperSettings.model_fields  # the one home of the limits' defaults (settings.py)
+
+
 @dataclass(frozen=True)
 class AudioPolicy:
-    max_bytes: int = 25 * 2**20  # per document, after data-URI decoding
-    max_seconds: float = 300.0  # longer audio is rejected, from its header when it has one
+    max_bytes: int = SETTINGS['max_audio_bytes'].default  # per document, after data-URI decoding
+    max_seconds: float = SETTINGS['max_audio_seconds'].default  # longer audio is rejected, from its header when it has one
     input_dir: Optional[str] = None  # server-side paths are read only under here; None: no paths
     allowed_url_hosts: Tuple[str, ...] = ()  # "host" or "host:port" that http(s) URIs may name; (): none
-    url_timeout: float = 10.0  # seconds for a whole fetch (connecting, the headers and the body), not per read
+    url_timeout: float = SETTINGS['url_timeout'].default  # seconds for a whole fetch (connecting, the headers and the body), not per read
+
+    @classmethod
+    def of(cls, settings: WhisperSettings) -> 'AudioPolicy':
+        """The Whisper executor's policy, from its settings."""
+        return cls(max_bytes=settings.max_audio_bytes, max_seconds=settings.max_audio_seconds, input_dir=settings.input_dir or None,
+                   allowed_url_hosts=tuple(settings.allowed_url_hosts), url_timeout=settings.url_timeout)
 
 
 def audio_bytes(blob: Optional[bytes], uri: Optional[str], policy: AudioPolicy) -> bytes:
@@ -79,12 +93,14 @@ def audio_bytes(blob: Optional[bytes], uri: Optional[str], policy: AudioPolicy) 
 
 def check_size(size: int, policy: AudioPolicy) -> None:
     if size > policy.max_bytes:
-        raise AudioError(f'audio too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_audio_bytes)')
+        raise AudioError(f'audio too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_audio_bytes)',
+                         ErrorCode.INPUT_TOO_LARGE)
 
 
 def check_duration(seconds: float, policy: AudioPolicy) -> None:
     if seconds > policy.max_seconds:
-        raise AudioError(f'audio too long: {seconds:.1f} s, the limit is {policy.max_seconds:g} s (max_audio_seconds)')
+        raise AudioError(f'audio too long: {seconds:.1f} s, the limit is {policy.max_seconds:g} s (max_audio_seconds)',
+                         ErrorCode.AUDIO_TOO_LONG)
 
 
 def _read_uri(uri: str, policy: AudioPolicy) -> bytes:
@@ -235,7 +251,8 @@ def decode_bounded(data: bytes, policy: AudioPolicy) -> np.ndarray:
 
 
 def _too_long(policy: AudioPolicy) -> AudioError:
-    return AudioError(f'audio too long: more than {policy.max_seconds:g} s (max_audio_seconds); decoding stopped there')
+    return AudioError(f'audio too long: more than {policy.max_seconds:g} s (max_audio_seconds); decoding stopped there',
+                      ErrorCode.AUDIO_TOO_LONG)
 
 
 def _frames_then_flush(container):

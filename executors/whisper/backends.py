@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Protocol, Sequence, Set, Tuple, Type
 import numpy as np
 
 from executors.whisper.audio import AudioPolicy, decode_bounded
+from executors.whisper.settings import WhisperSettings
 from s2i.contracts.documents import SAMPLE_RATE
 from s2i.whisper_weights import bundled_ct2_model, bundled_openai_checkpoint
 
@@ -21,6 +22,7 @@ from s2i.whisper_weights import bundled_ct2_model, bundled_openai_checkpoint
 # turned weak translations into gibberish rather than better text.
 # condition_on_previous_text=False keeps one window's mistakes out of the next.
 DECODING = {'temperature': 0.0, 'condition_on_previous_text': False}
+WHISPER_SETTINGS = WhisperSettings.model_fields  # the one home of EncoderWindow's defaults
 
 
 @dataclass
@@ -66,9 +68,9 @@ class EncoderWindow:
     The window depends on the clip alone, never on the rest of its batch: the same audio gives the
     same text (and so, with a seed, the same image) however requests were batched."""
 
-    margin: Optional[float] = 3.0
-    step: float = 1.0
-    languages: Optional[Tuple[str, ...]] = ('en',)
+    margin: Optional[float] = WHISPER_SETTINGS['encoder_margin'].default
+    step: float = WHISPER_SETTINGS['encoder_step'].default
+    languages: Optional[Tuple[str, ...]] = tuple(WHISPER_SETTINGS['encoder_languages'].default)
 
     FRAMES_PER_SECOND = 100  # Whisper's log-mel frames: a 10 ms hop
     FULL_FRAMES = 3000  # 30 s
