@@ -215,3 +215,38 @@ def test_the_owner_stream_carries_each_new_job_as_it_is_queued(jobs):
         job = jobs.post('/v1/jobs', json=TEXT_JOB).json()
         event = ws.receive_json()
     assert (event['kind'], event['job']) == ('queued', job['id'])
+
+
+def test_a_text_job_runs_through_the_flow_and_its_events_tell_each_step(client, flow):
+    job = client.post('/v1/jobs', json={**TEXT_JOB, 'n': 2, 'steps': 3}).json()
+    events = job_events(client, job['id'])
+    assert [event['kind'] for event in events] == ['queued', 'started', *['progress'] * 3, 'image', 'image', 'succeeded']
+    assert [(event['step'], event['steps']) for event in events if event['kind'] == 'progress'] == [(1, 3), (2, 3), (3, 3)]
+    images = [event for event in events if event['kind'] == 'image']
+    assert [(image['index'], decoded(image['b64_json']).size) for image in images] == [(0, (64, 64)), (1, (64, 64))]
+    [stream] = [sent for sent in flow.sent if sent.endpoint == '/generate_stream']
+    assert (stream.docs[0].text, stream.parameters.items() >= {'num_images': 2, 'steps': 3, 'width': 64}.items()) == (TEXT_JOB['prompt'], True)
+    record = client.get(f'/v1/jobs/{job["id"]}').json()
+    assert (record['status'], record['error_code']) == ('succeeded', '')
+    assert [image['url'].startswith(STORED_IN) for image in record['images']] == [True, True]  # the store kept them
+
+
+def test_an_audio_job_is_transcribed_before_anything_is_drawn(client, flow):
+    job = client.post('/v1/jobs', files={'file': ('speech.wav', AUDIO)}, data={'size': '64x64', 'steps': '1'}).json()
+    events = job_events(client, job['id'])
+    assert [event['kind'] for event in events] == ['queued', 'started', 'transcribed', 'progress', 'image', 'succeeded']
+    heard = events[2]
+    assert (heard['language'], heard['transcript'], heard['text']) == ('en', ENGLISH.transcript, ENGLISH.english)
+    assert [(sent.executor, sent.endpoint) for sent in flow.sent][:2] == [(WHISPER, '/generate'), (PAINTER, '/generate_stream')]
+    assert (flow.sent[0].docs[0].blob, flow.sent[1].docs[0].text) == (AUDIO, ENGLISH.english)  # drawn from the English text
+    record = client.get(f'/v1/jobs/{job["id"]}').json()
+    assert (record['transcript'], record['text'], record['status']) == (ENGLISH.transcript, ENGLISH.english, 'succeeded')
+
+
+# --- The page ------------------------------------------------------------------------------------------
+
+def test_the_page_gets_each_executors_parameters_from_the_flow(client, flow):
+    answer = client.get('/ui/parameters')
+    assert answer.status_code == 200, answer.text
+    served = {item['executor']: sorted(item['json_schema']['properties']) for item in answer.json()['data']}
+    assert served == {schema.executor: schema.keys for schema in client.portal.call(flow.schemas)}

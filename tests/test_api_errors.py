@@ -5,18 +5,14 @@ fails as an executor would (``error``, ``error_code``, ``error_param``): the gat
 never by the message. A code added to ErrorCode fails test_every_code_is_provoked_here_or_listed_with_why
 until it has a provocation here."""
 
-import asyncio
 import json
-import logging
 
 import pytest
 
 from fake_flow import (
-    AUDIO, IMAGE_REQUEST, PAINTER, TEXT_JOB, Failure, FakeFlow, audio_form, image_form, job_events, stored_failure,
+    AUDIO, IMAGE_REQUEST, PAINTER, TEXT_JOB, WHISPER, Failure, FakeFlow, audio_form, image_form, job_events, stored_failure,
 )
-from gateway.jobs.runner import JobInput, JobLimits, JobRunner
-from gateway.jobs.store import open_store
-from gateway.jobs.webhooks import Webhooks
+from gateway.jobs.runner import JobLimits
 from gateway.limits import RequestLimits
 from gateway_app import gateway_client
 from image_files import png_bytes
@@ -109,10 +105,11 @@ PROVOKED = {
     ErrorCode.OUT_OF_MEMORY: scripted(generate(), ErrorCode.OUT_OF_MEMORY),
     ErrorCode.INTERRUPTED: scripted(generate(), ErrorCode.INTERRUPTED),
     ErrorCode.STORE_FAILED: lambda: answer(generate(response_format='url'), FakeFlow(failure=stored_failure())),
-    ErrorCode.CANCELLED: lambda: answer(cancelled_twice, FakeFlow(hold_generation=True)),
+    ErrorCode.CANCELLED: scripted(generate(), ErrorCode.CANCELLED),  # the executor's stream was closed
+    ErrorCode.JOB_ENDED: lambda: answer(cancelled_twice, FakeFlow(hold_generation=True)),
     ErrorCode.INTERNAL_ERROR: scripted(generate(), ErrorCode.INTERNAL_ERROR),
 }
-# Codes a client reads in a job's record and its failed event, never as an HTTP status (tested below).
+# Codes a client reads in a job's record and its failed event, never as an HTTP status (their tests are below).
 IN_JOB_RECORDS_ONLY = {ErrorCode.JOB_TIMEOUT}
 # Codes no HTTP client can get, each with why. None today: a code only gRPC or the CLI answers goes here.
 NO_HTTP_CLIENT_GETS = set()
@@ -173,20 +170,35 @@ def test_a_refused_request_never_reaches_the_flow():
     assert flow.sent == []
 
 
-def test_a_job_running_past_max_job_seconds_fails_with_job_timeout_in_its_event_and_record(tmp_path):
-    async def held_job_until_it_ends():
-        store = open_store(None, tmp_path / 'jobs.sqlite3', 60)
-        runner = JobRunner(FakeFlow(hold_generation=True), store, Webhooks(), JobLimits(max_job_seconds=0.05),
-                           logging.getLogger('tests.api_errors'))
-        await runner.start()
-        try:
-            job = await runner.submit('alice', JobInput(prompt='a red fox'))
-            events = [event async for event in store.follow(job['id'])]
-            return events[-1], await store.get(job['id'])
-        finally:
-            await runner.stop()
+# --- Codes in a job's failed event and record --------------------------------------------------------
 
-    event, record = asyncio.run(asyncio.wait_for(held_job_until_it_ends(), 60))
-    assert (event['kind'], event.get('error_code')) == ('failed', ErrorCode.JOB_TIMEOUT.value)
-    assert (record['status'], record.get('error_code')) == ('failed', ErrorCode.JOB_TIMEOUT.value)
+def test_a_job_running_past_max_job_seconds_fails_with_job_timeout():
+    with gateway_client(flow=FakeFlow(hold_generation=True), limits=JobLimits(max_job_seconds=0.05)) as client:
+        job = client.post('/v1/jobs', json=TEXT_JOB).json()
+        last = job_events(client, job['id'])[-1]
+        record = client.get(f'/v1/jobs/{job["id"]}').json()
+    assert (last['kind'], last['error_code']) == ('failed', ErrorCode.JOB_TIMEOUT.value)
+    assert (record['status'], record['error_code']) == ('failed', ErrorCode.JOB_TIMEOUT.value)
     assert 'max_job_seconds' in record['error']  # the message names the setting to raise
+
+
+@pytest.mark.parametrize('failure', [
+    Failure(ErrorCode.NO_SPEECH, 'file', 'no speech: the clip is silent', executor=WHISPER),
+    Failure(ErrorCode.OUT_OF_MEMORY, message='the GPU ran out of memory', executor=PAINTER),
+], ids=lambda failure: failure.code.value)
+def test_a_jobs_failed_document_gives_the_job_its_code_and_message(failure):
+    with gateway_client(flow=FakeFlow(failure=failure)) as client:
+        job = client.post('/v1/jobs', files={'file': ('speech.wav', AUDIO)}, data={'size': '64x64', 'steps': '1'}).json()
+        last = job_events(client, job['id'])[-1]
+        record = client.get(f'/v1/jobs/{job["id"]}').json()
+    assert (last['kind'], last['error_code'], last['error']) == ('failed', failure.code.value, failure.message)
+    assert (record['status'], record['error_code'], record['error']) == ('failed', failure.code.value, failure.message)
+
+
+def test_a_job_whose_images_were_not_stored_succeeds_with_them_and_the_stores_code():
+    with gateway_client(flow=FakeFlow(failure=stored_failure())) as client:
+        job = client.post('/v1/jobs', json={**TEXT_JOB, 'n': 2}).json()
+        assert job_events(client, job['id'])[-1]['kind'] == 'succeeded'
+        record = client.get(f'/v1/jobs/{job["id"]}').json()
+    assert [bool(image['b64_json']) for image in record['images']] == [True, True]
+    assert record['store_error_code'] == ErrorCode.STORE_FAILED.value
