@@ -23,24 +23,24 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence,
 from docarray import DocList
 from PIL import Image, UnidentifiedImageError
 
+from gateway.flow_client import GENERATOR, RANKER, STORE, TRANSCRIBER, unavailable
 from s2i.contracts.caption import CaptionParams
 from s2i.contracts.clip import ClipParams
 from s2i.contracts.documents import (
     GeneratedImage, GenerationEvent, GenerationRequest, ParameterSchema, PromptDoc, Segment, fail,
 )
 from s2i.contracts.errors import ErrorCode
+from s2i.contracts.events import TERMINAL_KINDS
 from s2i.contracts.params import ParameterError, RequestParams
 from s2i.contracts.stable_diffusion import GenerationParams, RestyleParams, restyle_size
 from s2i.contracts.store import StoreParams
 from s2i.contracts.whisper import TranscriptionParams
 from s2i.encoding import encode_png
 
-from gateway.flow_client import unavailable
-
-# flow.yml's names of the executors, and the models this Flow says it loaded (GET /v1/models lists them)
-WHISPER, PAINTER, CAPTION, RANKER, STORE = 'whisper', 'stable_diffusion', 'caption', 'clip', 'store'
-MODELS = {WHISPER: 'tiny-whisper', PAINTER: 'tests/tiny-sd', CAPTION: 'tiny-blip', RANKER: 'tiny-clip'}
-PARAMETERS = {WHISPER: TranscriptionParams, PAINTER: RestyleParams, CAPTION: CaptionParams, RANKER: ClipParams,
+CAPTION = 'caption'  # flow.yml's name of the caption executor (flow_client names the others)
+# the models this Flow says it loaded (GET /v1/models lists them)
+MODELS = {TRANSCRIBER: 'tiny-whisper', GENERATOR: 'tests/tiny-sd', CAPTION: 'tiny-blip', RANKER: 'tiny-clip'}
+PARAMETERS = {TRANSCRIBER: TranscriptionParams, GENERATOR: RestyleParams, CAPTION: CaptionParams, RANKER: ClipParams,
               STORE: StoreParams}
 FIRST_SEED = 1234  # the seed of a document's first image when the request gives none
 STORED_IN = '/srv/results'  # where the fake store says it keeps results
@@ -97,7 +97,7 @@ class FakeFlow:
     failure: Optional[Failure] = None
     unreachable: Optional[str] = None  # an executor that cannot be reached: every call raises FlowFailure
     hold_generation: bool = False  # generate_stream waits until its caller is cancelled (a job held running)
-    executors: Sequence[str] = (WHISPER, PAINTER, CAPTION, RANKER, STORE)
+    executors: Sequence[str] = (TRANSCRIBER, GENERATOR, CAPTION, RANKER, STORE)
     sent: List[Sent] = field(default_factory=list)
 
     # The FlowClient protocol
@@ -117,10 +117,10 @@ class FakeFlow:
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stable Diffusion's events for one document: a progress event per denoising step, then ``done``."""
-        [doc] = self._received(PAINTER, '/generate_stream', [request], request.parameters)
+        [doc] = self._received(GENERATOR, '/generate_stream', [request], request.parameters)
         if self.hold_generation:
             await asyncio.get_running_loop().create_future()  # never set: ends when the job is cancelled
-        self._answer(PAINTER, paint, [doc], request.parameters)
+        self._answer(GENERATOR, paint, [doc], request.parameters)
         steps = safely(GenerationParams, request.parameters).steps if not doc.error else 0
         for step in range(1, steps + 1):
             yield GenerationEvent(kind='progress', step=step, steps=steps, images=len(doc.matches))
@@ -144,14 +144,14 @@ class FakeFlow:
 
     def _works(self) -> Dict[str, Callable]:
         """What each executor does on /generate."""
-        return {WHISPER: partial(hear, speech=self.speech), PAINTER: paint, RANKER: rank, STORE: store}
+        return {TRANSCRIBER: partial(hear, speech=self.speech), GENERATOR: paint, RANKER: rank, STORE: store}
 
     def _route(self, endpoint: str) -> List[Tuple[str, Callable]]:
         """The executors of this Flow that work on ``endpoint``, in flow.yml's order."""
         works = self._works()
         route = {
-            '/generate': [(WHISPER, works[WHISPER]), (PAINTER, paint), (STORE, store)],
-            '/restyle': [(PAINTER, restyle), (STORE, store)],
+            '/generate': [(TRANSCRIBER, works[TRANSCRIBER]), (GENERATOR, paint), (STORE, store)],
+            '/restyle': [(GENERATOR, restyle), (STORE, store)],
             '/interrogate': [(CAPTION, caption), (RANKER, interrogate)],
         }.get(endpoint, [])
         return [(executor, work) for executor, work in route if executor in self.executors]
@@ -237,7 +237,7 @@ def painted(text: str, params: GenerationParams, width: int, height: int) -> Doc
     images = []
     for index in range(params.images_to_draw):
         recorded = {**params.model_dump(), 'prompt': text, 'seed': first_seed + index, 'width': width,
-                    'height': height, 'model': MODELS[PAINTER]}
+                    'height': height, 'model': MODELS[GENERATOR]}
         png = encode_png(Image.new('RGB', (width, height), COLOUR), recorded)
         images.append(GeneratedImage(png=png, width=width, height=height, seed=first_seed + index, parameters=recorded))
     return DocList[GeneratedImage](images)
@@ -276,7 +276,6 @@ def stored_failure(code: ErrorCode = ErrorCode.STORE_FAILED) -> Failure:
 # What the API tests send through the gateway to this Flow
 
 WS = 'ws://127.0.0.1:8322'  # the address tests/gateway_app.py's client asks for
-TERMINAL = frozenset({'succeeded', 'failed', 'cancelled'})
 AUDIO = b'RIFF\x24\x00\x00\x00WAVEfmt '  # any bytes: the fake Whisper hears its Speech in whatever it is sent
 IMAGE_REQUEST = {'prompt': 'a red fox in the snow', 'size': '64x64', 'steps': 2}
 TEXT_JOB = {'prompt': 'a red fox in the snow', 'size': '64x64', 'steps': 2}
@@ -297,6 +296,6 @@ def job_events(client, job_id: str, after: int = 0) -> List[dict]:
     """A job's events after seq ``after``, through its terminal one, over ``WS /v1/jobs/{id}/events``."""
     events: List[dict] = []
     with client.websocket_connect(f'{WS}/v1/jobs/{job_id}/events?after={after}') as ws:
-        while not events or events[-1]['kind'] not in TERMINAL:
+        while not events or events[-1]['kind'] not in TERMINAL_KINDS:
             events.append(ws.receive_json())
     return events

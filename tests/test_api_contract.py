@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from fake_flow import (
-    AUDIO, ENGLISH, FIRST_SEED, GERMAN, INTERROGATED, MODELS, PAINTER, STORED_IN, TEXT_JOB, WHISPER, WS, FakeFlow, audio_form,
-    image_form, job_events,
+    AUDIO, ENGLISH, FIRST_SEED, GENERATOR, GERMAN, INTERROGATED, MODELS, STORED_IN, TEXT_JOB, TRANSCRIBER, WS, FakeFlow,
+    audio_form, image_form, job_events,
 )
 from gateway_app import gateway_client
 from image_files import png_bytes
@@ -68,7 +68,7 @@ def test_a_transcription_sends_the_audio_and_its_language_hint_to_whisper_alone(
     answer = client.post('/v1/audio/transcriptions', **audio_form(language='de', response_format='verbose_json'))
     assert answer.status_code == 200, answer.text
     [sent] = flow.sent
-    assert (sent.executor, sent.endpoint, [doc.blob for doc in sent.docs]) == (WHISPER, '/generate', [AUDIO])
+    assert (sent.executor, sent.endpoint, [doc.blob for doc in sent.docs]) == (TRANSCRIBER, '/generate', [AUDIO])
     assert sent.docs[0].language == 'de' or sent.parameters.get('language') == 'de'
     assert answer.json()['language'] == 'de'
 
@@ -83,7 +83,7 @@ def test_a_translation_answers_the_english_text_as_one_segment_over_the_speech()
 
 
 def test_audio_routes_take_whisper_by_its_own_model_name_too(client):
-    answer = client.post('/v1/audio/transcriptions', **audio_form(model=MODELS[WHISPER]))
+    answer = client.post('/v1/audio/transcriptions', **audio_form(model=MODELS[TRANSCRIBER]))
     assert answer.status_code == 200, answer.text
     assert answer.json() == {'text': ENGLISH.transcript}
 
@@ -150,10 +150,10 @@ def test_the_model_list_has_whisper_1_and_the_models_the_flow_loaded(client):
     cards = {card['id']: card for card in answer.json()['data']}
     assert {card['object'] for card in cards.values()} == {'model'}
     owners = {model_id: card['owned_by'] for model_id, card in cards.items()}
-    assert owners.items() >= {'whisper-1': WHISPER, MODELS[WHISPER]: WHISPER, MODELS[PAINTER]: PAINTER}.items()
+    assert owners.items() >= {'whisper-1': TRANSCRIBER, MODELS[TRANSCRIBER]: TRANSCRIBER, MODELS[GENERATOR]: GENERATOR}.items()
 
 
-@pytest.mark.parametrize('model_id, owner', [('whisper-1', WHISPER), (MODELS[PAINTER], PAINTER)])  # the second holds a slash
+@pytest.mark.parametrize('model_id, owner', [('whisper-1', TRANSCRIBER), (MODELS[GENERATOR], GENERATOR)])  # the second holds a slash
 def test_a_model_is_found_by_its_id(client, model_id, owner):
     answer = client.get(f'/v1/models/{model_id}')
     assert answer.status_code == 200, answer.text
@@ -225,7 +225,8 @@ def test_a_text_job_runs_through_the_flow_and_its_events_tell_each_step(client, 
     images = [event for event in events if event['kind'] == 'image']
     assert [(image['index'], decoded(image['b64_json']).size) for image in images] == [(0, (64, 64)), (1, (64, 64))]
     [stream] = [sent for sent in flow.sent if sent.endpoint == '/generate_stream']
-    assert (stream.docs[0].text, stream.parameters.items() >= {'num_images': 2, 'steps': 3, 'width': 64}.items()) == (TEXT_JOB['prompt'], True)
+    assert stream.docs[0].text == TEXT_JOB['prompt']
+    assert stream.parameters.items() >= {'num_images': 2, 'steps': 3, 'width': 64, 'height': 64}.items()
     record = client.get(f'/v1/jobs/{job["id"]}').json()
     assert (record['status'], record['error_code']) == ('succeeded', '')
     assert [image['url'].startswith(STORED_IN) for image in record['images']] == [True, True]  # the store kept them
@@ -237,7 +238,7 @@ def test_an_audio_job_is_transcribed_before_anything_is_drawn(client, flow):
     assert [event['kind'] for event in events] == ['queued', 'started', 'transcribed', 'progress', 'image', 'succeeded']
     heard = events[2]
     assert (heard['language'], heard['transcript'], heard['text']) == ('en', ENGLISH.transcript, ENGLISH.english)
-    assert [(sent.executor, sent.endpoint) for sent in flow.sent][:2] == [(WHISPER, '/generate'), (PAINTER, '/generate_stream')]
+    assert [(sent.executor, sent.endpoint) for sent in flow.sent][:2] == [(TRANSCRIBER, '/generate'), (GENERATOR, '/generate_stream')]
     assert (flow.sent[0].docs[0].blob, flow.sent[1].docs[0].text) == (AUDIO, ENGLISH.english)  # drawn from the English text
     record = client.get(f'/v1/jobs/{job["id"]}').json()
     assert (record['transcript'], record['text'], record['status']) == (ENGLISH.transcript, ENGLISH.english, 'succeeded')

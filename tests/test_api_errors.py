@@ -10,7 +10,7 @@ import json
 import pytest
 
 from fake_flow import (
-    AUDIO, IMAGE_REQUEST, PAINTER, TEXT_JOB, WHISPER, Failure, FakeFlow, audio_form, image_form, job_events, stored_failure,
+    AUDIO, IMAGE_REQUEST, GENERATOR, TEXT_JOB, TRANSCRIBER, Failure, FakeFlow, audio_form, image_form, job_events, stored_failure,
 )
 from gateway.jobs.runner import JobLimits
 from gateway.limits import RequestLimits
@@ -100,7 +100,7 @@ PROVOKED = {
     ErrorCode.CANNOT_TRANSLATE: scripted(translate, ErrorCode.CANNOT_TRANSLATE, 'model'),
     ErrorCode.IMAGE_UNREADABLE: scripted(edit, ErrorCode.IMAGE_UNREADABLE, 'image'),
     ErrorCode.PROMPT_TOO_LONG: scripted(generate(), ErrorCode.PROMPT_TOO_LONG, 'prompt'),
-    ErrorCode.EXECUTOR_UNAVAILABLE: lambda: answer(generate(), FakeFlow(unreachable=PAINTER)),
+    ErrorCode.EXECUTOR_UNAVAILABLE: lambda: answer(generate(), FakeFlow(unreachable=GENERATOR)),
     ErrorCode.MODEL_UNAVAILABLE: scripted(generate(), ErrorCode.MODEL_UNAVAILABLE),
     ErrorCode.OUT_OF_MEMORY: scripted(generate(), ErrorCode.OUT_OF_MEMORY),
     ErrorCode.INTERRUPTED: scripted(generate(), ErrorCode.INTERRUPTED),
@@ -183,8 +183,8 @@ def test_a_job_running_past_max_job_seconds_fails_with_job_timeout():
 
 
 @pytest.mark.parametrize('failure', [
-    Failure(ErrorCode.NO_SPEECH, 'file', 'no speech: the clip is silent', executor=WHISPER),
-    Failure(ErrorCode.OUT_OF_MEMORY, message='the GPU ran out of memory', executor=PAINTER),
+    Failure(ErrorCode.NO_SPEECH, 'file', 'no speech: the clip is silent', executor=TRANSCRIBER),
+    Failure(ErrorCode.OUT_OF_MEMORY, message='the GPU ran out of memory', executor=GENERATOR),
 ], ids=lambda failure: failure.code.value)
 def test_a_jobs_failed_document_gives_the_job_its_code_and_message(failure):
     with gateway_client(flow=FakeFlow(failure=failure)) as client:
