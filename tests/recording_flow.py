@@ -27,7 +27,8 @@ from PIL import Image
 
 from s2i.contracts.documents import GeneratedImage, ParameterSchema, PromptDoc
 from s2i.encoding import encode_png
-from s2i.contracts.params import PARAMETERS_ENDPOINT, Integer, RequestParams, Text, describe_parameters
+from s2i.contracts.params import PARAMETERS_ENDPOINT, Integer, RequestParams, Text
+from s2i.executor_base import answer_parameters, parameter_schema
 from s2i.serve import FLOW_YML
 
 READY = 'recording flow ready'
@@ -53,7 +54,7 @@ class Tagger(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def parameters(self, docs: DocList[ParameterSchema], parameters: Optional[dict] = None, **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, TagParams(), parameters=parameters)
+        return answer_parameters(docs, parameter_schema(self.metas.name, TagParams()), parameters)
 
 
 class Painter(Executor):
@@ -75,7 +76,7 @@ class Painter(Executor):
 
     @requests(on=PARAMETERS_ENDPOINT)
     def parameters(self, docs: DocList[ParameterSchema], parameters: Optional[dict] = None, **kwargs) -> DocList[ParameterSchema]:
-        return describe_parameters(docs, self.metas.name, PaintParams(), parameters=parameters)
+        return answer_parameters(docs, parameter_schema(self.metas.name, PaintParams()), parameters)
 
 
 def main(log: str, grpc_port: str, http_port: str, gateway_settings: str = '{}') -> None:

@@ -49,6 +49,7 @@ def test_a_misspelt_key_is_still_refused_naming_it_and_the_new_key_is_known(styl
 def test_a_bad_value_for_the_new_key_is_that_executors_per_document_error(styled_flow):
     (doc,) = client.generate(prompts=['a fox'], parameters={**SMALL, 'style': 7}, host=styled_flow['grpc'], token='')
     assert doc.error == 'invalid parameters: style must be a string, got 7.0' and len(doc.matches) == 0
+    assert (doc.error_code, doc.error_param) == ('invalid_parameter', 'style')
 
 
 def test_a_key_named_after_an_executor_must_hold_that_executors_parameters(styled_flow):

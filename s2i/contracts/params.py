@@ -1,10 +1,10 @@
 """What every executor's request parameters have in common: one pydantic model per executor.
 
-Each executor declares the keys it reads in a ``RequestParams`` subclass beside its code
-(``executors/<name>/params.py``) and parses them once at the top of its endpoint with
-``from_request``. Jina sends one ``parameters`` dict to every executor of the Flow, so an executor
+Each executor declares the keys it reads in a ``RequestParams`` subclass (``s2i/contracts/<executor>.py``)
+and parses them once at the top of its endpoint (``ServiceExecutor.request_params``, which calls
+``from_request``). Jina sends one ``parameters`` dict to every executor of the Flow, so an executor
 takes its own keys and leaves the others alone; keys that no executor of the Flow owns are
-refused by the gateway, which asks each executor for its keys (``describe_parameters``).
+refused by the gateway, which asks each executor for its keys (``/parameters``, s2i/executor_base.py).
 
 Jina's protobuf transport turns every number into a float, so integer fields accept integral
 floats (``5.0``) but not ``5.5``; booleans and strings are never read as numbers.
@@ -12,7 +12,7 @@ floats (``5.0``) but not ``5.5``; booleans and strings are never read as numbers
 
 import math
 import sys
-from typing import Annotated, Any, Callable, Dict, Mapping, Optional, Type, TypeVar
+from typing import Annotated, Any, Dict, Mapping, Type, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
@@ -122,28 +122,6 @@ class RequestParams(BaseModel):
             raise ValueError(f'request_defaults: {describe_error(e)}') from None
 
 
-def request_parameters(docs, parameters: Mapping[str, Any], defaults: P,
-                       check: Optional[Callable[[P], None]] = None) -> Optional[P]:
-    """An executor endpoint's first step: its parameters for this request (``defaults`` with the
-    request's keys, then ``check``ed against the executor's own limits), or None with every document
-    failed: a request that did not come through the gateway (see s2i.runtime.from_the_gateway), or
-    values of the wrong type or out of range."""
-    from s2i.contracts.documents import mark_failed
-    from s2i.runtime import UNAUTHENTICATED, from_the_gateway
-
-    if not from_the_gateway(parameters):  # a caller around the gateway, without the token
-        mark_failed(docs, UNAUTHENTICATED, ErrorCode.INVALID_API_KEY)
-        return None
-    try:
-        params = type(defaults).from_request(defaults, parameters)
-        if check is not None:
-            check(params)
-    except ParameterError as e:
-        mark_failed(docs, f'invalid parameters: {e}', e.code, e.param)
-        return None
-    return params
-
-
 def parameter_error(error: ValidationError) -> ParameterError:
     """The ParameterError for a model's ValidationError: every problem described, the first one's key
     blamed (an unknown key's code is unknown_parameter; a model-wide check blames no key)."""
@@ -173,26 +151,3 @@ def _describe(item: Dict[str, Any]) -> str:
         return f'{key} must not be null'
     # pydantic's "Input should be greater than or equal to 1" -> "steps must be greater than or equal to 1, got 0"
     return f'{key} {item["msg"].replace("Input should be", "must be")}, got {quote(value)}'
-
-
-def describe_parameters(docs, executor: str, defaults: RequestParams, model: str = '',
-                        parameters: Optional[Mapping[str, Any]] = None):
-    """The ``/parameters`` answer: what came before in the chain, plus this executor's schema and model.
-
-    ``defaults`` are the executor's configured defaults, so the schema shows what a request gets.
-    Like every endpoint, it answers only the gateway: a request without the gateway's key in its
-    ``parameters`` (when there is a token) raises PermissionError, and its caller learns nothing."""
-    from docarray import DocList
-
-    from s2i.contracts.documents import ParameterSchema
-    from s2i.runtime import UNAUTHENTICATED, from_the_gateway
-
-    if not from_the_gateway(parameters or {}):
-        raise PermissionError(UNAUTHENTICATED)
-    params = type(defaults)
-    schema = params.model_json_schema()
-    for key, value in defaults.model_dump().items():
-        schema['properties'][key]['default'] = value
-    described = DocList[ParameterSchema](doc for doc in docs if doc.executor != executor)
-    described.append(ParameterSchema(executor=executor, keys=sorted(params.keys()), json_schema=schema, model=model))
-    return described
