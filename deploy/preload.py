@@ -14,8 +14,6 @@ XDG_CACHE_HOME and S2I_CACHE under one folder to carry that folder to an offline
 import os
 from pathlib import Path
 
-from s2i.runtime import setting
-
 
 def preload_stable_diffusion(model: str) -> str:
     from s2i.tiny_sd import TINY_MODEL_NAME, tiny_pipeline_dir
@@ -52,12 +50,12 @@ def preload_whisper(backend: str, model: str) -> str:
 
 
 def main() -> None:
-    from executors.stable_diffusion import params as stable_diffusion
-    from executors.whisper import executor as whisper
+    from executors.stable_diffusion.settings import StableDiffusionSettings
+    from executors.whisper.settings import WhisperSettings
 
-    sd_model = setting(None, 'S2I_SD_MODEL', stable_diffusion.DEFAULT_MODEL)
-    backend = setting(None, whisper.BACKEND_VARIABLE, whisper.DEFAULT_BACKEND)
-    whisper_model = setting(None, whisper.MODEL_VARIABLE, whisper.DEFAULT_MODEL)
+    sd_model = StableDiffusionSettings.load().model
+    whisper = WhisperSettings.load()
+    backend, whisper_model = whisper.backend, whisper.model
     print(f'Stable Diffusion {sd_model}: {preload_stable_diffusion(sd_model)}', flush=True)
     print(f'Whisper {whisper_model} ({backend}): {preload_whisper(backend, whisper_model)}', flush=True)
 

@@ -45,14 +45,6 @@ def from_the_gateway(parameters: dict) -> bool:
     return key is None or hmac.compare_digest(str(parameters.get(INTERNAL_KEY_PARAMETER, '')).encode(), key.encode())
 
 
-def setting(value: Optional[str], variable: str, default: str) -> str:
-    """A component's setting: the value it was given, else the environment variable, else its default.
-
-    flow.yml passes no model or device to the executors: each reads its own S2I_* variables, so
-    `jina flow --uses flow.yml`, `python -m s2i.serve` and containers all configure it the same way."""
-    return value or os.environ.get(variable) or default
-
-
 def resolve_device(device: Optional[str]) -> str:
     """'auto' (or empty) picks CUDA when a GPU is usable, else the CPU; anything else is used as given.
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from s2i.contracts.stable_diffusion import DEFAULT_MODEL
+from executors.stable_diffusion.settings import StableDiffusionSettings
 from s2i import cli
 from s2i.encoding import read_png_parameters
 from s2i.serve import READY_LINE, apply_defaults
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / 'outputs'
 EXAMPLES = sorted((ROOT / 'examples').glob('*.wav'))
 READY_TIMEOUT_S = 1800  # a first run with real weights downloads several GB
+DEFAULT_MODEL = StableDiffusionSettings.model_fields['model'].default
 
 
 def choose_sd_model() -> str:

@@ -14,7 +14,7 @@ DEFAULTS = GenerationParams()
 
 def parse(**parameters) -> GenerationParams:
     params = GenerationParams.from_request(DEFAULTS, parameters)
-    params.check_limits(max_num_images=4, max_pixels=1024 * 1024, max_prompt_chars=20000)
+    params.check_limits(max_num_images=4, max_pixels=1024 * 1024, max_prompt_chars=20000, max_best_of=8)
     return params
 
 

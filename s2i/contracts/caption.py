@@ -10,7 +10,6 @@ from pydantic import Field, field_validator
 
 from s2i.contracts.params import Integer, RequestParams, Text
 
-DEFAULT_MODEL = 'Salesforce/blip-image-captioning-large'  # the executor's model unless S2I_CAPTION_MODEL says otherwise
 MAX_PREFIX_CHARS = 200  # a caption prefix is a few words; BLIP's text decoder holds 512 tokens in all
 
 

@@ -16,7 +16,6 @@ from s2i.contracts.params import Integer, Number, ParameterError, RequestParams,
 
 TagMode = Literal['single', 'multi']  # single: softmax over the labels (one is right); multi: a sigmoid per label
 InterrogateMode = Literal['fast', 'classic']  # the CLIP Interrogator's two cheap modes
-DEFAULT_MODEL = 'openai/clip-vit-large-patch14'  # the CLIP Interrogator's ViT-L/14; S2I_CLIP_MODEL overrides it
 CLASSIC_FLAVORS, FAST_FLAVORS = 3, 32  # the CLIP Interrogator's flavour counts per mode
 
 

@@ -19,8 +19,6 @@ from s2i.contracts.params import MAX_SEED, Integer, Number, ParameterError, Requ
 Scheduler = Literal['default', 'euler', 'euler_a', 'ddim', 'dpm++']  # 'default': the model's own
 MIN_SIZE, MAX_SIZE = 64, 2048  # pixels, per side
 MAX_PIXELS = MAX_SIZE * MAX_SIZE  # width * height; the executor's max_pixels is usually lower
-DEFAULT_MODEL = 'stable-diffusion-v1-5/stable-diffusion-v1-5'  # the executor's model unless S2I_SD_MODEL says otherwise
-MAX_BEST_OF = 8  # candidates per document; the executor's max_best_of setting, unless configured
 
 
 class GenerationParams(RequestParams):
@@ -60,7 +58,7 @@ class GenerationParams(RequestParams):
         """A document's images get seeds ``seed`` .. ``seed + images_to_draw - 1``: each must fit int32."""
         check_seed(seed, self.images_to_draw, 'num_images' if self.best_of is None else 'best_of')
 
-    def check_limits(self, max_num_images: int, max_pixels: int, max_prompt_chars: int, max_best_of: int = MAX_BEST_OF) -> None:
+    def check_limits(self, max_num_images: int, max_pixels: int, max_prompt_chars: int, max_best_of: int) -> None:
         """The executor's own limits, from its configuration."""
         check_range('num_images', self.num_images, 1, max_num_images)
         if self.best_of is not None:
