@@ -301,12 +301,12 @@ def test_an_uploaded_image_is_captioned_and_tagged_best_first(visit, shapes_png)
     page.get_by_test_id('image-file').set_input_files(str(shapes_png))
     sync_api.expect(page.get_by_test_id('image-preview')).to_be_visible()
     page.get_by_test_id('caption-button').click()
-    sync_api.expect(page.get_by_test_id('caption')).to_have_text(re.compile(r'\S'))
+    sync_api.expect(page.get_by_test_id('caption')).to_have_text(re.compile(r'\S'), timeout=JOB_WAIT_MS)  # BLIP loads first
 
     page.get_by_test_id('labels').fill('a red square, a blue circle')
     page.get_by_test_id('labels').press('Enter')  # the keyboard's way to ask for tags
     tags = page.get_by_test_id('tags').get_by_test_id('tag')
-    sync_api.expect(tags).to_have_count(2)
+    sync_api.expect(tags).to_have_count(2, timeout=JOB_WAIT_MS)  # CLIP loads first
     labels = tags.locator('span:first-child').all_text_contents()
     scores = [float(score) for score in tags.locator('.score').all_text_contents()]
     assert sorted(labels) == ['a blue circle', 'a red square']
@@ -329,7 +329,7 @@ def test_an_image_restyled_after_the_typed_prompt_joins_the_gallery_at_its_size(
     sync_api.expect(page.get_by_test_id('restyle')).to_be_disabled()
     sync_api.expect(page.get_by_role('progressbar', name='Waiting for the service')).to_be_visible()
     held[0].continue_()
-    sync_api.expect(images(page)).to_have_count(1)
+    sync_api.expect(images(page)).to_have_count(1, timeout=JOB_WAIT_MS)
     assert images(page).first.evaluate('img => [img.naturalWidth, img.naturalHeight]') == [96, 64]
     sync_api.expect(page.get_by_test_id('restyle')).to_be_enabled()  # no longer busy
     visit.screenshot('image-restyled')
@@ -357,7 +357,7 @@ def test_a_file_that_is_not_an_image_shows_the_error_beside_the_image_input_and_
     page.get_by_test_id('image-file').set_input_files(str(svg))
     sync_api.expect(error).to_be_hidden()
     page.get_by_test_id('restyle').click()
-    sync_api.expect(error).to_contain_text('cannot be read as an image')
+    sync_api.expect(error).to_contain_text('cannot be read as an image', timeout=JOB_WAIT_MS)
     sync_api.expect(error).to_contain_text('not an image this service reads')
     assert images(page).count() == 0
     assert visit.foreign_hosts() == []
