@@ -119,15 +119,19 @@ class ResultStoreExecutor(ServiceExecutor):
             doc.result_url = put(RECORD, encode_record(record), 'application/json')
             return ''
         except Exception as e:
-            if isinstance(e, STORE_ERRORS):
-                self.logger.warning(f'storing document {doc.id} in {self.store.location} failed: {e!r}')
-            else:
-                self.logger.error(f'storing document {doc.id} failed', exc_info=True)
             # A record already there (from a first try of this call) goes first: it would point at images removed here.
-            self._undo(doc, [record_key] + written[::-1] if record_key else written[::-1])
-            error = f'{STORE_FAILED}: {self.store.location}: {describe_failure(e)}'
-            mark_failed([doc], error, ErrorCode.STORE_FAILED)
-            return error if isinstance(e, STORE_ERRORS) else ''
+            return self._failed(doc, e, [record_key] + written[::-1] if record_key else written[::-1])
+
+    def _failed(self, doc: PromptDoc, error: Exception, written: List[str]) -> str:
+        """``doc``'s store failed: what was ``written`` removed, the document told; the error if the store itself failed."""
+        if isinstance(error, STORE_ERRORS):
+            self.logger.warning(f'storing document {doc.id} in {self.store.location} failed: {error!r}')
+        else:
+            self.logger.error(f'storing document {doc.id} failed', exc_info=True)
+        self._undo(doc, written)
+        message = f'{STORE_FAILED}: {self.store.location}: {describe_failure(error)}'
+        mark_failed([doc], message, ErrorCode.STORE_FAILED)
+        return message if isinstance(error, STORE_ERRORS) else ''
 
     def _day_of(self, result_id: str, now: datetime) -> str:
         """The result's date folder: today's, unless a retry just after midnight finds it in yesterday's."""
