@@ -13,7 +13,7 @@ from s2i import client
 from gateway.auth import is_authorized
 from gateway.parameters import unknown_parameters
 from s2i.contracts.documents import ParameterSchema, PromptDoc
-from s2i.contracts.errors import ErrorCode
+from s2i.contracts.errors import ERRORS, ErrorCode
 from s2i.encoding import from_data_uri, read_png_parameters
 from s2i.runtime import UNAUTHENTICATED
 
@@ -102,10 +102,10 @@ def test_without_a_token_requests_need_none(open_flow):
 
 @pytest.mark.slow
 def test_an_unknown_parameter_is_refused_over_grpc_before_any_executor(open_flow):
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(client.ServiceError) as refused:
         client.generate(prompts=['unknown key over grpc'], parameters={'size': 4, 'step': 1}, host=open_flow['grpc'], token='')
-    assert 'INVALID_ARGUMENT' in str(refused.value)
-    assert "unknown parameter(s) 'step'; known: size, tag" in str(refused.value)
+    assert ERRORS[refused.value.code].grpc_status == 'INVALID_ARGUMENT'  # the client reads the code from the gRPC status
+    assert refused.value.message == "unknown parameter(s) 'step'; known: size, tag"
     assert 'unknown key over grpc' not in received(open_flow)
 
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API (gateway/openai_routes.py) through the official ``openai`` SDK, against
+"""The OpenAI-compatible API (gateway/routes/audio.py, images.py, models.py) through the official ``openai`` SDK, against
 the real service (tests/front_door.py): bundled Whisper base, tiny random-weight Stable Diffusion."""
 
 import base64
@@ -117,10 +117,10 @@ def test_silence_is_no_speech(client):
     assert refused.value.code == 'no_speech'
 
 
-def test_text_file_is_invalid_audio(client):
+def test_text_file_is_unreadable_audio(client):
     with open(DATA / 'not_audio.wav', 'rb') as audio, pytest.raises(openai.BadRequestError) as refused:
         client.audio.transcriptions.create(model='whisper-1', file=audio)
-    assert refused.value.code == 'invalid_audio' and 'could not decode audio' in refused.value.message
+    assert refused.value.code == 'audio_unreadable' and 'could not decode audio' in refused.value.message
 
 
 def test_temperature_other_than_0_is_refused_with_why(client):

@@ -1,4 +1,4 @@
-"""/v1/images/edits and /v1/images/variations (gateway/openai_routes.py) through the official ``openai``
+"""/v1/images/edits and /v1/images/variations (gateway/routes/images.py) through the official ``openai``
 SDK, against the real service (tests/front_door.py): tiny random-weight Stable Diffusion, BLIP and CLIP."""
 
 import base64
@@ -57,12 +57,12 @@ def test_edit_size_resizes_the_image(client, png_path):
     assert Image.open(io.BytesIO(png_bytes(entry))).size == (64, 64)
 
 
-def test_text_file_as_image_is_invalid_image(client, tmp_path):
+def test_text_file_as_image_is_unreadable(client, tmp_path):
     text = tmp_path / 'notes.png'
     text.write_text('not an image at all')
     with pytest.raises(openai.BadRequestError) as refused:
         edit(client, text)
-    assert refused.value.param == 'image' and refused.value.code == 'invalid_image'
+    assert refused.value.param == 'image' and refused.value.code == 'image_unreadable'
     assert 'not an image this service reads' in refused.value.message
 
 

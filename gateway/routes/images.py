@@ -28,7 +28,8 @@ from s2i.contracts.errors import CodedError, ErrorCode
 IMAGE_ECHOED = ('seed', 'width', 'height', 'steps', 'guidance_scale', 'negative_prompt', 'scheduler', 'strength')
 ImageFormat = Literal['b64_json', 'url']
 # The form fields of /images/edits and /images/variations that are not generation fields.
-EDIT_FIELDS = frozenset({'image', 'image[]', 'prompt', 'mask', 'model', 'response_format', 'user'})
+IMAGE_FIELDS = frozenset({'image', 'image[]'})  # OpenAI's SDKs send a list of images as image[]
+EDIT_FIELDS = IMAGE_FIELDS | {'prompt', 'mask', 'model', 'response_format', 'user'}
 VARIATION_FIELDS = EDIT_FIELDS - {'prompt', 'mask'}
 
 router = APIRouter(prefix='/v1/images')
@@ -76,7 +77,7 @@ async def edits(request: Request, prompt: str = Form(..., min_length=1), model: 
     ``auto`` keeps the input image's size (rounded down to a multiple of 8, scaled to fit the
     executor's max_pixels). Extra form fields: ``strength`` (how far from the image to go, 0 to 1;
     the model denoises int(steps x strength) steps) and the extras of /images/generations."""
-    form = await form_once(request)
+    form = await form_once(request, repeatable=IMAGE_FIELDS)  # one_image names extra images
     image = await one_image(form)
     if 'mask' in form:
         raise CodedError('mask is not supported: this service restyles the whole image after the prompt and '
@@ -94,7 +95,7 @@ async def variations(request: Request, model: Optional[str] = Form(None), respon
     Unlike OpenAI: ``revised_prompt`` is that prompt; the image need not be a square PNG; the
     extra form fields of /images/edits (``strength``, ``seed``, ...) are taken; a Flow without
     the caption and CLIP executors cannot make variations (unsupported, saying so)."""
-    form = await form_once(request)
+    form = await form_once(request, repeatable=IMAGE_FIELDS)  # one_image names extra images
     image = await one_image(form)
     parameters = await restyle_parameters(flow, model, response_format, form, VARIATION_FIELDS)
     [described] = await flow.call(DocList[PromptDoc]([PromptDoc(image=image)]), endpoint=INTERROGATE_ENDPOINT)
