@@ -6,7 +6,7 @@ gateway that sends none, the first code of the table with that HTTP status); ove
 status, by the table's ``grpc_status``. A failed document carries its own ``error_code``.
 """
 
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from s2i.contracts.errors import ERRORS, CodedError, ErrorCode
 
@@ -79,11 +79,16 @@ def service_error(message: str, code: ErrorCode, param: Optional[str] = None) ->
     return kind(message, code, param)
 
 
-def http_refusal(status: int, body: Any, text: str = '') -> ServiceError:
-    """The ServiceError for an HTTP error answer: OpenAI's ``{"error": {"message", "code", "param"}}``
-    (FastAPI's ``{"detail": ...}`` and plain text are read for the message alone)."""
+def http_refusal(answer) -> ServiceError:
+    """The ServiceError for an HTTP error answer (a ``requests`` response): OpenAI's ``{"error":
+    {"message", "code", "param"}}``; FastAPI's ``{"detail": ...}`` and plain text give the message alone."""
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    status = answer.status_code
     error = body.get('error') if isinstance(body, dict) else None
     if isinstance(error, dict):
         return service_error(str(error.get('message')), code_or_status(error.get('code'), status), error.get('param'))
-    message = str(body['detail']) if isinstance(body, dict) and 'detail' in body else f'HTTP {status}: {text[:200]}'
+    message = str(body['detail']) if isinstance(body, dict) and 'detail' in body else f'HTTP {status}: {answer.text[:200]}'
     return service_error(message, code_for_http_status(status))

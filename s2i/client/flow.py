@@ -204,13 +204,9 @@ def _post(url: str, host: str, documents: List[Dict[str, Any]], parameters: Dict
                                timeout=(CONNECT_TIMEOUT_S, None))
     except (requests.ConnectionError, requests.Timeout) as e:
         raise ConnectionError(f'cannot reach the Flow at {host}: {e}') from e
-    try:
-        body = answer.json()
-    except ValueError:
-        body = None
     if answer.status_code >= 400:
-        raise http_refusal(answer.status_code, body, answer.text)
-    return [_with_png(document) for document in body['data']]
+        raise http_refusal(answer)
+    return [_with_png(document) for document in answer.json()['data']]
 
 
 def _with_png(document: Dict[str, Any]) -> Dict[str, Any]:

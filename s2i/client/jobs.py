@@ -95,11 +95,7 @@ def api_request(method: str, url: str, token: Optional[str], **kwargs) -> Dict[s
     except (requests.ConnectionError, requests.Timeout) as e:
         raise ConnectionError(f'cannot reach the gateway at {url}: {e}') from e
     if answer.status_code >= 400:
-        try:
-            body = answer.json()
-        except ValueError:
-            body = None
-        refusal = http_refusal(answer.status_code, body, answer.text)
+        refusal = http_refusal(answer)
         raise JobRefused(answer.status_code, refusal.message, refusal.code, refusal.param)
     return answer.json()
 
