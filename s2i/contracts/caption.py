@@ -14,11 +14,11 @@ MAX_PREFIX_CHARS = 200  # a caption prefix is a few words; BLIP's text decoder h
 
 
 class CaptionParams(RequestParams):
-    # Conditional captioning: the caption continues this text ("a photograph of"), which it starts
-    # with as the model returns it (BLIP lowercases it). None or blank: an unconditional caption.
-    caption_prefix: Optional[Text] = None
-    max_new_tokens: Integer = Field(30, ge=1, le=128)  # tokens generated after the prefix, at most
-    num_beams: Integer = Field(3, ge=1, le=8)  # beam search width; 1: greedy decoding
+    caption_prefix: Optional[Text] = Field(None, description=(
+        'conditional captioning: the caption continues this text ("a photograph of"), which it starts with as the '
+        'model returns it (BLIP lowercases it); none or blank: an unconditional caption'))
+    max_new_tokens: Integer = Field(30, ge=1, le=128, description='tokens generated after the prefix, at most')
+    num_beams: Integer = Field(3, ge=1, le=8, description='beam search width; 1: greedy decoding')
 
     @field_validator('caption_prefix')
     @classmethod

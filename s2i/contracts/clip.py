@@ -8,7 +8,7 @@ gets back. Stable Diffusion draws ``best_of`` candidates when asked; ``/rank`` k
 ``num_images`` best of them. Configure the same default on both executors.
 """
 
-from typing import List, Literal, Optional
+from typing import Annotated, List, Literal, Optional
 
 from pydantic import Field, field_validator
 
@@ -20,13 +20,14 @@ CLASSIC_FLAVORS, FAST_FLAVORS = 3, 32  # the CLIP Interrogator's flavour counts 
 
 
 class ClipParams(RequestParams):
-    labels: Optional[List[Text]] = None  # /tag: the labels to choose from; None: the executor's configured labels
-    tag_mode: TagMode = 'single'
-    threshold: Number = Field(0.5, ge=0, le=1)  # /tag in multi mode: labels scoring at or below it are left out
-    top_k: Integer = Field(5, ge=1)  # /tag: at most this many tags per image, best first
-    interrogate_mode: InterrogateMode = 'classic'
-    flavors: Optional[Integer] = Field(None, ge=1, le=64)  # /interrogate: flavours added; None: 3 classic, 32 fast
-    num_images: Integer = Field(1, ge=1)  # /rank: images kept per document, the best scored first
+    labels: Optional[List[Text]] = Field(None, description="/tag: the labels to choose from; none: the executor's configured labels")
+    tag_mode: TagMode = Field('single', description='/tag: single, a softmax over the labels (one is right); multi, a sigmoid per label')
+    threshold: Number = Field(0.5, ge=0, le=1, description='/tag in multi mode: labels scoring at or below it are left out')
+    top_k: Integer = Field(5, ge=1, description='/tag: at most this many tags per image, best first')
+    interrogate_mode: InterrogateMode = Field('classic', description="/interrogate: the CLIP Interrogator's mode")
+    flavors: Optional[Annotated[Integer, Field(ge=1, le=64)]] = Field(
+        None, description='/interrogate: flavours added; none: 3 in classic mode, 32 in fast')
+    num_images: Integer = Field(1, ge=1, description='/rank: images kept per document, the best scored first')
 
     @field_validator('labels')
     @classmethod

@@ -15,6 +15,7 @@ import sys
 from typing import Annotated, Any, Dict, Mapping, Type, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic.json_schema import GenerateJsonSchema
 
 from s2i.contracts.errors import CodedError, ErrorCode
 
@@ -89,10 +90,33 @@ Flag = Annotated[bool, BeforeValidator(_flag)]
 P = TypeVar('P', bound='RequestParams')
 
 
+class StandardBounds(GenerateJsonSchema):
+    """JSON Schema's own names for the bounds of an optional number field. pydantic writes them as
+    its keyword names (``ge``) when the field's type has a validator of its own (Integer, Number)
+    inside Optional; forms and docs read the standard ``minimum``."""
+
+    RENAMED = {'ge': 'minimum', 'le': 'maximum', 'gt': 'exclusiveMinimum', 'lt': 'exclusiveMaximum', 'multiple_of': 'multipleOf'}
+
+    def generate(self, schema, mode='validation'):
+        return renamed_bounds(super().generate(schema, mode))
+
+
+def renamed_bounds(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {StandardBounds.RENAMED.get(key, key): renamed_bounds(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [renamed_bounds(item) for item in node]
+    return node
+
+
 class RequestParams(BaseModel):
     """Base of every executor's parameter model: frozen, no unknown fields, one error per bad key."""
 
     model_config = ConfigDict(extra='forbid', frozen=True)
+
+    @classmethod
+    def model_json_schema(cls, *args, schema_generator=StandardBounds, **kwargs) -> Dict[str, Any]:
+        return super().model_json_schema(*args, schema_generator=schema_generator, **kwargs)
 
     @classmethod
     def keys(cls) -> frozenset:

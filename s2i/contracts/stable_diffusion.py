@@ -10,7 +10,7 @@ ranges further (``check_limits``).
 """
 
 import math
-from typing import Literal, Optional, Tuple
+from typing import Annotated, Literal, Optional, Tuple
 
 from pydantic import Field, model_validator
 
@@ -22,17 +22,18 @@ MAX_PIXELS = MAX_SIZE * MAX_SIZE  # width * height; the executor's max_pixels is
 
 
 class GenerationParams(RequestParams):
-    num_images: Integer = Field(1, ge=1)  # images per prompt; the executor caps it (max_num_images)
-    steps: Integer = Field(25, ge=1, le=200)  # denoising steps
-    guidance_scale: Number = Field(7.5, ge=0, le=50)  # classifier-free guidance; <= 1 turns it off
-    seed: Optional[Integer] = Field(None, ge=0, le=MAX_SEED)  # image i gets seed + i; None: random, reported
-    negative_prompt: Text = ''
-    width: Integer = Field(512, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8)  # pixels
-    height: Integer = Field(512, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8)
-    scheduler: Scheduler = 'dpm++'  # DPM-Solver++ with Karras sigmas
-    # Candidates drawn per document (seeds seed .. seed + best_of - 1) instead of num_images; the CLIP
-    # executor, after this one in the Flow, keeps the num_images best. Without it, all come back.
-    best_of: Optional[Integer] = Field(None, ge=1)
+    num_images: Integer = Field(1, ge=1, description='images per prompt; the executor caps it (max_num_images)')
+    steps: Integer = Field(25, ge=1, le=200, description='denoising steps')
+    guidance_scale: Number = Field(7.5, ge=0, le=50, description='classifier-free guidance; 1 or less turns it off')
+    seed: Optional[Annotated[Integer, Field(ge=0, le=MAX_SEED)]] = Field(
+        None, description='image i gets seed + i; none: a random seed, reported with each image')
+    negative_prompt: Text = Field('', description='what the images should not show')
+    width: Integer = Field(512, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description='pixels')
+    height: Integer = Field(512, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description='pixels')
+    scheduler: Scheduler = Field('dpm++', description="the sampler; dpm++: DPM-Solver++ with Karras sigmas; default: the model's own")
+    best_of: Optional[Annotated[Integer, Field(ge=1)]] = Field(None, description=(
+        'candidates drawn per document (seeds seed .. seed + best_of - 1) instead of num_images; the CLIP '
+        'executor after this one keeps the num_images best (without CLIP, all come back)'))
 
     @model_validator(mode='after')
     def _best_of_covers_num_images_and_seeds_fit_int32(self) -> 'GenerationParams':
@@ -76,8 +77,8 @@ class RestyleParams(GenerationParams):
     output has the input image's size, rounded down to a multiple of 8 and scaled down (keeping its
     aspect) to fit max_pixels; with them, the input image is resized to that size first."""
 
-    # How far from the input image to go: 1 ignores it; the model denoises int(steps * strength) steps.
-    strength: Number = Field(0.6, gt=0, le=1)
+    strength: Number = Field(0.6, gt=0, le=1, description=(
+        'how far from the input image to go: 1 ignores it; the model denoises int(steps x strength) steps'))
     width: Optional[Integer] = Field(
         None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8,
         description="pixels; none: the input image's width, rounded down to a multiple of 8 and scaled to fit max_pixels",

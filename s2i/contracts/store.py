@@ -1,6 +1,6 @@
 """The result store's request parameters."""
 
-from typing import Optional
+from typing import Annotated, Optional
 
 from pydantic import Field
 
@@ -10,5 +10,5 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # 604800: the longest lifetime S3's signatu
 
 
 class StoreParams(RequestParams):
-    # Lifetime of a presigned HTTPS URL for each stored image (S3 stores only); None: no presigned URL.
-    presign_seconds: Optional[Integer] = Field(None, ge=1, le=MAX_PRESIGN_SECONDS)
+    presign_seconds: Optional[Annotated[Integer, Field(ge=1, le=MAX_PRESIGN_SECONDS)]] = Field(
+        None, description='lifetime of a presigned HTTPS URL for each stored image (S3 stores only); none: no presigned URL')

@@ -11,8 +11,8 @@ from s2i.contracts.params import Integer, RequestParams, Text, quote
 
 
 class TranscriptionParams(RequestParams):
-    language: Optional[Text] = None  # spoken language (ISO 639-1) of every document; None: detect. A document's own wins
-    beam_size: Integer = Field(5, ge=1, le=20)  # beams searched while decoding
+    language: Optional[Text] = Field(None, description="spoken language (ISO 639-1) of every document; none: detected. A document's own wins")
+    beam_size: Integer = Field(5, ge=1, le=20, description='beams searched while decoding')
 
     @field_validator('language')
     @classmethod
