@@ -110,6 +110,7 @@ def test_bad_parameters_end_the_stream_with_one_done_event_that_names_them(serve
     (done,) = stream(port, {**SMALL, 'steps': 0})
     assert done.kind == 'done'
     assert done.error.startswith('invalid parameters: steps must be greater than or equal to 1')
+    assert (done.error_code, done.error_param) == ('invalid_parameter', 'steps')
     assert len(done.matches) == 0
 
 
@@ -117,6 +118,7 @@ def test_a_request_without_the_gateways_key_gets_no_image(served):
     port, _ = served
     (done,) = stream(port, {'width': 64, 'height': 64, 'steps': 1})
     assert done.kind == 'done' and done.error == UNAUTHENTICATED and len(done.matches) == 0
+    assert done.error_code == 'invalid_api_key'
 
 
 def test_closing_the_stream_stops_the_generation_and_the_next_request_is_served(served):
