@@ -7,10 +7,13 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from executors.whisper.audio import AudioPolicy
+from fake_flow import AUDIO, Failure, FakeFlow, job_events
 from gateway.routes.jobs import BAD_REQUEST_CLOSE, TOO_SLOW_CLOSE
 from gateway.jobs.store import FOLLOWER_BACKLOG_BYTES
 from gateway.limits import RequestLimits
 from gateway_app import gateway_client
+from s2i.contracts.errors import ErrorCode
+from s2i.contracts.events import JOB_EVENT, JobRecord
 
 SELF = 'http://127.0.0.1:8322'  # the test client's own origin: it asks for Host 127.0.0.1:8322
 WS = 'ws://127.0.0.1:8322'
@@ -223,3 +226,28 @@ def test_the_job_list_leaves_image_bytes_out_and_the_job_itself_has_them(door):
     [listed] = door.get('/v1/jobs').json()['data']
     assert listed['status'] == 'succeeded' and listed['images'] == [{k: v for k, v in image.items() if k != 'b64_json'}]
     assert door.get(f'/v1/jobs/{job["id"]}').json()['images'] == [image]
+
+
+# --- What a job publishes: s2i/contracts/events.py ------------------------------------------------------
+
+def test_an_audio_jobs_events_and_record_follow_the_published_schema():
+    with gateway_client(flow=FakeFlow()) as client:
+        job = client.post('/v1/jobs', files={'file': ('speech.wav', AUDIO)}, data={'size': '64x64', 'steps': '2', 'n': '2'}).json()
+        events = [JOB_EVENT.validate_python(event) for event in job_events(client, job['id'])]
+        record = JobRecord.model_validate(client.get(f'/v1/jobs/{job["id"]}').json())
+    kinds = [event.kind for event in events]
+    assert kinds[:3] == ['queued', 'started', 'transcribed'] and kinds[-3:] == ['image', 'image', 'succeeded']
+    assert set(kinds[3:-3]) == {'progress'}
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
+    assert (record.status, record.error, record.error_code, len(record.images)) == ('succeeded', '', '', 2)
+
+
+@pytest.mark.parametrize('code', [ErrorCode.OUT_OF_MEMORY, None])  # None: an executor that gives no code
+def test_a_failed_jobs_last_event_and_record_carry_its_error_code(code):
+    with gateway_client(flow=FakeFlow(failure=Failure(code, executor='stable_diffusion'))) as client:
+        job = client.post('/v1/jobs', json=TEXT_JOB).json()
+        last = JOB_EVENT.validate_python(job_events(client, job['id'])[-1])
+        record = JobRecord.model_validate(client.get(f'/v1/jobs/{job["id"]}').json())
+    expected = code or ErrorCode.INTERNAL_ERROR
+    assert (last.kind, last.error_code) == ('failed', expected)
+    assert (record.status, record.error_code, record.error) == ('failed', expected.value, last.error)

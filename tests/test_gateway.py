@@ -1,6 +1,7 @@
 """The gateway component (gateway/): the unknown-parameter check, images over HTTP, and flow.yml
 started by Jina's own command with the S2I_* settings and the token."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from jina import Client
 from s2i import client
 from gateway.auth import is_authorized
 from gateway.parameters import unknown_parameters
+from gateway.settings import GatewaySettings
 from s2i.contracts.documents import ParameterSchema, PromptDoc
 from s2i.contracts.errors import ERRORS, ErrorCode
 from s2i.encoding import from_data_uri, read_png_parameters
@@ -80,6 +82,47 @@ def test_only_the_bearer_token_is_authorized(authorization, allowed):
     assert is_authorized(authorization, None) is True  # no token configured: no check
 
 
+# --- the settings (gateway/settings.py) -----------------------------------------------------------------
+
+@pytest.fixture
+def environment(monkeypatch):
+    """This process's environment without S2I_* variables; the test sets its own."""
+    for name in [name for name in os.environ if name.startswith('S2I_')]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_the_variables_the_gateway_always_read_keep_their_names_and_lists_are_comma_separated(environment):
+    environment.setenv('S2I_WEBHOOK_HOSTS', 'hooks.example, 127.0.0.1:8443')
+    environment.setenv('S2I_ALLOWED_ORIGINS', 'https://studio.example')
+    environment.setenv('S2I_REDIS_URL', 'redis://cache:6379/1')
+    environment.setenv('S2I_JOBS_DB', '/var/lib/s2i/jobs.sqlite3')
+    environment.setenv('S2I_AUTH_TOKEN', 'one,two')
+    settings = GatewaySettings.load()
+    assert settings.webhook_hosts == ['hooks.example', '127.0.0.1:8443']
+    assert settings.allowed_origins == ['https://studio.example']
+    assert (settings.redis_url, settings.jobs_db, settings.token) == ('redis://cache:6379/1', '/var/lib/s2i/jobs.sqlite3', 'one,two')
+
+
+def test_config_yml_wins_over_the_environment_which_wins_over_the_defaults(environment):
+    environment.setenv('S2I_GATEWAY_MAX_RUNNING_JOBS', '3')
+    environment.setenv('S2I_WEBHOOK_HOSTS', 'from-the-environment.example')
+    settings = GatewaySettings.load({'webhook_hosts': ['from-config.example'], 'max_depth': None})
+    assert (settings.max_running_jobs, settings.webhook_hosts) == (3, ['from-config.example'])
+    assert settings.max_depth == GatewaySettings.model_fields['max_depth'].default
+
+
+def test_a_bad_setting_stops_the_start_naming_it_and_its_variable(environment):
+    environment.setenv('S2I_GATEWAY_MAX_DOCUMENTS', '0')
+    with pytest.raises(ValueError, match='max_documents .S2I_GATEWAY_MAX_DOCUMENTS.: Input should be greater than or equal to 1'):
+        GatewaySettings.load()
+
+
+def test_an_empty_token_means_no_token(environment):
+    environment.setenv('S2I_AUTH_TOKEN', '')  # what a Compose file's ${S2I_AUTH_TOKEN:-} gives
+    assert GatewaySettings.load().token is None
+
+
 # --- the component in a Flow, without a token -----------------------------------------------------------
 
 @pytest.fixture(scope='module')
@@ -98,6 +141,14 @@ def test_without_a_token_requests_need_none(open_flow):
     for protocol in ('grpc', 'http'):
         (doc,) = client.generate(prompts=[f'no token needed over {protocol}'], host=open_flow[protocol], token='')
         assert doc.text == f'no token needed over {protocol}'
+
+
+@pytest.mark.slow
+def test_a_misspelt_variable_is_named_when_the_gateway_starts(tmp_path, monkeypatch):
+    monkeypatch.setenv('S2I_GATEWAY_MAX_DOCUMNETS', '5')
+    monkeypatch.setenv('COLUMNS', '1000')  # one log record per line
+    with running_recording_flow(tmp_path / 'requests.log', token=None) as flow:
+        flow['server'].wait_for(r'unknown setting.*S2I_GATEWAY_MAX_DOCUMNETS \(did you mean S2I_GATEWAY_MAX_DOCUMENTS\?\)', limit=60)
 
 
 @pytest.mark.slow
