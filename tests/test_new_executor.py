@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from s2i import client
+from s2i.client.errors import ServiceError
 from s2i.encoding import read_png_parameters
 
 from servers import flow_on_free_ports, wait_until_ready
@@ -39,10 +40,10 @@ def test_the_new_executors_key_reaches_it_and_the_others_keep_theirs(styled_flow
 
 
 def test_a_misspelt_key_is_still_refused_naming_it_and_the_new_key_is_known(styled_flow):
-    with pytest.raises(RuntimeError) as refused:
+    with pytest.raises(ServiceError) as refused:
         client.generate(prompts=['a fox'], parameters={**SMALL, 'stlye': ', oil painting'}, host=styled_flow['grpc'], token='')
     message = str(refused.value)
-    assert 'INVALID_ARGUMENT' in message and "unknown parameter(s) 'stlye'" in message
+    assert refused.value.kind.grpc_status == 'INVALID_ARGUMENT' and "unknown parameter(s) 'stlye'" in message
     assert 'style' in message.split('known:')[1].split(', ')  # listed among the known keys
 
 
