@@ -1,30 +1,21 @@
-"""Settings, devices, caches and the token: what the executors, the gateway and the client share."""
+"""Devices, caches, models on a device and the token: what the executors, the gateway and the client share.
+(Settings: s2i/settings.py and each component's settings class.)"""
 
 import hashlib
 import hmac
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
-# When set, the gateway refuses requests without "authorization: Bearer <token>" (gateway/gateway.py),
-# and the client sends it (s2i/client.py).
+# When set, the gateway refuses requests without "authorization: Bearer <token>", and the client sends it.
 AUTH_TOKEN_VARIABLE = 'S2I_AUTH_TOKEN'
 # What a refused request is told, over gRPC (UNAUTHENTICATED) and HTTP (401) alike.
 UNAUTHENTICATED = 'missing or wrong token: send "authorization: Bearer <token>" (S2I_AUTH_TOKEN)'
 # What a client is told of an internal failure, whose details (a traceback, server paths) are logged.
 DETAILS_LOGGED = 'the details are in the service log'
-# What the gateway answers (HTTP 503) when an executor behind it is down; the client recognises it.
+# What the gateway answers (HTTP 503, code executor_unavailable) when an executor behind it is down.
 EXECUTOR_UNAVAILABLE = 'executor of the Flow could not be reached; try again'
-
-
-def unreachable_executor(details: str) -> Optional[str]:
-    """The executor an error names as unreachable: Jina's "Communication error with deployment <name>
-    at ..." (what the gateway hears, and a gRPC client), or the gateway's "the <name> executor of the
-    Flow could not be reached" (an HTTP client). '' when it names none; None when the error is another."""
-    found = re.search(r'deployment (\w+) at|the (\w*) ?' + re.escape(EXECUTOR_UNAVAILABLE), details or '')
-    return None if found is None else found.group(1) or found.group(2) or ''
 
 # With a token, the gateway puts a key derived from it into the parameters of every request it
 # forwards, and the executors refuse requests without it: a caller that reaches an executor's port
