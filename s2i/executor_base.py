@@ -157,9 +157,10 @@ def fail_all(docs: Iterable[PromptDoc], error: CodedError) -> None:
 
 
 class ModelExecutor(ServiceExecutor):
-    """An executor with a model on a device. ``load_model`` returns what the executor keeps (a model, its
-    processor, ...); ``use_model`` keeps it. Without a ``load_at_start`` setting, or with it true, the model
-    loads in the constructor; with it false, at the first ``model_ready``."""
+    """An executor with a model: ``device`` and ``dtype`` from its ``device`` setting. One whose model may
+    load at its first use (a ``load_at_start`` setting) implements ``load_model``, which returns what it keeps
+    (a model, its processor, ...), and ``use_model``, which keeps it; it ends its constructor with
+    ``load_now_or_at_first_use`` and calls ``model_ready`` before each use."""
 
     model_kind: ClassVar[str] = ''  # in the error of a model that cannot load: "the <kind> model could not be loaded"
 
