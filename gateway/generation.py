@@ -51,7 +51,9 @@ def generation_parameters(fields: Mapping[str, Any], restyle: bool = False) -> D
     try:
         model.from_request(model(), parameters)
     except ParameterError as e:
-        raise ParameterError(f'invalid parameters: {e.message}', e.code, param=FIELD_OF.get(e.param, e.param)) from None
+        field = FIELD_OF.get(e.param, e.param)
+        sent_as = f' (sent as {field})' if field != e.param else ''  # the model names its own key: num_images for n
+        raise ParameterError(f'invalid parameters: {e.message}{sent_as}', e.code, param=field) from None
     return parameters
 
 
