@@ -16,14 +16,12 @@ gRPC call imports them; an HTTP call needs none of them.
 import sys
 from typing import Optional, Sequence
 
-from s2i.cli import images, speech
+from s2i.cli.images import run as run_images
 from s2i.cli.options import parse_args, request_parameters
 from s2i.cli.output import EX_INTERRUPTED, Stop
+from s2i.cli.speech import run as run_generate
 from s2i.client import JobInterrupted
 from s2i.contracts.params import ParameterError
-
-RUNNERS = {'generate': speech.run, 'caption': images.run, 'tag': images.run, 'interrogate': images.run, 'restyle': images.run}
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line ``argv`` (default: this process's); returns the exit status."""
@@ -34,7 +32,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f's2i-client {args.command}: invalid parameters: {e}', file=sys.stderr)
         return e.kind.exit_status
     try:
-        return RUNNERS[args.command](args, parameters)
+        run = run_generate if args.command == 'generate' else run_images  # the other commands take images
+        return run(args, parameters)
     except Stop as e:
         print(e.message, file=sys.stderr, flush=True)
         return e.exit_status
