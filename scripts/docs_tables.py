@@ -82,12 +82,25 @@ def literal_values(annotation) -> Tuple:
     return ()
 
 
+def constraints(annotation) -> List:
+    """The annotated_types rules inside an annotation (``Optional[Annotated[int, Field(ge=0)]]``)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        extras = args[1:]
+        found = [rule for extra in extras for rule in (extra.metadata if isinstance(extra, FieldInfo) else [extra])]
+        return found + constraints(args[0])
+    if origin is typing.Union:
+        return [rule for arg in args for rule in constraints(arg)]
+    return []
+
+
 def allowed(field: FieldInfo) -> str:
     """What the field accepts: ``1 … 200``, ``≥ 1``, ``> 0 … 1``, a list of choices, ``multiple of 8``."""
     choices = literal_values(field.annotation)
     if choices:
         return ', '.join(f'`{value}`' for value in choices)
-    bounds = {symbol: getattr(rule, attribute) for rule in field.metadata
+    rules = field.metadata + constraints(field.annotation)
+    bounds = {symbol: getattr(rule, attribute) for rule in rules
               for kind, symbol, attribute in BOUNDS if isinstance(rule, kind)}
     low = next(((s, v) for s, v in bounds.items() if s in '≥>'), None)
     high = next(((s, v) for s, v in bounds.items() if s in '≤<'), None)
@@ -96,7 +109,7 @@ def allowed(field: FieldInfo) -> str:
         parts.append(f'{"> " * (low[0] == ">")}{value_text(low[1])} … {"< " * (high[0] == "<")}{value_text(high[1])}')
     elif low or high:
         parts.append(f'{(low or high)[0]} {value_text((low or high)[1])}')
-    parts += [f'multiple of {rule.multiple_of}' for rule in field.metadata if isinstance(rule, annotated_types.MultipleOf)]
+    parts += [f'multiple of {rule.multiple_of}' for rule in rules if isinstance(rule, annotated_types.MultipleOf)]
     return ', '.join(parts)
 
 
