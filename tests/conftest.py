@@ -25,6 +25,8 @@ settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 # The Flows the tests start store their results here, not in the checkout's results/ (tests of the
 # store itself choose their own).
 os.environ.setdefault('S2I_STORE', tempfile.mkdtemp(prefix='s2i-test-results-'))
+# Where tests hold a generation at a chosen denoising step (tests/step_hooks.py), in every service they start.
+os.environ.setdefault('STEP_HOLDS_DIR', tempfile.mkdtemp(prefix='s2i-test-step-holds-'))
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / 'tests' / 'data'

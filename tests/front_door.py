@@ -36,7 +36,8 @@ class FrontDoor:
 
 def serve_front_door(tiny_sd_dir: str, **settings: str) -> Iterator[FrontDoor]:
     server, hosts = flow_on_free_ports(
-        [sys.executable, '-m', 's2i.serve'], S2I_SD_MODEL=tiny_sd_dir, S2I_DEVICE='cpu',
+        [sys.executable, '-m', 'tests.step_hooks'],  # s2i.serve, where a test can hold a generation at a step
+        S2I_SD_MODEL=tiny_sd_dir, S2I_DEVICE='cpu',
         COLUMNS='1000',  # one log record per line, for Server.wait_for
         S2I_CAPTION_MODEL='tiny', S2I_CLIP_MODEL='tiny',  # loaded at the first request that needs them
         S2I_AUTH_TOKEN=f'{TOKEN},{SECOND_KEY}', S2I_WEBHOOK_HOSTS='127.0.0.1', S2I_WEBHOOK_SECRET=WEBHOOK_SECRET,

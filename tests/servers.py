@@ -34,9 +34,9 @@ class Server:
             self.lines.append(None)  # end of output
             self.changed.notify_all()
 
-    def wait_for(self, pattern: str, limit: float = 240) -> re.Match:
-        """The first output line matching ``pattern``, waiting for it at most ``limit`` seconds."""
-        deadline, checked = time.monotonic() + limit, 0
+    def wait_for(self, pattern: str, limit: float = 240, since: int = 0) -> re.Match:
+        """The first output line matching ``pattern`` (from line ``since`` on), waiting for it at most ``limit`` seconds."""
+        deadline, checked = time.monotonic() + limit, since
         with self.changed:
             while True:
                 for line in self.lines[checked:]:

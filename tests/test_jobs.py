@@ -13,7 +13,7 @@ import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import List
+from typing import List, Tuple
 
 import pytest
 import requests
@@ -27,15 +27,23 @@ from conftest import DATA, GERMAN_CLIP
 from front_door import (
     EVENT_WAIT, SECOND_KEY, TERMINAL, TOKEN, WEBHOOK_SECRET, auth, events, job, kinds, serve_front_door, submit, submitted,
 )
-from gateway.flow_calls import TRANSCRIBER
+from gateway.flow_client import TRANSCRIBER
 from gateway.jobs.runner import LAPSED, JobInput, JobLimits, JobRunner, TooManyJobs
 from gateway.jobs.store import LEASE_SECONDS, open_store
 from gateway.jobs.webhooks import Webhooks
 from s2i.client import generate
 from s2i.contracts.documents import GeneratedImage, GenerationEvent, PromptDoc
+from step_hooks import HELD_SIZE, StepHold, step_hold
 from test_job_store import collect, until
 
 QUICK = {'n': 2, 'size': '64x64', 'steps': 3, 'seed': 11}
+# A job that the tests hold at a known denoising step (tests/step_hooks.py) while they act on it. Held
+# after its first step: the first step's progress event is always sent (later ones at most every
+# PROGRESS_INTERVAL), so the events before the hold are known exactly.
+HELD_AT, HELD_STEPS = 1, 10
+HELD_JOB = {'n': 1, 'size': f'{HELD_SIZE[0]}x{HELD_SIZE[1]}', 'steps': HELD_STEPS}
+STREAM_CLOSED = 'closed before its end'  # the executor's log line once a job's cancel reached it
+STOPPED_AT = r'generation cancelled at step (\d+)/(\d+)'  # and once its generation stopped
 
 
 # Events
@@ -83,14 +91,19 @@ def test_a_bad_audio_job_fails_with_the_error_the_jina_api_gives(front_door):
 
 
 def test_a_reconnecting_client_misses_nothing_and_sees_nothing_twice(front_door):
-    started = submitted(front_door, prompt='a harbour in the rain', n=1, size='64x64', steps=30, seed=5)
-    first = events(front_door, started['id'], stop_after=3)  # then the connection drops
-    rest = events(front_door, started['id'], after=first[-1]['seq'])
+    with step_hold(HELD_SIZE, HELD_AT) as hold:
+        started = submitted(front_door, prompt='a harbour in the rain', seed=5, **HELD_JOB)
+        first = events(front_door, started['id'], stop_after=3)  # then the connection drops, mid-generation:
+        hold.wait_until_held()
+        assert job(front_door, started['id'])['status'] == 'running'
+        hold.release()
+        rest = events(front_door, started['id'], after=first[-1]['seq'])
     everything = events(front_door, started['id'])  # the whole story again, from the store
 
+    assert kinds(first) == ['queued', 'started', 'progress'] and first[-1]['step'] == HELD_AT
     assert [event['seq'] for event in first + rest] == [event['seq'] for event in everything]
     assert first + rest == everything
-    assert kinds(everything)[-1] == 'succeeded'
+    assert kinds(rest)[-2:] == ['image', 'succeeded']
 
 
 def test_the_owner_stream_carries_every_job_of_the_key(front_door):
@@ -104,33 +117,49 @@ def test_the_owner_stream_carries_every_job_of_the_key(front_door):
     assert kinds(seen)[-1] == 'succeeded'
 
 
-# Cancelling
+# Cancelling: each job is held at a known step while the test cancels it (tests/step_hooks.py)
+
+def cancel(door, job_id: str, via=None) -> requests.Response:
+    return requests.delete(f'{(via or door).api}/jobs/{job_id}', headers=auth(), timeout=30)
+
+
+def stopped_step_once_released(door, hold: StepHold, log_mark: int) -> Tuple[int, int]:
+    """Release ``hold`` once the executor has seen its job's stream close; the step it then stopped at,
+    and the steps it was asked for (from its log, after line ``log_mark``)."""
+    door.server.wait_for(STREAM_CLOSED, since=log_mark)
+    hold.release()
+    stopped = door.server.wait_for(STOPPED_AT, since=log_mark)
+    return int(stopped[1]), int(stopped[2])
+
 
 def test_a_running_job_cancelled_stops_at_its_next_step(front_door):
-    started = submitted(front_door, prompt='a long generation', n=1, size='256x256', steps=200, seed=1)
-    before = events(front_door, started['id'], stop_after=3)  # queued, started, the first progress
-    assert kinds(before)[-1] == 'progress'
+    log_mark = len(front_door.server.lines)
+    with step_hold(HELD_SIZE, HELD_AT) as hold:
+        started = submitted(front_door, prompt='a long generation', seed=1, **HELD_JOB)
+        before = events(front_door, started['id'], stop_after=3)
+        assert hold.wait_until_held() == HELD_AT
+        assert cancel(front_door, started['id']).status_code == 202
+        after = events(front_door, started['id'], after=before[-1]['seq'])
+        stopped = stopped_step_once_released(front_door, hold, log_mark)
 
-    cancelled = requests.delete(f'{front_door.api}/jobs/{started["id"]}', headers=auth(), timeout=30)
-    assert cancelled.status_code == 202
-    after = events(front_door, started['id'], after=before[-1]['seq'])
-    assert kinds(after)[-1] == 'cancelled' and 'image' not in kinds(after)
-    steps = [event['step'] for event in after if event['kind'] == 'progress']
-    assert not steps or steps[-1] < 200
-    front_door.server.wait_for(r'generation cancelled at step \d+/200', limit=60)  # the executor itself stopped
-    assert job(front_door, started['id'])['status'] == 'cancelled'
-    assert requests.delete(f'{front_door.api}/jobs/{started["id"]}', headers=auth(), timeout=30).status_code == 409
+    assert kinds(before) == ['queued', 'started', 'progress'] and before[-1]['step'] == HELD_AT
+    assert kinds(after) == ['cancelled']  # no progress after the held step, and no image
+    assert stopped == (HELD_AT + 1, HELD_STEPS)  # the step under way when the cancel came was its last
+    record = job(front_door, started['id'])
+    assert record['status'] == 'cancelled' and record['images'] == []
+    assert cancel(front_door, started['id']).status_code == 409
 
 
 def test_a_queued_job_cancelled_never_runs(front_door):
-    blocker = submitted(front_door, prompt='keeps the runner busy', n=1, size='256x256', steps=200, seed=2)
-    events(front_door, blocker['id'], stop_after=3)  # it is running
-    queued = submitted(front_door, prompt='never drawn', **QUICK)
-    assert requests.delete(f'{front_door.api}/jobs/{queued["id"]}', headers=auth(), timeout=30).json()['status'] == 'cancelled'
-    requests.delete(f'{front_door.api}/jobs/{blocker["id"]}', headers=auth(), timeout=30)
+    with step_hold(HELD_SIZE, HELD_AT) as hold:
+        blocker = submitted(front_door, prompt='keeps the runner busy', seed=2, **HELD_JOB)
+        hold.wait_until_held()  # it runs, and holds the only job slot (max_running_jobs: 1)
+        queued = submitted(front_door, prompt='never drawn', **QUICK)
+        assert cancel(front_door, queued['id']).json()['status'] == 'cancelled'
+        assert cancel(front_door, blocker['id']).status_code == 202
+        assert kinds(events(front_door, blocker['id']))[-1] == 'cancelled'
 
     assert kinds(events(front_door, queued['id'])) == ['queued', 'cancelled']
-    assert kinds(events(front_door, blocker['id']))[-1] == 'cancelled'
     assert job(front_door, queued['id'])['images'] == []
 
 
@@ -251,10 +280,15 @@ def test_with_redis_a_second_gateway_follows_and_cancels_a_job_of_the_first(tiny
         assert kinds(events(second, done['id']))[-1] == 'succeeded'
         assert job(second, done['id'])['images'] == job(first, done['id'])['images']
 
-        long = submitted(first, prompt='cancelled elsewhere', n=1, size='256x256', steps=200, seed=3)
-        events(second, long['id'], stop_after=3)
-        assert requests.delete(f'{second.api}/jobs/{long["id"]}', headers=auth(), timeout=30).status_code == 202
-        assert kinds(events(first, long['id']))[-1] == 'cancelled'
+        log_mark = len(first.server.lines)
+        with step_hold(HELD_SIZE, HELD_AT) as hold:
+            long = submitted(first, prompt='cancelled elsewhere', seed=3, **HELD_JOB)
+            hold.wait_until_held()
+            assert cancel(first, long['id'], via=second).status_code == 202
+            story = kinds(events(first, long['id']))
+            stopped = stopped_step_once_released(first, hold, log_mark)
+        assert story[-1] == 'cancelled' and 'image' not in story
+        assert stopped == (HELD_AT + 1, HELD_STEPS)  # the first service's executor stopped at its next step
     finally:
         for service in services:
             service.close()
@@ -267,28 +301,23 @@ def test_an_unknown_route_under_v1_answers_in_openai_s_shape(front_door):
 
 def test_submissions_over_the_active_job_limits_are_refused_naming_them(tmp_path):
     """The runner's limits, with a real SQLite store and no workers started: submitted jobs stay queued."""
-    import asyncio
-    import logging
 
-    from gateway.jobs.runner import JobInput, JobLimits, JobRunner, TooManyJobs
-    from gateway.jobs.store import open_store
-    from gateway.jobs.webhooks import Webhooks
-
-    async def submit_until_refused(limits: JobLimits, owners: List[str]) -> str:
+    async def first_refusal(limits: JobLimits, owners: List[str]) -> Tuple[int, str]:
+        """Which of the owners' submissions (in order) is refused first, and why; (-1, '') if none is."""
         runner = JobRunner(None, open_store(None, tmp_path / f'{id(limits)}.sqlite3', 60), Webhooks(), limits, logging.getLogger('test'))
         try:
-            for owner in owners:
+            for number, owner in enumerate(owners):
                 await runner.submit(owner, JobInput(prompt='x'))
         except TooManyJobs as e:
-            return str(e)
+            return number, str(e)
         finally:
             await runner.store.close()
-        return ''
+        return -1, ''
 
-    per_key = asyncio.run(submit_until_refused(JobLimits(max_active_jobs_per_key=2), ['a', 'a', 'b', 'a']))
-    overall = asyncio.run(submit_until_refused(JobLimits(max_active_jobs=3), ['a', 'b', 'c', 'd']))
-    assert 'max_active_jobs_per_key' in per_key and '2 jobs' in per_key
-    assert 'max_active_jobs)' in overall and '3 jobs' in overall
+    per_key = asyncio.run(first_refusal(JobLimits(max_active_jobs_per_key=2), ['a', 'a', 'b', 'a']))
+    overall = asyncio.run(first_refusal(JobLimits(max_active_jobs=3), ['a', 'b', 'c', 'd']))
+    assert per_key[0] == 3 and 'max_active_jobs_per_key' in per_key[1] and '2 jobs' in per_key[1]  # a's third
+    assert overall[0] == 3 and 'max_active_jobs)' in overall[1] and '3 jobs' in overall[1]  # the fourth
 
 
 # Gateways sharing a job store: leases, one end per job, queued audio (a stand-in Flow, no service)
