@@ -26,14 +26,13 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, Mapping, Optional, T
 
 from docarray import DocList
 from jina import Executor, requests
-from pydantic import ValidationError
 
 from s2i.contracts.documents import ParameterSchema, PromptDoc, mark_failed
 from s2i.contracts.errors import CodedError, ErrorCode
 from s2i.contracts.params import PARAMETERS_ENDPOINT, ParameterError, RequestParams
 from s2i.executor_settings import ExecutorSettings
 from s2i.runtime import DETAILS_LOGGED, UNAUTHENTICATED, LazyModel, from_the_gateway, resolve_device
-from s2i.settings import settings_problems, warn_unknown_variables
+from s2i.settings import warn_unknown_variables
 
 EVERY_OTHER_ENDPOINT = '/default'  # Jina's endpoint for the requests no other endpoint of an executor takes
 JINAS_OWN = frozenset(inspect.signature(Executor.__init__).parameters) - {'self', 'kwargs'}  # metas, requests, ...
@@ -41,16 +40,8 @@ P = TypeVar('P', bound=RequestParams)
 
 
 def load_settings(executor: Type['ServiceExecutor'], given: Mapping[str, Any]) -> ExecutorSettings:
-    """The executor's settings: ``given`` (a config.yml's ``with:``; null is a value there, such as
-    encoder_margin: null) over the environment over the defaults."""
-    settings_class = executor.settings_class
-    unknown = sorted(set(given) - set(settings_class.model_fields))
-    if unknown:  # e.g. a config.yml written for an older version: `steps: 30` where request_defaults is meant
-        raise TypeError(f'{executor.__name__} has no setting(s) {", ".join(unknown)}: see its config.yml for the ones it has')
-    try:
-        return settings_class(**given)
-    except ValidationError as e:
-        raise ValueError(f'{executor.__name__}: {settings_problems(settings_class, e)}') from None
+    """The executor's settings: ``given`` (its config.yml's ``with:``) over the environment over the defaults."""
+    return executor.settings_class.load(given, owner=executor.__name__)
 
 
 def settings_signature(settings_class: Type[ExecutorSettings]) -> inspect.Signature:

@@ -50,15 +50,19 @@ class ComponentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra='forbid', frozen=True, populate_by_name=True)
 
     @classmethod
-    def load(cls: Type[S], given: Optional[Mapping[str, Any]] = None) -> S:
-        """The settings, with ``given`` (a config.yml's ``with:`` values; None means "not given") over
-        the environment over the defaults. A bad value or unknown key stops the start, naming the
-        setting, its variable and what it must be."""
-        given = {key: value for key, value in (given or {}).items() if value is not None}
+    def load(cls: Type[S], given: Optional[Mapping[str, Any]] = None, owner: str = '') -> S:
+        """The settings, with ``given`` (a config.yml's ``with:`` values, where null is a value, such as
+        encoder_margin: null) over the environment over the defaults. An unknown key (a config.yml
+        written for an older version) or a bad value stops the start, naming the setting, its variable
+        and what it must be."""
+        given, owner = dict(given or {}), owner or cls.__name__
+        unknown = sorted(set(given) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f'{owner} has no setting(s) {", ".join(unknown)}: see its config.yml for the ones it has')
         try:
             return cls(**given)
         except ValidationError as e:
-            raise ValueError(f'{cls.__name__}: {settings_problems(cls, e)}') from None
+            raise ValueError(f'{owner}: {settings_problems(cls, e)}') from None
 
     @classmethod
     def variables(cls) -> Dict[str, str]:

@@ -107,7 +107,7 @@ def test_the_variables_the_gateway_always_read_keep_their_names_and_lists_are_co
 def test_config_yml_wins_over_the_environment_which_wins_over_the_defaults(environment):
     environment.setenv('S2I_GATEWAY_MAX_RUNNING_JOBS', '3')
     environment.setenv('S2I_WEBHOOK_HOSTS', 'from-the-environment.example')
-    settings = GatewaySettings.load({'webhook_hosts': ['from-config.example'], 'max_depth': None})
+    settings = GatewaySettings.load({'webhook_hosts': ['from-config.example']})
     assert (settings.max_running_jobs, settings.webhook_hosts) == (3, ['from-config.example'])
     assert settings.max_depth == GatewaySettings.model_fields['max_depth'].default
 
