@@ -16,11 +16,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Type, get_args
 from gateway.limits import unsendable
 from s2i.contracts.errors import ErrorCode
 from s2i.contracts.params import ParameterError, RequestParams, quote
-from s2i.contracts.stable_diffusion import GenerationParams, RestyleParams
+from s2i.contracts.stable_diffusion import OPENAI_FIELD_OF, GenerationParams, RestyleParams
 
 URL_SECONDS = 3600  # response_format url: presigned URLs (S3 stores) last an hour, as OpenAI's image URLs do
 SIZE = re.compile(r'([0-9]{1,6})x([0-9]{1,6})')  # ASCII digits only: str.isdigit() also takes '²' and '٣'
-FIELD_OF = {'width': 'size', 'height': 'size', 'num_images': 'n'}  # the model's key -> the field the client sends
+FIELD_OF = OPENAI_FIELD_OF  # the model's key -> the field the client sends
 KEY_OF = {'n': 'num_images'}
 INTEGER = re.compile(r'[+-]?[0-9]+')  # ASCII only, as JSON writes numbers: int() and float() also read '٣'
 NUMBER = re.compile(r'[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?')

@@ -9,8 +9,8 @@ from typing import Any, Dict, List
 
 from s2i.cli.output import EX_NOINPUT, EX_UNAVAILABLE, STOPS_THE_RUN, Outcome, Result, Stop, answered, ask, failed, input_stem, run_each
 from s2i.client import TERMINAL_EVENTS, JobRefused, ServiceError, follow_job, job_error, save_pngs
+from s2i.contracts.stable_diffusion import openai_fields
 
-JOB_FIELD_NAMES = {'num_images': 'n'}  # POST /v1/jobs names these as /v1/images/generations does
 
 
 def run(args: argparse.Namespace, parameters: Dict[str, Any]) -> int:
@@ -65,21 +65,13 @@ def heard_lines(head: str, heard: Dict[str, Any]) -> List[str]:
 
 # --follow: each input as a job, with its progress live
 
-def job_fields(parameters: Dict[str, Any]) -> Dict[str, Any]:
-    """The request parameters as POST /v1/jobs's fields (the parser made sure width and height come together)."""
-    fields = {JOB_FIELD_NAMES.get(name, name): value for name, value in parameters.items() if name not in ('width', 'height')}
-    if 'width' in parameters:
-        fields['size'] = f'{parameters["width"]}x{parameters["height"]}'
-    return fields
-
-
 def follow_one(label: str, is_file: bool, parameters: Dict[str, Any], args: argparse.Namespace, head: str) -> Outcome:
     """generate_one's result for one input run as a job, plus its ``job`` id; Ctrl-C raises JobInterrupted."""
     result = {**empty_result(label), 'job': ''}
     live = LiveProgress(head, args.json)
     try:
         record = follow_job(args.host, args.token or '', audio_path=label if is_file else None,
-                            prompt=None if is_file else label, fields=job_fields(parameters), on_event=live)
+                            prompt=None if is_file else label, fields=openai_fields(parameters), on_event=live)
     except JobRefused as e:
         if e.code in STOPS_THE_RUN:  # the same token for every input: stop here
             raise Stop(f'the gateway at {args.host} refused the request: {e.message}', e.kind.exit_status) from None

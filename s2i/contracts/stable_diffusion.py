@@ -10,7 +10,7 @@ ranges further (``check_limits``).
 """
 
 import math
-from typing import Annotated, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, Literal, Optional, Tuple
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,19 @@ from s2i.contracts.params import MAX_SEED, Integer, Number, ParameterError, Requ
 Scheduler = Literal['default', 'euler', 'euler_a', 'ddim', 'dpm++']  # 'default': the model's own
 MIN_SIZE, MAX_SIZE = 64, 2048  # pixels, per side
 MAX_PIXELS = MAX_SIZE * MAX_SIZE  # width * height; the executor's max_pixels is usually lower
+
+
+# The routes that take OpenAI's fields (/v1/images/*, /v1/jobs) name three keys as OpenAI does:
+# ``n`` for num_images, ``size`` ("WIDTHxHEIGHT") for width and height. Every other key keeps its name.
+OPENAI_FIELD_OF = {'width': 'size', 'height': 'size', 'num_images': 'n'}
+
+
+def openai_fields(parameters: Dict[str, Any]) -> Dict[str, Any]:
+    """Request parameters (the model's keys) as those routes' fields; width and height come together."""
+    fields = {OPENAI_FIELD_OF.get(key, key): value for key, value in parameters.items() if key not in ('width', 'height')}
+    if 'width' in parameters or 'height' in parameters:
+        fields['size'] = f'{parameters.get("width")}x{parameters.get("height")}'
+    return fields
 
 
 class GenerationParams(RequestParams):
