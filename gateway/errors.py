@@ -3,8 +3,9 @@
 A route of ours raises a ``CodedError`` (or a subclass: ParameterError, FlowFailure): its HTTP status
 and OpenAI type come from the code's row of ERRORS, and the answer is OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``, so that every OpenAI SDK reads it, with our
-ErrorCode as ``code``. Jina's own routes keep FastAPI's ``{"detail": ...}``; ``refusal`` picks the
-shape by path, so the token check and the body limit answer each route in the shape its clients expect.
+ErrorCode as ``code``. Jina's own routes keep FastAPI's shape, with the code beside it:
+``{"detail": message, "code": code}``; ``refusal`` picks the shape by path, so the token check and the
+body limit answer each route in the shape its clients expect. The status is the code's, on every route.
 """
 
 import traceback
@@ -18,7 +19,7 @@ from starlette.responses import JSONResponse
 from s2i.contracts.errors import ERRORS, CodedError, ErrorCode
 from s2i.contracts.params import MAX_QUOTED_CHARS, quote
 
-API_PREFIX = '/v1'
+API_PREFIX, PAGE_PREFIX = '/v1', '/ui'
 # Starlette's own refusals (no route, wrong method, a form it cannot parse), by status.
 CODE_OF_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.INPUT_TOO_LARGE,
                   415: ErrorCode.UNSUPPORTED_MEDIA_TYPE}
@@ -32,6 +33,11 @@ def is_api_path(path: str) -> bool:
     return path == API_PREFIX or path.startswith(API_PREFIX + '/')
 
 
+def is_our_path(path: str) -> bool:
+    """Our own routes (the API and the page) answer in OpenAI's shape; Jina's in FastAPI's."""
+    return is_api_path(path) or path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + '/')
+
+
 def error_body(code: ErrorCode, message: str, param: Optional[str] = None) -> dict:
     code = ErrorCode(code)
     return {'error': {'message': message, 'type': ERRORS[code].openai_type, 'param': param, 'code': code.value}}
@@ -41,13 +47,15 @@ def refusal(path: str, code: ErrorCode, message: str, param: Optional[str] = Non
             headers: Optional[dict] = None) -> JSONResponse:
     """The answer to a refused request to ``path``: OpenAI's shape under /v1, FastAPI's elsewhere."""
     code = ErrorCode(code)
-    body = error_body(code, message, param) if is_api_path(path) else {'detail': message}
+    body = error_body(code, message, param) if is_api_path(path) else {'detail': message, 'code': code.value}
     headers = {**HEADERS_OF_CODE.get(code, {}), **(headers or {})}
     return JSONResponse(body, status_code=ERRORS[code].http_status, headers=headers or None)
 
 
 async def coded_error(request, error: CodedError) -> JSONResponse:
-    """What the gateway's own routes raise (under /v1 and /ui alike), in OpenAI's shape."""
+    """What the routes raise: OpenAI's shape on ours (under /v1 and /ui alike), FastAPI's on Jina's."""
+    if not is_our_path(request.url.path):
+        return refusal(request.url.path, error.code, error.message)
     headers = HEADERS_OF_CODE.get(error.code)
     return JSONResponse(error_body(error.code, error.message, error.param), status_code=error.kind.http_status, headers=headers)
 
@@ -59,7 +67,7 @@ async def invalid_request(request, error: RequestValidationError) -> JSONRespons
     where = '.'.join(str(part) for part in first['loc'])
     message = f'invalid request: {where}: {first["msg"]}, got {quote(first.get("input"))}'
     if not is_api_path(request.url.path):
-        return JSONResponse({'detail': message}, status_code=422)
+        return refusal(request.url.path, ErrorCode.INVALID_REQUEST, message)
     # ('body',) is the body as a whole, ('body', 10) a place in JSON that does not parse: no field to blame
     named = len(first['loc']) > 1 and isinstance(first['loc'][-1], str) and first['type'] != 'json_invalid'
     field = first['loc'][-1] if named else None
@@ -68,11 +76,12 @@ async def invalid_request(request, error: RequestValidationError) -> JSONRespons
 
 
 async def http_error(request, error: HTTPException) -> JSONResponse:
-    """Starlette's HTTP errors by their code under /v1 (unknown paths, wrong methods); FastAPI's answer elsewhere."""
-    if not is_api_path(request.url.path):
-        return await http_exception_handler(request, error)
+    """Starlette's HTTP errors (unknown paths, wrong methods; on Jina's routes an executor's failure, a
+    500) by the code their status stands for; a status outside the table keeps FastAPI's own answer."""
     fallback = ErrorCode.INTERNAL_ERROR if error.status_code >= 500 else ErrorCode.INVALID_REQUEST
     code = CODE_OF_STATUS.get(error.status_code, fallback)
+    if not is_api_path(request.url.path) and ERRORS[code].http_status != error.status_code:
+        return await http_exception_handler(request, error)  # e.g. Jina's 499 for a client that left
     return refusal(request.url.path, code, str(error.detail), headers=getattr(error, 'headers', None))
 
 

@@ -23,12 +23,12 @@ which Jina's Flow-level streaming cannot reach), the request handler's streamer
 
 import json
 from functools import partial
-from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, List, Mapping, Optional
 from urllib.parse import urlparse
 
 import grpc
 from docarray import BaseDoc, DocList
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
 from jina.enums import ProtocolType
@@ -50,7 +50,7 @@ from gateway.limits import RequestLimits, invalid_document, unsendable
 from gateway.parameters import ExecutorParameters
 from gateway.settings import GatewaySettings
 from s2i.contracts.documents import GenerationEvent, GenerationRequest, ParameterSchema, PromptDoc
-from s2i.contracts.errors import ERRORS, CodedError, ErrorCode
+from s2i.contracts.errors import GRPC_CODE_METADATA, CodedError, ErrorCode
 from s2i.contracts.params import PARAMETERS_ENDPOINT
 from s2i.encoding import png_data_uri
 from s2i.runtime import DETAILS_LOGGED, INTERNAL_KEY_PARAMETER, UNAUTHENTICATED, internal_key
@@ -58,9 +58,6 @@ from s2i.settings import warn_unknown_variables
 
 OPEN_GRPC_METHODS = frozenset({'/grpc.health.v1.Health/Check', '/jina.JinaGatewayDryRunRPC/dry_run'})  # readiness, jina ping
 CHECKED_GRPC_METHODS = frozenset({'/jina.JinaRPC/Call', '/jina.JinaSingleDataRequestRPC/process_single_data'})  # requests that carry parameters
-# Jina's own HTTP routes refuse with their own statuses (unknown parameters: FastAPI's 422), in FastAPI's shape.
-JINA_ROUTE_STATUS = {ErrorCode.INPUT_TOO_LARGE: 413, ErrorCode.INVALID_REQUEST: 400, ErrorCode.INVALID_PARAMETER: 422,
-                     ErrorCode.UNKNOWN_PARAMETER: 422}
 
 
 class SpeechToImageGateway(CompositeBaseServer, BaseGateway):
@@ -266,9 +263,11 @@ class GRPCServer(GRPCGateway):
         return [self.guard, *(super().aio_tracing_server_interceptors() or [])]
 
 
-def grpc_status(code: ErrorCode) -> grpc.StatusCode:
-    """The gRPC status of an error code (its row of s2i/contracts/errors.py)."""
-    return grpc.StatusCode[ERRORS[code].grpc_status]
+async def abort(context, refused: CodedError) -> None:
+    """End a gRPC call with the refusal's status (its code's row of s2i/contracts/errors.py), message and,
+    in the trailing metadata, the code itself."""
+    await context.abort(grpc.StatusCode[refused.kind.grpc_status], refused.message,
+                        trailing_metadata=((GRPC_CODE_METADATA, refused.code.value),))
 
 
 class GRPCGuard(grpc.aio.ServerInterceptor):
@@ -285,23 +284,21 @@ class GRPCGuard(grpc.aio.ServerInterceptor):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         if self.door.keys.owner(metadata.get('authorization')) is None:
-            return refusing(handler, grpc_status(ErrorCode.INVALID_API_KEY), UNAUTHENTICATED)
+            return refusing(handler, CodedError(UNAUTHENTICATED, ErrorCode.INVALID_API_KEY))
         if handler is not None and method in CHECKED_GRPC_METHODS:
             return self._checking_stream(handler) if handler.request_streaming else self._checking_single(handler)
         return handler  # None: gRPC answers UNIMPLEMENTED
 
-    async def _refusal(self, request) -> Optional[Tuple[grpc.StatusCode, str]]:
+    async def _refusal(self, request) -> Optional[CodedError]:
         from google.protobuf.message import DecodeError
 
         try:
             count = document_count(request)
         except DecodeError:
-            return grpc_status(ErrorCode.INVALID_REQUEST), "the request's documents could not be read"
+            return CodedError("the request's documents could not be read", ErrorCode.INVALID_REQUEST)
         if problem := self.door.limits.too_many_documents(count):
-            return grpc_status(ErrorCode.INPUT_TOO_LARGE), problem
-        if refused := await self.door.parameters.refusal(request.header.exec_endpoint, request.parameters):
-            return grpc_status(refused.code), refused.message
-        return None
+            return CodedError(problem, ErrorCode.INPUT_TOO_LARGE)
+        return await self.door.parameters.refusal(request.header.exec_endpoint, request.parameters)
 
     def _checking_stream(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def call(request_iterator, context):
@@ -321,7 +318,7 @@ class GRPCGuard(grpc.aio.ServerInterceptor):
                 self.door.answer(response)
                 yield response
             if refused and refused[-1]:
-                await context.abort(*refused[-1])
+                await abort(context, refused[-1])
 
         return grpc.stream_stream_rpc_method_handler(
             call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
@@ -329,7 +326,7 @@ class GRPCGuard(grpc.aio.ServerInterceptor):
     def _checking_single(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def single(request, context):
             if refused := await self._refusal(request):
-                await context.abort(*refused)
+                await abort(context, refused)
             request.parameters = self.door.signed(request.parameters)
             response = await handler.unary_unary(request, context)
             self.door.answer(response)
@@ -352,19 +349,19 @@ def document_count(request) -> int:
     return 0
 
 
-def refusing(handler: Optional[grpc.RpcMethodHandler], code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts with ``code``, never parsing the
+def refusing(handler: Optional[grpc.RpcMethodHandler], refused: CodedError) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as ``handler`` that aborts with ``refused``, never parsing the
     request. For a method the server does not have (``handler`` None), one that takes any kind of call."""
 
-    async def abort(request_or_iterator, context):
-        await context.abort(code, message)
+    async def refuse(request_or_iterator, context):
+        await abort(context, refused)
 
     async def drain_then_abort(request_iterator, context):
         # Aborting while the client still streams makes its next write fail with INTERNAL, which hides
         # the reason; take what it sends (unparsed), then refuse.
         async for _ in request_iterator:
             pass
-        await abort(request_iterator, context)
+        await refuse(request_iterator, context)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -373,7 +370,7 @@ def refusing(handler: Optional[grpc.RpcMethodHandler], code: grpc.StatusCode, me
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     streaming = (True, True) if handler is None else (handler.request_streaming, handler.response_streaming)
-    behaviour = drain_then_abort if streaming[0] else abort
+    behaviour = drain_then_abort if streaming[0] else refuse
     serializer = None if handler is None else handler.response_serializer
     return kinds[streaming](behaviour, request_deserializer=lambda message: None, response_serializer=serializer)
 
@@ -457,15 +454,14 @@ class HTTPStreamer:
                     images_as_data_uris(answer)
                 yield answer
         except InternalNetworkError as e:  # Jina's route would answer with its own traceback
-            raise HTTPException(status_code=ERRORS[ErrorCode.EXECUTOR_UNAVAILABLE].http_status,
-                                detail=self.door.unreachable(e).message) from None
+            raise self.door.unreachable(e) from None
 
     async def _check(self, docs, exec_endpoint: Optional[str], parameters: Optional[dict]) -> None:
-        """HTTPException for a request the Flow must not see, with the status Jina's routes answer it."""
+        """The CodedError for a request the Flow must not see (answered in FastAPI's shape, with its code)."""
         refused = (self._too_many(docs) or self._unsendable(docs, parameters)
                    or await self.door.parameters.refusal(exec_endpoint, parameters))
         if refused is not None:
-            raise HTTPException(status_code=JINA_ROUTE_STATUS[refused.code], detail=refused.message)
+            raise refused
 
     def _too_many(self, docs) -> Optional[CodedError]:
         problem = self.door.limits.too_many_documents(len(docs))

@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+import grpc
 import pytest
 
 from conftest import ENGLISH_CLIP, ROOT, free_port
 from s2i.cli import main
-from s2i.client.errors import code_for_grpc_status
-from s2i.contracts.errors import ERRORS, ErrorCode
+from s2i.client.errors import grpc_code
+from s2i.contracts.errors import ERRORS, GRPC_CODE_METADATA, ErrorCode
 from s2i.contracts.stable_diffusion import GenerationParams, RestyleParams
 
 S2I_CLIENT = Path(sys.executable).parent / 's2i-client'  # pyproject's console script, in the venv
@@ -151,11 +152,29 @@ def test_an_unreachable_gateway_exits_69_naming_it(capsys):
     assert f'cannot reach the Flow at {host}' in capsys.readouterr().err
 
 
-def test_a_grpc_status_is_read_as_the_tables_most_general_code_for_it():
-    assert code_for_grpc_status('UNAUTHENTICATED') == ErrorCode.INVALID_API_KEY
-    assert code_for_grpc_status('UNAVAILABLE') == ErrorCode.EXECUTOR_UNAVAILABLE
-    assert code_for_grpc_status('INTERNAL') == ErrorCode.INTERNAL_ERROR  # not store_failed, which the table lists first
-    assert code_for_grpc_status('NO_SUCH_STATUS') == ErrorCode.INTERNAL_ERROR
+class Refusal:
+    """A grpc.RpcError as the client sees one: a status and the trailing metadata."""
+
+    def __init__(self, status: str, metadata=()):
+        self.status, self.metadata = status, metadata
+
+    def code(self):
+        return grpc.StatusCode[self.status]
+
+    def trailing_metadata(self):
+        return self.metadata
+
+
+def test_a_grpc_refusal_is_read_by_the_code_it_carries():
+    assert grpc_code(Refusal('INVALID_ARGUMENT', ((GRPC_CODE_METADATA, 'unknown_parameter'),))) == ErrorCode.UNKNOWN_PARAMETER
+    assert grpc_code(Refusal('RESOURCE_EXHAUSTED', ((GRPC_CODE_METADATA, 'rate_limited'),))) == ErrorCode.RATE_LIMITED
+
+
+def test_a_grpc_refusal_without_a_code_is_read_as_the_tables_most_general_code_for_its_status():
+    assert grpc_code(Refusal('UNAUTHENTICATED')) == ErrorCode.INVALID_API_KEY
+    assert grpc_code(Refusal('UNAVAILABLE')) == ErrorCode.EXECUTOR_UNAVAILABLE
+    assert grpc_code(Refusal('INTERNAL')) == ErrorCode.INTERNAL_ERROR  # not store_failed, which the table lists first
+    assert grpc_code(Refusal('INTERNAL', ((GRPC_CODE_METADATA, 'a_code_from_the_future'),))) == ErrorCode.INTERNAL_ERROR
 
 
 def test_an_http_error_without_a_code_is_read_by_its_status(gateway, capsys):

@@ -155,18 +155,19 @@ def test_a_misspelt_variable_is_named_when_the_gateway_starts(tmp_path, monkeypa
 def test_an_unknown_parameter_is_refused_over_grpc_before_any_executor(open_flow):
     with pytest.raises(client.ServiceError) as refused:
         client.generate(prompts=['unknown key over grpc'], parameters={'size': 4, 'step': 1}, host=open_flow['grpc'], token='')
-    assert ERRORS[refused.value.code].grpc_status == 'INVALID_ARGUMENT'  # the client reads the code from the gRPC status
+    assert refused.value.code == ErrorCode.UNKNOWN_PARAMETER  # the gateway's code, in the call's trailing metadata
     assert refused.value.message == "unknown parameter(s) 'step'; known: size, tag"
     assert 'unknown key over grpc' not in received(open_flow)
 
 
 @pytest.mark.slow
-def test_an_unknown_parameter_is_refused_over_http_with_422(open_flow):
+def test_an_unknown_parameter_is_refused_over_http_with_its_code(open_flow):
     refused = post_json(open_flow, {'data': [{'text': 'unknown key over http'}], 'parameters': {'step': 1}})
-    assert refused.status_code == 422
-    assert refused.json() == {'detail': "unknown parameter(s) 'step'; known: size, tag"}
+    assert refused.status_code == 400
+    assert refused.json() == {'detail': "unknown parameter(s) 'step'; known: size, tag", 'code': 'unknown_parameter'}
     scoped = post_json(open_flow, {'data': [{'text': 'scoped key of another executor'}], 'parameters': {'painter': {'tag': '!'}}})
-    assert scoped.status_code == 422 and scoped.json() == {'detail': "unknown parameter(s) 'tag' for painter; known: size"}
+    assert scoped.status_code == 400
+    assert scoped.json() == {'detail': "unknown parameter(s) 'tag' for painter; known: size", 'code': 'unknown_parameter'}
     assert 'unknown key over http' not in received(open_flow)
     assert 'scoped key of another executor' not in received(open_flow)
 

@@ -59,7 +59,7 @@ def test_every_document_up_to_the_limit_comes_back_in_order(flow, protocol):
 
 def test_over_http_a_request_over_the_document_limit_is_refused_with_413_and_reaches_no_executor(flow):
     answer = post(flow, {'data': [{'text': f'one too many {i}'} for i in range(MAX_DOCUMENTS + 1)]})
-    assert answer.status_code == 413
+    assert (answer.status_code, answer.json()['code']) == (413, 'input_too_large')
     assert answer.json()['detail'] == (f'too many documents: {MAX_DOCUMENTS + 1} in one request, the limit is '
                                        f'{MAX_DOCUMENTS} (max_documents); send them in several requests')
     assert 'one too many 0' not in received(flow)
@@ -69,7 +69,7 @@ def test_over_grpc_a_request_over_the_document_limit_is_resource_exhausted(flow)
     with pytest.raises(client.ServiceError, match=f'too many documents: {MAX_DOCUMENTS + 1}') as refused:
         client.generate(prompts=prompts('grpc one too many', MAX_DOCUMENTS + 1), host=flow['grpc'], token='',
                         request_size=MAX_DOCUMENTS + 1)
-    assert refused.value.code == ErrorCode.INPUT_TOO_LARGE  # RESOURCE_EXHAUSTED, as the client reads it
+    assert refused.value.code == ErrorCode.INPUT_TOO_LARGE  # the gateway's code, in the call's trailing metadata
     assert 'grpc one too many 0' not in received(flow)
 
 
@@ -87,7 +87,8 @@ def test_an_http_body_over_the_byte_limit_is_refused_with_413_whether_announced_
     streamed = post(flow, data=(body[i : i + 65536] for i in range(0, len(body), 65536)))  # chunked, no length
     for answer in (announced, streamed):
         assert answer.status_code == 413
-        assert answer.json() == {'detail': f'request too large: more than {MAX_REQUEST_BYTES} bytes (max_request_bytes)'}
+        assert answer.json() == {'detail': f'request too large: more than {MAX_REQUEST_BYTES} bytes (max_request_bytes)',
+                                 'code': 'input_too_large'}
     assert not any(line.startswith('too big') for line in received(flow))
 
 
@@ -121,9 +122,9 @@ def test_what_the_transport_cannot_carry_is_a_named_4xx_and_the_flow_serves_on(f
     assert doc.text == f'after {name}' and len(doc.matches) == 1
 
 
-def test_a_422_quotes_a_short_prefix_of_the_bad_value_not_the_whole_input(flow):
+def test_a_bad_document_quotes_a_short_prefix_of_the_bad_value_not_the_whole_input(flow):
     answer = post(flow, {'data': [{'text': 'x', 'sample_rate': 'y' * 200_000}]})
-    assert answer.status_code == 422
+    assert (answer.status_code, answer.json()['code']) == (400, 'invalid_request')
     detail = answer.json()['detail']
     assert detail.startswith('invalid request: ') and 'sample_rate' in detail
     assert len(answer.content) < 500
@@ -139,7 +140,7 @@ def test_an_executor_failure_reaches_the_client_without_its_traceback_or_server_
         message = str(failed.value)
     else:
         answer = post(flow, {'data': [{'text': FAIL}]})
-        assert answer.status_code == 500
+        assert (answer.status_code, answer.json()['code']) == (500, 'internal_error')
         message = answer.json()['detail']
     assert 'the service failed on this request (RuntimeError in Painter, request ' in message
     assert 'the details are in the service log' in message

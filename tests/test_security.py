@@ -219,7 +219,7 @@ def test_a_connection_sends_its_token_and_raises_when_refused(token_flow):
 def test_over_plain_http_a_refusal_is_401_and_the_health_routes_stay_open(token_flow):
     body = {'data': [{'text': 'raw http'}]}
     refused = requests.post(f'{token_flow["http"]}/text2image', json=body, timeout=30)
-    assert refused.status_code == 401 and refused.json() == {'detail': UNAUTHENTICATED}
+    assert refused.status_code == 401 and refused.json() == {'detail': UNAUTHENTICATED, 'code': 'invalid_api_key'}
     assert requests.get(f'{token_flow["http"]}/status', timeout=30).status_code == 401  # Jina's debug route too
     assert requests.get(f'{token_flow["http"]}/', timeout=30).status_code == 200
     assert requests.get(f'{token_flow["http"]}/dry_run', timeout=30).status_code == 200

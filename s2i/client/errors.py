@@ -3,12 +3,13 @@ contracts' table (s2i/contracts/errors.py), never read from its message.
 
 A refusal's code comes from the answer itself: over HTTP, the body's ``error.code`` (or, from a
 gateway that sends none, the first code of the table with that HTTP status); over gRPC, the call's
-status, by the table's ``grpc_status``. A failed document carries its own ``error_code``.
+trailing metadata's ``s2i-error-code`` (or its status, by the table's ``grpc_status``). A failed
+document carries its own ``error_code``.
 """
 
 from typing import List, Optional
 
-from s2i.contracts.errors import ERRORS, CodedError, ErrorCode
+from s2i.contracts.errors import ERRORS, GRPC_CODE_METADATA, CodedError, ErrorCode
 
 
 class ServiceError(CodedError, RuntimeError):
@@ -59,9 +60,14 @@ def code_for_http_status(status: int) -> ErrorCode:
     return most_general([code for code, kind in ERRORS.items() if kind.http_status == status])
 
 
-def code_for_grpc_status(name: str) -> ErrorCode:
-    """The code for a gRPC status (``grpc.StatusCode``'s name): a gRPC refusal carries no other."""
-    return most_general([code for code, kind in ERRORS.items() if kind.grpc_status == name])
+def grpc_code(error) -> ErrorCode:
+    """A gRPC refusal's code (``error``: a grpc.RpcError): the gateway's, in the trailing metadata; from a
+    gateway that sends none (or one this client does not know), the code its status stands for."""
+    try:
+        return ErrorCode(dict(error.trailing_metadata() or ()).get(GRPC_CODE_METADATA))
+    except ValueError:
+        name = error.code().name
+        return most_general([code for code, kind in ERRORS.items() if kind.grpc_status == name])
 
 
 def most_general(codes: List[ErrorCode]) -> ErrorCode:
@@ -81,7 +87,7 @@ def service_error(message: str, code: ErrorCode, param: Optional[str] = None) ->
 
 def http_refusal(answer) -> ServiceError:
     """The ServiceError for an HTTP error answer (a ``requests`` response): OpenAI's ``{"error":
-    {"message", "code", "param"}}``; FastAPI's ``{"detail": ...}`` and plain text give the message alone."""
+    {"message", "code", "param"}}``, or Jina's routes' ``{"detail": ..., "code": ...}``; plain text gives the status alone."""
     try:
         body = answer.json()
     except ValueError:
@@ -90,5 +96,6 @@ def http_refusal(answer) -> ServiceError:
     error = body.get('error') if isinstance(body, dict) else None
     if isinstance(error, dict):
         return service_error(str(error.get('message')), code_or_status(error.get('code'), status), error.get('param'))
-    message = str(body['detail']) if isinstance(body, dict) and 'detail' in body else f'HTTP {status}: {answer.text[:200]}'
-    return service_error(message, code_for_http_status(status))
+    if isinstance(body, dict) and 'detail' in body:  # Jina's own routes: FastAPI's shape, with the code beside it
+        return service_error(str(body['detail']), code_or_status(body.get('code'), status))
+    return service_error(f'HTTP {status}: {answer.text[:200]}', code_for_http_status(status))

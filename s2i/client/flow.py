@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from s2i.client.errors import ServiceError, code_for_grpc_status, http_refusal, service_error
+from s2i.client.errors import ServiceError, grpc_code, http_refusal, service_error
 from s2i.contracts.errors import ErrorCode
 from s2i.contracts.params import MAX_SEED
 from s2i.runtime import AUTH_TOKEN_VARIABLE
@@ -336,7 +336,7 @@ class Connection:
         status = error.code().name
         if status == 'UNAVAILABLE' and not self._gateway_answers():
             return ConnectionError(f'cannot reach the Flow at {self.host}: {error.details()}')
-        return service_error(error.details() or status, code_for_grpc_status(status))
+        return service_error(error.details() or status, grpc_code(error))
 
     def _gateway_answers(self) -> bool:
         """Whether the channel to the gateway connects: UNAVAILABLE comes both from a gateway that is

@@ -57,6 +57,9 @@ class ErrorCode(str, Enum):
 # Where the page shows an error: beside the token box, the input (audio, prompt, image), the
 # settings field named by ``param``, or the status banner (the service's own trouble).
 PAGE_PLACES = ('token', 'input', 'settings', 'banner')
+# A gRPC refusal's code travels in its trailing metadata under this key (its status alone is ambiguous:
+# INVALID_ARGUMENT stands for several codes).
+GRPC_CODE_METADATA = 's2i-error-code'
 TABLE = Path(__file__).with_name('errors.toml')  # the table itself: data, read by people and by load_table
 
 
