@@ -15,7 +15,7 @@ from gateway.auth import is_authorized
 from gateway.parameters import unknown_parameters
 from gateway.settings import GatewaySettings
 from s2i.contracts.documents import ParameterSchema, PromptDoc
-from s2i.contracts.errors import ERRORS, ErrorCode
+from s2i.contracts.errors import ErrorCode
 from s2i.encoding import from_data_uri, read_png_parameters
 from s2i.runtime import UNAUTHENTICATED
 
