@@ -2,9 +2,10 @@
 generation (a cancel) at a step it chose instead of hoping the work is still going.
 
 The service under test runs as ``python -m tests.step_hooks`` (tests/front_door.py): exactly
-``python -m s2i.serve``, after a forward pre-hook is registered for every torch module of the
-process. Jina forks its executors from that process, so the Stable Diffusion executor inherits the
-hook, and it acts on the UNet alone: before each UNet pass (one pass per denoising step), it looks
+``python -m s2i.serve`` (``python -m tests.step_hooks jina executor ...``: ``python -m jina executor
+...``), after a forward pre-hook is registered for every torch module of the process. Jina forks its
+executors from that process, so the Stable Diffusion executor inherits the hook, and it acts on the
+UNet alone: before each UNet pass (one pass per denoising step), it looks
 in the folder named by STEP_HOLDS_DIR (tests/conftest.py sets it for the whole session) for
 
     hold.json   written by ``step_hold``: {"id", "latent": [h, w], "step": k}. The first generation
@@ -21,6 +22,7 @@ was held at step k stops at step k+1 (the executor logs "generation cancelled at
 import json
 import os
 import runpy
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -114,10 +116,14 @@ def step_hold(size: Tuple[int, int], step: int) -> Iterator[StepHold]:
 
 
 def main() -> None:
+    """``python -m tests.step_hooks [MODULE [ARG...]]``: ``python -m MODULE ARG...`` (s2i.serve by default)
+    with the hold installed, when STEP_HOLDS_DIR is set."""
     folder = os.environ.get(HOLDS_DIR_VARIABLE)
     if folder:
         install_unet_hold(Path(folder))
-    runpy.run_module('s2i.serve', run_name='__main__', alter_sys=True)
+    module, *arguments = sys.argv[1:] or ['s2i.serve']
+    sys.argv = [module, *arguments]
+    runpy.run_module(module, run_name='__main__', alter_sys=True)
 
 
 if __name__ == '__main__':
