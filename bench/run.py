@@ -449,20 +449,11 @@ def bench_overhead(quick: bool, tiny_dir: str) -> dict:
     """
     import base64
 
-    from docarray import DocList
-    from jina import Client, Flow
+    from jina import Flow
     from replay import ReplayExecutor  # bench/replay.py: the folder of the script being run is on the path
 
-    from executors.stable_diffusion.executor import StableDiffusionExecutor
-    from s2i import client
-    from s2i.contracts.documents import PromptDoc
-
     n = 30 if quick else 100
-    prompt, parameters = 'a red fox in the snow', {'seed': 1, 'steps': 1, 'guidance_scale': 1.0}
-    sd = StableDiffusionExecutor(model=tiny_dir, request_defaults={'width': 64, 'height': 64, 'steps': 1})
-    (answer,) = answered(generate_direct(sd, parameters), images_each=1)[0].matches
-    direct = percentile_ms([timed(partial(generate_direct, sd, parameters), images_each=1) for _ in range(n)], 50) / 1000
-    del sd
+    answer, direct = sd_in_process(tiny_dir, n)
     port = free_port()
     replay = Flow(protocol='grpc', port=port, host='127.0.0.1').add(uses=ReplayExecutor, uses_with={
         'png_base64': base64.b64encode(answer.png).decode(), 'width': answer.width, 'height': answer.height,
@@ -475,19 +466,8 @@ def bench_overhead(quick: bool, tiny_dir: str) -> dict:
     }
     figures, rows = {'direct_ms_p50': direct * 1000}, []
     for executor, ((flow, host), model_seconds) in behind.items():
-        with flow, client.Connection(host) as connection:
-            jina_client = Client(host=host)
-            clients = {
-                'Connection': lambda: connection.generate(prompts=[prompt], parameters=parameters),
-                'jina Client': lambda: jina_client.post(
-                    '/text2image', inputs=DocList[PromptDoc]([PromptDoc(text=prompt)]), parameters=parameters,
-                    return_type=DocList[PromptDoc],
-                ),
-            }
-            for client_name, post in clients.items():
-                answered(post(), images_each=1)  # warm-up
-                latencies = [timed(post, images_each=1) - model_seconds for _ in range(n)]
-                figure = {f'overhead_ms_p{q}': percentile_ms(latencies, q) for q in (50, 95, 99)}
+        with flow:
+            for client_name, figure in overhead_by_client(host, model_seconds, n):
                 figures[f'{executor} / {client_name}'] = figure
                 rows.append([executor, client_name, *(f'{figure[f"overhead_ms_p{q}"]:.1f}' for q in (50, 95, 99))])
     print_table(
@@ -502,26 +482,53 @@ def bench_overhead(quick: bool, tiny_dir: str) -> dict:
     }
 
 
+OVERHEAD_PROMPT, OVERHEAD_PARAMETERS = 'a red fox in the snow', {'seed': 1, 'steps': 1, 'guidance_scale': 1.0}
+
+
+def sd_in_process(tiny_dir: str, n: int):
+    """Tiny SD's answer to the overhead request, and its median seconds in-process (no Flow)."""
+    from executors.stable_diffusion.executor import StableDiffusionExecutor
+
+    sd = StableDiffusionExecutor(model=tiny_dir, request_defaults={'width': 64, 'height': 64, 'steps': 1})
+    (answer,) = answered(generate_direct(sd, OVERHEAD_PARAMETERS), images_each=1)[0].matches
+    direct = percentile_ms([timed(partial(generate_direct, sd, OVERHEAD_PARAMETERS), images_each=1) for _ in range(n)], 50) / 1000
+    return answer, direct
+
+
+def overhead_by_client(host: str, model_seconds: float, n: int):
+    """(client name, latency percentiles minus ``model_seconds``) for client.Connection and Jina's Client."""
+    from docarray import DocList
+    from jina import Client
+
+    from s2i import client
+    from s2i.contracts.documents import PromptDoc
+
+    with client.Connection(host) as connection:
+        jina_client = Client(host=host)
+        clients = {
+            'Connection': lambda: connection.generate(prompts=[OVERHEAD_PROMPT], parameters=OVERHEAD_PARAMETERS),
+            'jina Client': lambda: jina_client.post(
+                '/text2image', inputs=DocList[PromptDoc]([PromptDoc(text=OVERHEAD_PROMPT)]), parameters=OVERHEAD_PARAMETERS,
+                return_type=DocList[PromptDoc],
+            ),
+        }
+        for client_name, post in clients.items():
+            answered(post(), images_each=1)  # warm-up
+            latencies = [timed(post, images_each=1) - model_seconds for _ in range(n)]
+            yield client_name, {f'overhead_ms_p{q}': percentile_ms(latencies, q) for q in (50, 95, 99)}
+
+
 def bench_cold_start(tiny_dir: str, whisper_s: float, quick: bool) -> dict:
     """Seconds until the server says it is ready; then one spoken request must get its image through it.
 
     Then the spoken prompt against the same words typed, through the same Flow: ``whisper_s`` is
     Whisper alone on that clip, in-process (the default path, bench_stt_vs_stock)."""
     from s2i import client
-    from s2i.serve import READY_LINE
 
     port = free_port()
     env = {**os.environ, 'S2I_SD_MODEL': tiny_dir, 'S2I_PORT': str(port), 'S2I_HTTP_PORT': str(free_port())}
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, '-m', 's2i.serve'], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, seconds = started_server(env)
     try:
-        for line in server.stdout:
-            if READY_LINE in line:
-                seconds = time.perf_counter() - started
-                break
-        else:
-            raise RuntimeError('the Flow exited before it was ready')
-        threading.Thread(target=server.stdout.read, daemon=True).start()  # keep its pipe from filling up
         with client.Connection(f'grpc://127.0.0.1:{port}') as flow:
             (doc,) = answered(flow.generate(audio_files=[CLIPS[0]], parameters={'seed': 1}), images_each=1)
             spoken_s, typed_s = spoken_vs_typed(flow, doc.text, 3 if quick else 5)
@@ -530,9 +537,31 @@ def bench_cold_start(tiny_dir: str, whisper_s: float, quick: bool) -> dict:
         server.wait(timeout=60)
     print(f'\nCold start: `python -m s2i.serve` (faster-whisper base, tiny SD) ready in {seconds:.1f}s; '
           f'then {CLIPS[0].name} got its image ({doc.text!r})')
+    print_spoken_vs_typed(doc.text, spoken_s, typed_s, whisper_s, 3 if quick else 5)
+    return {
+        'cold_start_s': round(seconds, 1), 'spoken_prompt_e2e_s': round(spoken_s, 3), 'typed_prompt_e2e_s': round(typed_s, 3),
+        'spoken_prompt_whisper_s': whisper_s, 'spoken_prompt_whisper_share': round(whisper_s / spoken_s, 3),
+    }
+
+
+def started_server(env: dict):
+    """``python -m s2i.serve`` with ``env``, once it says it is ready, and the seconds that took."""
+    from s2i.serve import READY_LINE
+
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, '-m', 's2i.serve'], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in server.stdout:
+        if READY_LINE in line:
+            threading.Thread(target=server.stdout.read, daemon=True).start()  # keep its pipe from filling up
+            return server, time.perf_counter() - started
+    server.wait(timeout=60)
+    raise RuntimeError('the Flow exited before it was ready')
+
+
+def print_spoken_vs_typed(text: str, spoken_s: float, typed_s: float, whisper_s: float, repeats: int) -> None:
     print_table(
-        f'A spoken prompt ({CLIPS[0].name}) and the same words typed ({doc.text!r}), through the Flow of `python -m s2i.serve` '
-        f'(tiny SD, seed 1), taking turns, median of {3 if quick else 5} after the first request',
+        f'A spoken prompt ({CLIPS[0].name}) and the same words typed ({text!r}), through the Flow of `python -m s2i.serve` '
+        f'(tiny SD, seed 1), taking turns, median of {repeats} after the first request',
         ['what', 'seconds', 'share of spoken'],
         [
             ['spoken prompt end to end (Whisper + the same as below)', f'{spoken_s:.3f}', '100%'],
@@ -541,10 +570,6 @@ def bench_cold_start(tiny_dir: str, whisper_s: float, quick: bool) -> dict:
             ['Whisper alone, in-process (same clip, section above)', f'{whisper_s:.3f}', f'{whisper_s / spoken_s:.0%}'],
         ],
     )
-    return {
-        'cold_start_s': round(seconds, 1), 'spoken_prompt_e2e_s': round(spoken_s, 3), 'typed_prompt_e2e_s': round(typed_s, 3),
-        'spoken_prompt_whisper_s': whisper_s, 'spoken_prompt_whisper_share': round(whisper_s / spoken_s, 3),
-    }
 
 
 def spoken_vs_typed(flow, text: str, repeats: int):
@@ -639,10 +664,6 @@ def main() -> None:
     # Executors in Flows start in fresh processes: forking after torch has run in this process (the
     # in-process SD tables) can deadlock the child.
     multiprocessing.set_start_method('spawn')
-    import torch
-
-    from s2i.tiny_sd import write_tiny_pipeline
-
     # A killed bench must still close its Flows: orphaned executors keep Jina's per-class start lock.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit('bench: terminated'))
     started = time.perf_counter()
@@ -650,17 +671,8 @@ def main() -> None:
     print(f'machine: {info["platform"]}, {info["cpus"]} CPUs, GPU: {info["gpu"] or "none"}; ' + ', '.join(f'{k} {v}' for k, v in info['versions'].items()))
     if not info['gpu']:
         print('No GPU: Stable Diffusion runs fp32 on the CPU with random-weight pipelines (tiny and SD 1.5-shaped); images are noise, timings are real.')
-    figures = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tiny_dir = write_tiny_pipeline(f'{tmp}/tiny')
-        figures.update(bench_stt(args.quick))
-        figures.update(bench_stt_vs_stock(args.quick))
-        figures.update(bench_stt_accuracy())
-        figures['sd'] = bench_sd(args.quick)
-        figures.update(bench_batching(args.quick, tiny_dir))
-        figures.update(bench_overhead(args.quick, tiny_dir))
-        figures.update(bench_cold_start(tiny_dir, figures['stt_latency_3s_clip_s'], args.quick))
-    rows = verdicts(figures, torch.cuda.is_available())
+    figures = all_sections(args.quick)
+    rows = verdicts(figures, info['gpu'] is not None)
     print_table(
         'Targets',
         ['target', 'wanted', 'measured', 'met'],
@@ -672,6 +684,23 @@ def main() -> None:
         report = {'machine': info, 'quick': args.quick, 'elapsed_s': round(elapsed, 1), 'targets': rows, **figures}
         args.json.write_text(json.dumps(report, indent=2, default=float) + '\n')
         print(f'wrote {args.json}')
+
+
+def all_sections(quick: bool) -> dict:
+    """Every section's figures, in the order the tables print."""
+    from s2i.tiny_sd import write_tiny_pipeline
+
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_dir = write_tiny_pipeline(f'{tmp}/tiny')
+        figures.update(bench_stt(quick))
+        figures.update(bench_stt_vs_stock(quick))
+        figures.update(bench_stt_accuracy())
+        figures['sd'] = bench_sd(quick)
+        figures.update(bench_batching(quick, tiny_dir))
+        figures.update(bench_overhead(quick, tiny_dir))
+        figures.update(bench_cold_start(tiny_dir, figures['stt_latency_3s_clip_s'], quick))
+    return figures
 
 
 if __name__ == '__main__':

@@ -175,29 +175,37 @@ def report(rows) -> None:
     tally, truth = {}, {'faithful': [0, 0], 'garbage': [0, 0]}  # [passed, clips]
     for case, seconds, raw, verdict in rows:
         passed = verdict == 'pass'
-        if raw is None:
-            print(f'{case.name[:44]:44} {case.kind:7} {seconds:6.1f} {"":>4} {"":>5} {"":>4} {"":>5} {"":>5} {"":>5} {"":>6} {"":>5} {"":>4}  {verdict}')
-            share = 0.0
-        else:
-            segs = raw.segments
-            covered = sum(s.seconds for s in segs)
-            share = said_share(raw.text, case.said)
-            print(
-                f'{case.name[:44]:44} {case.kind:7} {seconds:6.1f} {raw.language:>4} {raw.language_probability:5.2f} {len(segs):4d} '
-                f'{covered / seconds if seconds else 0:5.2f} {len(raw.text) / max(seconds, 1.0):5.1f} '
-                f'{max((s.no_speech_prob for s in segs), default=0):5.2f} {min((s.avg_logprob for s in segs), default=0):6.2f} '
-                f'{max((s.compression_ratio for s in segs), default=0):5.2f} {share:4.2f}  {verdict[:60]} | {raw.text[:70]!r}'
-            )
+        share = print_row(case, seconds, raw, verdict)
         if raw is not None:
             truth['faithful' if share >= FAITHFUL else 'garbage'][0] += passed
             truth['faithful' if share >= FAITHFUL else 'garbage'][1] += 1
         language = case.name.split('.')[0].rsplit('_', 1)[-1] if case.kind == 'real' else 'all'
-        key = (case.kind, language)
-        counts = tally.setdefault(key, {'clips': 0, 'pass': 0, 'faithful': 0, 'garbage': 0})
+        counts = tally.setdefault((case.kind, language), {'clips': 0, 'pass': 0, 'faithful': 0, 'garbage': 0})
         counts['clips'] += 1
         counts['pass'] += passed
         counts['faithful'] += passed and share >= FAITHFUL
         counts['garbage'] += passed and share < FAITHFUL
+    print_summary(tally, truth)
+
+
+def print_row(case, seconds: float, raw, verdict: str) -> float:
+    """One clip's signals and verdict; the share of its words said (0 for a clip that did not decode)."""
+    if raw is None:
+        print(f'{case.name[:44]:44} {case.kind:7} {seconds:6.1f} {"":>4} {"":>5} {"":>4} {"":>5} {"":>5} {"":>5} {"":>6} {"":>5} {"":>4}  {verdict}')
+        return 0.0
+    segs = raw.segments
+    covered = sum(s.seconds for s in segs)
+    share = said_share(raw.text, case.said)
+    print(
+        f'{case.name[:44]:44} {case.kind:7} {seconds:6.1f} {raw.language:>4} {raw.language_probability:5.2f} {len(segs):4d} '
+        f'{covered / seconds if seconds else 0:5.2f} {len(raw.text) / max(seconds, 1.0):5.1f} '
+        f'{max((s.no_speech_prob for s in segs), default=0):5.2f} {min((s.avg_logprob for s in segs), default=0):6.2f} '
+        f'{max((s.compression_ratio for s in segs), default=0):5.2f} {share:4.2f}  {verdict[:60]} | {raw.text[:70]!r}'
+    )
+    return share
+
+
+def print_summary(tally: dict, truth: dict) -> None:
     print()
     for (kind, language), c in sorted(tally.items()):
         if kind == 'real':
@@ -216,7 +224,6 @@ def report(rows) -> None:
         f'damaged: {d["clips"] - d["pass"]}/{d["clips"]} rejected; of the {d["pass"]} that pass, {d["faithful"]} are faithful '
         f'(>= {FAITHFUL:.0%} of their words said) and {d["garbage"]} are garbage'
     )
-
 
 if __name__ == '__main__':
     main()
