@@ -5,6 +5,7 @@ codes, and verbose answers carry only the fields Whisper gives (no tokens or log
 A document error of Whisper's is answered by its code (no_speech, audio_unreadable, ...).
 """
 
+from dataclasses import dataclass
 from typing import List, Literal, Optional, Tuple
 
 from docarray import DocList
@@ -26,48 +27,46 @@ AUDIO_FIELDS = frozenset({'file', 'model', 'prompt', 'response_format', 'tempera
 router = APIRouter(prefix='/v1/audio')
 
 
+@dataclass
+class AudioForm:
+    """OpenAI's form fields that both audio routes take (a FastAPI dependency)."""
+
+    file: UploadFile = File(...)
+    model: str = Form(...)
+    prompt: Optional[str] = Form(None)  # accepted, not used: the executor takes no decoding prompt
+    response_format: AudioFormat = Form('json')
+    temperature: float = Form(0.0)
+    timestamp_granularities: Optional[List[str]] = Form(None, alias='timestamp_granularities[]')
+
+    async def checked(self, request: Request, flow: FlowClient, fields: frozenset = AUDIO_FIELDS) -> bytes:
+        """The audio, once the form asks nothing this service cannot do."""
+        await check_audio_request(request, fields, flow, self.model, self.temperature, self.timestamp_granularities)
+        return await self.file.read()
+
+
 @router.post('/transcriptions')
-async def transcriptions(
-    request: Request,
-    file: UploadFile = File(...),
-    model: str = Form(...),
-    language: Optional[str] = Form(None),
-    prompt: Optional[str] = Form(None),
-    response_format: AudioFormat = Form('json'),
-    temperature: float = Form(0.0),
-    timestamp_granularities: Optional[List[str]] = Form(None, alias='timestamp_granularities[]'),
-    flow: FlowClient = Depends(get_flow),
-):
+async def transcriptions(request: Request, form: AudioForm = Depends(), language: Optional[str] = Form(None),
+                         flow: FlowClient = Depends(get_flow)):
     """Speech to text in the spoken language (``language``: an ISO 639-1 hint; detected when omitted).
 
     Unlike OpenAI: ``prompt`` is accepted but not used (the executor takes no decoding prompt);
     ``temperature`` must be 0 (beam search, no sampling); ``timestamp_granularities[]`` only
     ``segment``; ``verbose_json`` gives the language as an ISO 639-1 code and segments with id,
     start, end and text only."""
-    await check_audio_request(request, AUDIO_FIELDS | {'language'}, flow, model, temperature, timestamp_granularities)
-    doc = await heard(flow, await file.read(), language, transcribing=True)
-    return audio_response(transcribed(doc), response_format)
+    audio = await form.checked(request, flow, AUDIO_FIELDS | {'language'})
+    doc = await heard(flow, audio, language, transcribing=True)
+    return audio_response(transcribed(doc), form.response_format)
 
 
 @router.post('/translations')
-async def translations(
-    request: Request,
-    file: UploadFile = File(...),
-    model: str = Form(...),
-    prompt: Optional[str] = Form(None),
-    response_format: AudioFormat = Form('json'),
-    temperature: float = Form(0.0),
-    timestamp_granularities: Optional[List[str]] = Form(None, alias='timestamp_granularities[]'),
-    flow: FlowClient = Depends(get_flow),
-):
+async def translations(request: Request, form: AudioForm = Depends(), flow: FlowClient = Depends(get_flow)):
     """Speech in any language to English text.
 
     As transcriptions, and: Whisper translates the speech as a whole, so speech not in English
     comes back as one segment (from the first spoken segment's start to the last one's end)
     holding the whole English text; English speech keeps its own segments."""
-    await check_audio_request(request, AUDIO_FIELDS, flow, model, temperature, timestamp_granularities)
-    doc = await heard(flow, await file.read(), None, transcribing=False)
-    return audio_response(translated(doc), response_format)
+    doc = await heard(flow, await form.checked(request, flow), None, transcribing=False)
+    return audio_response(translated(doc), form.response_format)
 
 
 async def check_audio_request(request: Request, fields: frozenset, flow: FlowClient, model: str, temperature: float,
