@@ -65,10 +65,17 @@ class UNetStepHold:
             return None
 
     def _hold_until_released(self, hold_id: str, step: int) -> None:
-        (self.folder / f'{HELD_PREFIX}{hold_id}').write_text(str(step))
+        write_whole(self.folder / f'{HELD_PREFIX}{hold_id}', str(step))
         deadline = time.monotonic() + HOLD_LIMIT
         while not (self.folder / f'{RELEASE_PREFIX}{hold_id}').exists() and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """``text`` in ``path``, all of it or nothing: the other side may read it at any moment."""
+    partial = path.with_name(f'{path.name}.partial')
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def install_unet_hold(folder: Path) -> None:
@@ -104,9 +111,7 @@ def step_hold(size: Tuple[int, int], step: int) -> Iterator[StepHold]:
     folder = Path(os.environ[HOLDS_DIR_VARIABLE])
     width, height = size
     hold = {'id': uuid.uuid4().hex, 'latent': [height // LATENT_FACTOR, width // LATENT_FACTOR], 'step': step}
-    written = folder / f'{HOLD_FILE}.{hold["id"]}'
-    written.write_text(json.dumps(hold))
-    written.replace(folder / HOLD_FILE)  # whole or not at all: the hook may read it at any moment
+    write_whole(folder / HOLD_FILE, json.dumps(hold))
     held = StepHold(folder, hold['id'])
     try:
         yield held
