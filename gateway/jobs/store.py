@@ -34,7 +34,7 @@ import uuid
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from s2i.contracts.errors import ErrorCode
 from s2i.contracts.events import TERMINAL_KINDS, Failed, event_json
@@ -172,21 +172,26 @@ def clamp_seq(after: int) -> int:
 # --- images, kept once ----------------------------------------------------------------------------------
 
 
-def stow_images(value: Any, images: Dict[str, str]) -> Any:
-    """``value`` (an event or a record) with each base64 image replaced by its digest, added to ``images``."""
+def rebuilt(value: Any, entry: Callable[[str, Any], Dict[str, Any]]) -> Any:
+    """``value`` (JSON: lists, dicts, scalars) rebuilt with each dict entry replaced by what ``entry``
+    makes of its key and item (none, one or several entries)."""
     if isinstance(value, list):
-        return [stow_images(item, images) for item in value]
+        return [rebuilt(item, entry) for item in value]
     if not isinstance(value, dict):
         return value
-    stowed = {}
-    for key, item in value.items():
+    return {new_key: new_item for key, item in value.items() for new_key, new_item in entry(key, item).items()}
+
+
+def stow_images(value: Any, images: Dict[str, str]) -> Any:
+    """``value`` (an event or a record) with each base64 image replaced by its digest, added to ``images``."""
+    def stow(key: str, item: Any) -> Dict[str, Any]:
         if key == IMAGE_FIELD and isinstance(item, str):
             digest = hashlib.sha256(item.encode()).hexdigest()
             images[digest] = item
-            stowed[IMAGE_REF] = digest
-        else:
-            stowed[key] = stow_images(item, images)
-    return stowed
+            return {IMAGE_REF: digest}
+        return {key: rebuilt(item, stow)}
+
+    return rebuilt(value, stow)
 
 
 def image_digests(value: Any) -> Set[str]:
@@ -201,17 +206,12 @@ def image_digests(value: Any) -> Set[str]:
 
 def restore_images(value: Any, images: Optional[Dict[str, str]]) -> Any:
     """A stowed value with its images back in place, or left out where ``images`` is None."""
-    if isinstance(value, list):
-        return [restore_images(item, images) for item in value]
-    if not isinstance(value, dict):
-        return value
-    restored = {}
-    for key, item in value.items():
+    def restore(key: str, item: Any) -> Dict[str, Any]:
         if key != IMAGE_REF:
-            restored[key] = restore_images(item, images)
-        elif images is not None:
-            restored[IMAGE_FIELD] = images.get(item)
-    return restored
+            return {key: rebuilt(item, restore)}
+        return {} if images is None else {IMAGE_FIELD: images.get(item)}
+
+    return rebuilt(value, restore)
 
 
 class FollowerBacklog:
