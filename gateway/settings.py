@@ -9,16 +9,14 @@ read), else the default here. Lists come from the environment comma-separated
 from typing import Annotated, Any, List, Optional
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from s2i.settings import ComponentSettings
 
 CommaSeparated = Annotated[List[str], NoDecode]  # pydantic-settings would read a list variable as JSON
 
 
-class GatewaySettings(ComponentSettings):
-    model_config = SettingsConfigDict(env_prefix='S2I_GATEWAY_')
-
+class GatewaySettings(ComponentSettings, env_prefix='S2I_GATEWAY_'):
     # The token. Secrets never go into config.yml: set them in the environment.
     auth_token: Optional[SecretStr] = Field(
         None, validation_alias='S2I_AUTH_TOKEN',

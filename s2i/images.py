@@ -23,7 +23,6 @@ s2i.contracts.params.quote, and an unexpected exception from Pillow is named by 
 import binascii
 import io
 import logging
-import os
 import threading
 import warnings
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ from s2i.contracts.errors import CodedError, ErrorCode
 from s2i.contracts.params import quote
 from s2i.encoding import from_data_uri
 from s2i.executor_settings import ImageInputSettings, ModelImageSettings
-from s2i.inputs import path_under
+from s2i.inputs import checked_file, read_under, too_large
 from s2i.runtime import DETAILS_LOGGED
 
 # Pillow's names, in the order the error message lists them. A short list on purpose: Pillow can also
@@ -188,16 +187,12 @@ def image_bytes(image: Optional[bytes], image_uri: Optional[str], policy: ImageP
     if image is None and image_uri is None:
         raise ImageError('no image: set image (file bytes) or image_uri (a data: URI)', ErrorCode.MISSING_INPUT)
     data = image if image is not None else _read_uri(image_uri, policy)
-    if not data:
-        raise ImageError('empty image: the file has 0 bytes')
-    _check_size(len(data), policy)
-    return data
+    return checked_file(data, 'image', policy.max_bytes, 'max_image_bytes', ImageError)
 
 
 def _check_size(size: int, policy: ImagePolicy) -> None:
-    if size > policy.max_bytes:
-        raise ImageError(f'image too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_image_bytes)',
-                         ErrorCode.INPUT_TOO_LARGE)
+    if problem := too_large('image', size, policy.max_bytes, 'max_image_bytes'):
+        raise ImageError(problem, ErrorCode.INPUT_TOO_LARGE)
 
 
 def _read_uri(uri: str, policy: ImagePolicy) -> bytes:
@@ -225,19 +220,12 @@ def _read_data_uri(uri: str, policy: ImagePolicy) -> bytes:
 
 
 def _read_server_path(path: str, policy: ImagePolicy) -> bytes:
-    if not policy.input_dir:
-        raise ImageError(f'server-side image paths are off (input_dir is not set): {SEND_INLINE}')
     try:
-        resolved = path_under(policy.input_dir, path)
+        return read_under(policy.input_dir, path, 'image', policy.max_bytes, 'max_image_bytes', ImageError, SEND_INLINE)
+    except ImageError:
+        raise
     except ValueError as e:  # a NUL byte in the path
         raise ImageError(f'malformed image path {quote(path)}') from e
-    if resolved is None:
-        raise ImageError(f'image path {quote(path)} is outside the input directory')
-    if not os.path.isfile(resolved):
-        raise ImageError(f'image path {quote(path)} is not a file in the input directory')
-    _check_size(os.path.getsize(resolved), policy)
-    with open(resolved, 'rb') as file:
-        return file.read(policy.max_bytes + 1)  # the file may have grown since: image_bytes checks again
 
 
 # 2. The header: format and declared size, before any pixel is decoded

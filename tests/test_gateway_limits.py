@@ -17,7 +17,6 @@ from docarray import DocList
 
 from s2i import client
 from s2i.contracts.documents import PromptDoc
-from s2i.contracts.errors import ErrorCode
 from s2i.contracts.errors import ERRORS, ErrorCode
 
 from conftest import ROOT

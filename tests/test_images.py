@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from s2i.contracts.documents import PromptDoc
+from s2i.contracts.errors import ErrorCode
 from s2i.images import ImageError, ImagePolicy, document_image, model_image_batches
 
 from image_files import data_uri
@@ -275,9 +276,11 @@ def test_image_urls_are_not_fetched(uri, tmp_path):
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_give_an_image_or_an_image_error(data):
     try:
-        read(data)
-    except ImageError:
-        pass
+        image = read(data)
+    except ImageError as e:
+        assert e.code in (ErrorCode.IMAGE_UNREADABLE, ErrorCode.INPUT_TOO_LARGE)  # a documented code, never another
+    else:
+        assert image.size[0] > 0 and image.size[1] > 0
 
 
 VALID_FILES = [encoded(noise((16, 16), mode), format) for mode, format in

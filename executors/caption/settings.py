@@ -4,14 +4,11 @@ Light on purpose: pydantic only.
 """
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from s2i.executor_settings import ModelImageSettings
 
 
-class CaptionSettings(ModelImageSettings):
-    model_config = SettingsConfigDict(env_prefix='S2I_CAPTION_')
-
+class CaptionSettings(ModelImageSettings, env_prefix='S2I_CAPTION_'):
     model: str = Field('Salesforce/blip-image-captioning-large', description=(
         'any transformers image-to-text id or local folder that AutoModelForImageTextToText and AutoProcessor load; '
         'tiny: a tiny random-weight BLIP, loudly'))

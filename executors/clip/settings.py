@@ -6,14 +6,11 @@ Light on purpose: pydantic only.
 from typing import List, Optional
 
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
 
 from s2i.executor_settings import ModelImageSettings
 
 
-class ClipSettings(ModelImageSettings):
-    model_config = SettingsConfigDict(env_prefix='S2I_CLIP_')
-
+class ClipSettings(ModelImageSettings, env_prefix='S2I_CLIP_'):
     model: str = Field('openai/clip-vit-large-patch14', description=(
         "any transformers CLIP id or local folder (the default is the CLIP Interrogator's ViT-L/14); "
         'tiny: a tiny random-weight model, loudly'))

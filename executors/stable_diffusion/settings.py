@@ -6,14 +6,11 @@ narrow them.
 """
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from s2i.executor_settings import ImageInputSettings
 
 
-class StableDiffusionSettings(ImageInputSettings):
-    model_config = SettingsConfigDict(env_prefix='S2I_SD_')
-
+class StableDiffusionSettings(ImageInputSettings, env_prefix='S2I_SD_'):
     model: str = Field('stable-diffusion-v1-5/stable-diffusion-v1-5', description=(
         'a diffusers text-to-image model: a hub id or a local folder; tiny: a tiny random-weight model that checks the wiring'))
     enable_safety_checker: bool = Field(False, description="the model's safety checker, where it has one: flagged images come back black")

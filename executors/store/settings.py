@@ -6,14 +6,11 @@ Light on purpose: pydantic only.
 from typing import Optional
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from s2i.executor_settings import ExecutorSettings
 
 
-class StoreSettings(ExecutorSettings):
-    model_config = SettingsConfigDict(env_prefix='S2I_STORE_')
-
+class StoreSettings(ExecutorSettings, env_prefix='S2I_STORE_'):
     store: str = Field('results', validation_alias='S2I_STORE', description=(
         'where results go: a folder (relative paths from the working directory at start: results/ beside the '
         'checkout when the Flow starts from the repository root), file:///path, s3://bucket/prefix (any '

@@ -15,7 +15,6 @@ type and the first line of its message, cut short and without server paths: the 
 
 import http.client
 import io
-import os
 import re
 import socket
 import threading
@@ -30,7 +29,7 @@ from s2i.contracts.documents import SAMPLE_RATE, PromptDoc
 from s2i.contracts.errors import CodedError, ErrorCode
 from s2i.contracts.params import quote
 from s2i.encoding import from_data_uri
-from s2i.inputs import path_under
+from s2i.inputs import checked_file, read_under, too_large
 from s2i.urls import host_refusal
 
 MAX_MESSAGE_CHARS = 100  # of an exception's message, in an error a client sees
@@ -85,16 +84,12 @@ def audio_bytes(blob: Optional[bytes], uri: Optional[str], policy: AudioPolicy) 
         raise
     except ValueError as e:  # a malformed uri: "http://[::1", a port over 65535, a NUL in a path, ...
         raise AudioError(f'malformed audio uri {quote(uri)}: {first_line(e)}') from e
-    if not data:
-        raise AudioError('empty audio: the file has 0 bytes')
-    check_size(len(data), policy)
-    return data
+    return checked_file(data, 'audio', policy.max_bytes, 'max_audio_bytes', AudioError)
 
 
 def check_size(size: int, policy: AudioPolicy) -> None:
-    if size > policy.max_bytes:
-        raise AudioError(f'audio too large: {size} bytes, the limit is {policy.max_bytes} bytes (max_audio_bytes)',
-                         ErrorCode.INPUT_TOO_LARGE)
+    if problem := too_large('audio', size, policy.max_bytes, 'max_audio_bytes'):
+        raise AudioError(problem, ErrorCode.INPUT_TOO_LARGE)
 
 
 def check_duration(seconds: float, policy: AudioPolicy) -> None:
@@ -121,18 +116,8 @@ def _read_uri(uri: str, policy: AudioPolicy) -> bytes:
 
 
 def _read_server_path(path: str, policy: AudioPolicy) -> bytes:
-    if not policy.input_dir:
-        raise AudioError(
-            'server-side audio paths are off (input_dir is not set): send the audio inline (blob, tensor or a data: URI)'
-        )
-    resolved = path_under(policy.input_dir, path)  # ".." and symlinks resolved before the check
-    if resolved is None:
-        raise AudioError(f'audio path {quote(path)} is outside the input directory')
-    if not os.path.isfile(resolved):
-        raise AudioError(f'audio path {quote(path)} is not a file in the input directory')
-    check_size(os.path.getsize(resolved), policy)
-    with open(resolved, 'rb') as file:
-        return file.read(policy.max_bytes + 1)
+    return read_under(policy.input_dir, path, 'audio', policy.max_bytes, 'max_audio_bytes', AudioError,
+                      'send the audio inline (blob, tensor or a data: URI)')
 
 
 def _fetch_url(url: str, policy: AudioPolicy) -> bytes:

