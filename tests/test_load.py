@@ -25,8 +25,8 @@ from jina import Client
 
 from s2i import client
 from s2i.contracts.documents import PromptDoc
+from s2i.contracts.errors import ErrorCode
 from s2i.encoding import read_png_parameters
-from executors.stable_diffusion.executor import INTERRUPTED
 from s2i.runtime import EXECUTOR_UNAVAILABLE, INTERNAL_KEY_PARAMETER, internal_key
 from s2i.serve import READY_LINE
 
@@ -57,6 +57,7 @@ class Request:
     protocol: str = 'grpc'
     results: Optional[List[PromptDoc]] = None
     failure: str = ''  # the exception a client got instead of results
+    error: Optional[BaseException] = None  # that exception itself
     seconds: float = 0.0
 
 
@@ -86,7 +87,7 @@ def send(request: Request, hosts: Dict[str, str]) -> Request:
             docs=docs, parameters=request.parameters, host=hosts[request.protocol], token=TOKEN, request_size=len(docs),
         ))
     except Exception as e:  # the tests judge these: each one must be a documented error, never a silent loss
-        request.failure = f'{type(e).__name__}: {e}'
+        request.failure, request.error = f'{type(e).__name__}: {e}', e
     request.seconds = time.perf_counter() - started
     return request
 
@@ -491,9 +492,9 @@ def test_sigterm_mid_request_finishes_or_fails_each_request_with_unavailable_and
               f'failures: {sorted({r.failure[:160] for r in requests if r.failure})}')
         assert in_flight > 0, 'every request was answered before the SIGTERM: nothing was tested'
         for request in requests:  # each one finished, or its client was told the server went away
-            if request.failure:
-                assert 'StatusCode.UNAVAILABLE' in request.failure, request.failure
-            elif request.results and request.results[0].error == INTERRUPTED:  # stopped between two steps
+            if request.failure:  # the gateway gone (ConnectionError), or the executor behind it (ExecutorUnavailable, one)
+                assert isinstance(request.error, ConnectionError), request.failure
+            elif request.results and request.results[0].error_code == ErrorCode.INTERRUPTED:  # stopped between two steps
                 assert len(request.results[0].matches) == 0
             else:
                 assert problems_with(request) == []
