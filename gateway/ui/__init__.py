@@ -47,9 +47,6 @@ SECURITY_HEADERS = {
     'Referrer-Policy': 'no-referrer',
     'Cache-Control': 'no-cache',
 }
-# pydantic leaves a bound of an Optional[Annotated[int, ...]] field under its own name ("ge") inside
-# anyOf; JSON Schema's names are what the page (and any other reader) understands.
-JSON_SCHEMA_BOUNDS = {'ge': 'minimum', 'le': 'maximum', 'gt': 'exclusiveMinimum', 'lt': 'exclusiveMaximum'}
 
 
 def static_files() -> Dict[str, Path]:
@@ -57,25 +54,17 @@ def static_files() -> Dict[str, Path]:
     return {path.name: path for path in sorted(STATIC.iterdir()) if path.suffix in CONTENT_TYPES and path.is_file()}
 
 
-def standard_bounds(schema: Any) -> Any:
-    """``schema`` with pydantic's stray ``ge``/``le``/``gt``/``lt`` renamed to JSON Schema's bounds."""
-    if isinstance(schema, list):
-        return [standard_bounds(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    return {JSON_SCHEMA_BOUNDS.get(key, key): standard_bounds(value) for key, value in schema.items()}
-
-
 @lru_cache(maxsize=1)
 def page_schema() -> Dict[str, Any]:
     """What the page builds itself from. ``settings``: every generation parameter is a settings field
     (a field added to GenerationParams shows up on the page by itself); ``restyle``: /restyle's
     parameters (its strength); ``transcription``: Whisper's (the spoken language). ``errors``: each
-    code's place on the page, one of ``places``."""
+    code's place on the page, one of ``places``. (The models' schemas name their bounds as JSON Schema
+    does, optional fields' too: s2i.contracts.params.StandardBounds.)"""
     return {
-        'settings': standard_bounds(GenerationParams.model_json_schema()),
-        'restyle': standard_bounds(RestyleParams.model_json_schema()),
-        'transcription': standard_bounds(TranscriptionParams.model_json_schema()),
+        'settings': GenerationParams.model_json_schema(),
+        'restyle': RestyleParams.model_json_schema(),
+        'transcription': TranscriptionParams.model_json_schema(),
         'places': list(PAGE_PLACES),
         'errors': {code.value: {'page': kind.page} for code, kind in ERRORS.items()},
     }
@@ -105,7 +94,7 @@ async def parameters(flow: FlowClient = Depends(get_flow)) -> Dict[str, Any]:
     """What each executor takes, with its configured defaults. The token is checked here (require_key),
     as the token middleware lets every GET under /ui through."""
     schemas = await flow.schemas() or []
-    return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': standard_bounds(schema.json_schema)}
+    return {'object': 'list', 'data': [{'executor': schema.executor, 'json_schema': schema.json_schema}
                                        for schema in schemas]}
 
 
