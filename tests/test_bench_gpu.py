@@ -10,6 +10,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from executors.whisper.backends import EncoderWindow
 from conftest import ROOT
 
@@ -43,6 +45,7 @@ def test_the_gpu_machines_missing_packages_cannot_be_imported_in_the_bench_env(t
         assert found.returncode != 0 and 'ModuleNotFoundError' in found.stderr, name
 
 
+@pytest.mark.slow  # the whole tiny bench in a subprocess: about 15 s
 def test_tiny_bench_measures_every_section_without_jina_faster_whisper_or_numba(tmp_path):
     out = tmp_path / 'out'
     run = run_bench(gpu_machine_env(tmp_path), '--tiny', '--out', str(out))

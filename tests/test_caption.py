@@ -201,6 +201,7 @@ def test_the_image_limits_are_the_executor_s_settings(tiny_blip_dir):
     assert (doc.error_code, doc.error_param) == ('input_too_large', 'image')
 
 
+@pytest.mark.slow  # 24 big images decoded: about 8 s
 def test_a_request_of_big_images_is_decoded_a_batch_at_a_time_and_shrunk(tiny_blip_dir):
     # Eight 6000 x 6000 single-colour PNGs (120 kB each, 108 MB each once decoded), in batches of two.
     # Measured: 1.5 GB when all were decoded before the first batch (issue 21), 138 MB now.

@@ -314,6 +314,7 @@ def test_a_missing_clip_model_loaded_lazily_fails_only_the_documents_that_need_i
     assert lazy.keep_best_of(DocList[PromptDoc]([PromptDoc(text='x')]), {})[0].error == ''  # no best_of: nothing to load
 
 
+@pytest.mark.slow  # 24 big images decoded: about 8 s
 def test_a_request_of_big_images_is_decoded_a_batch_at_a_time_and_shrunk(tiny_clip_dir):
     # Eight 6000 x 6000 single-colour PNGs (120 kB each, 108 MB each once decoded), in batches of two.
     # Measured: 1.5 GB when all were decoded before the first batch (issue 21), 138 MB now.
