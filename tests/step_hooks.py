@@ -36,6 +36,11 @@ POLL_SECONDS = 0.02
 UNET_CLASS_NAME = 'UNet2DConditionModel'  # diffusers' UNet of SD 1.x/2.x, the tiny model's too
 LATENT_FACTOR = 8  # SD's VAE: an image of w x h pixels is denoised as latents of w/8 x h/8
 HELD_SIZE = (72, 64)  # width, height: the size of the generations tests hold; no other test draws it
+# A job that the tests hold while they act on it: held after its first step, because the first step's
+# progress event is always sent (later ones at most every PROGRESS_INTERVAL), so the events before the
+# hold are known exactly. HELD_JOB is its fields for POST /v1/jobs.
+HELD_AT, HELD_STEPS = 1, 10
+HELD_JOB = {'n': 1, 'size': f'{HELD_SIZE[0]}x{HELD_SIZE[1]}', 'steps': HELD_STEPS}
 
 
 class UNetStepHold:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from conftest import GERMAN_CLIP, ROOT
 from front_door import TOKEN
+from step_hooks import HELD_AT, HELD_JOB, HELD_SIZE, HELD_STEPS, step_hold
 from s2i.cli import main
 from s2i.client import JobInterrupted, follow_job, job_events
 from s2i.contracts.errors import ERRORS, ErrorCode
@@ -175,9 +176,10 @@ def test_ctrl_c_in_follow_job_cancels_the_job(front_door):
         if event['kind'] == 'progress':
             raise KeyboardInterrupt
 
-    with pytest.raises(JobInterrupted) as interrupted:
-        follow_job(front_door.http, TOKEN, prompt='a long one', fields={'n': 1, 'size': '128x128', 'steps': 200},
-                   on_event=interrupt_at_the_first_step)
+    with step_hold(HELD_SIZE, HELD_AT) as hold:  # the job waits at its first step: it runs when the cancel comes
+        with pytest.raises(JobInterrupted) as interrupted:
+            follow_job(front_door.http, TOKEN, prompt='a long one', fields=HELD_JOB, on_event=interrupt_at_the_first_step)
+        assert hold.wait_until_held() == HELD_AT
     assert interrupted.value.cancel_error == ''
     rest = list(job_events(front_door.http, TOKEN, interrupted.value.job_id))
     assert kinds(rest)[-1] == 'cancelled' and 'image' not in kinds(rest)
@@ -185,19 +187,21 @@ def test_ctrl_c_in_follow_job_cancels_the_job(front_door):
 
 def test_ctrl_c_in_the_cli_cancels_the_job_and_exits_130(front_door, tmp_path):
     command = [sys.executable, str(ROOT / 'client.py'), *follow_args(front_door, '--text', 'a long one'),
-               '--width', '128', '--height', '128', '--steps', '200', '--out', str(tmp_path)]
-    cli = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        written, deadline = b'', time.monotonic() + 120
-        while b'/200' not in written:  # its bar has started
-            assert time.monotonic() < deadline and cli.poll() is None, written.decode(errors='replace')
-            written += os.read(cli.stderr.fileno(), 4096)
-        cli.send_signal(signal.SIGINT)
-        written += cli.stderr.read()
-        assert cli.wait(timeout=60) == 130
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-        cli.stderr.close()
+               '--width', str(HELD_SIZE[0]), '--height', str(HELD_SIZE[1]), '--steps', str(HELD_STEPS), '--out', str(tmp_path)]
+    with step_hold(HELD_SIZE, HELD_AT) as hold:  # the job waits at its first step: it runs when Ctrl-C comes
+        cli = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert hold.wait_until_held() == HELD_AT
+            written, deadline = b'', time.monotonic() + 120
+            while f'/{HELD_STEPS}'.encode() not in written:  # its bar has started
+                assert time.monotonic() < deadline and cli.poll() is None, written.decode(errors='replace')
+                written += os.read(cli.stderr.fileno(), 4096)
+            cli.send_signal(signal.SIGINT)
+            written += cli.stderr.read()
+            assert cli.wait(timeout=60) == 130
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+            cli.stderr.close()
     job_id = re.search(rb'interrupted: job (\w+) cancelled', written)[1].decode()
     assert kinds(list(job_events(front_door.http, TOKEN, job_id)))[-1] == 'cancelled'

@@ -33,15 +33,10 @@ from gateway.jobs.store import LEASE_SECONDS, open_store
 from gateway.jobs.webhooks import Webhooks
 from s2i.client import generate
 from s2i.contracts.documents import GeneratedImage, GenerationEvent, PromptDoc
-from step_hooks import HELD_SIZE, StepHold, step_hold
+from step_hooks import HELD_AT, HELD_JOB, HELD_SIZE, HELD_STEPS, StepHold, step_hold
 from test_job_store import collect, until
 
 QUICK = {'n': 2, 'size': '64x64', 'steps': 3, 'seed': 11}
-# A job that the tests hold at a known denoising step (tests/step_hooks.py) while they act on it. Held
-# after its first step: the first step's progress event is always sent (later ones at most every
-# PROGRESS_INTERVAL), so the events before the hold are known exactly.
-HELD_AT, HELD_STEPS = 1, 10
-HELD_JOB = {'n': 1, 'size': f'{HELD_SIZE[0]}x{HELD_SIZE[1]}', 'steps': HELD_STEPS}
 STREAM_CLOSED = 'closed before its end'  # the executor's log line once a job's cancel reached it
 STOPPED_AT = r'generation cancelled at step (\d+)/(\d+)'  # and once its generation stopped
 

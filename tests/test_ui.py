@@ -16,6 +16,7 @@ import pytest
 
 from conftest import DATA, ENGLISH_CLIP, GERMAN_CLIP, ROOT, free_port
 from front_door import TOKEN
+from step_hooks import HELD_AT, HELD_SIZE, HELD_STEPS, step_hold
 from s2i.contracts.errors import ERRORS, ErrorCode
 from s2i.contracts.params import MAX_SEED
 from s2i.contracts.stable_diffusion import GenerationParams, Scheduler
@@ -195,13 +196,14 @@ def test_an_uploaded_file_that_is_not_audio_shows_the_error_beside_the_file_inpu
 
 
 def test_a_running_job_is_cancelled(visit):
-    page = visit.open(num_images='1', width='256', height='256', steps='200')
+    page = visit.open(num_images='1', width=str(HELD_SIZE[0]), height=str(HELD_SIZE[1]), steps=str(HELD_STEPS))
     page.get_by_test_id('prompt').fill('a very slow lighthouse')
-    page.get_by_test_id('generate').click()
-
-    sync_api.expect(page.get_by_test_id('progress').locator('progress')).to_have_count(1, timeout=JOB_WAIT_MS)
-    page.get_by_test_id('cancel').click()
-    sync_api.expect(page.locator('#status')).to_have_text('Cancelled.', timeout=JOB_WAIT_MS)
+    with step_hold(HELD_SIZE, HELD_AT) as hold:  # the job waits at its first step: it runs when the cancel comes
+        page.get_by_test_id('generate').click()
+        assert hold.wait_until_held() == HELD_AT
+        sync_api.expect(page.get_by_test_id('progress').locator('progress')).to_have_count(1, timeout=JOB_WAIT_MS)
+        page.get_by_test_id('cancel').click()
+        sync_api.expect(page.locator('#status')).to_have_text('Cancelled.', timeout=JOB_WAIT_MS)
     sync_api.expect(page.get_by_test_id('cancel')).to_be_hidden()
     visit.screenshot('cancelled')
     assert images(page).count() == 0
@@ -209,16 +211,17 @@ def test_a_running_job_is_cancelled(visit):
 
 
 def test_a_reload_mid_job_reconnects_and_finishes_the_job(visit):
-    page = visit.open(num_images='1', width='128', height='128', steps='60')
+    page = visit.open(num_images='1', width=str(HELD_SIZE[0]), height=str(HELD_SIZE[1]), steps=str(HELD_STEPS))
     page.get_by_test_id('prompt').fill('a harbour at night')
-    page.get_by_test_id('generate').click()
-    sync_api.expect(page.get_by_test_id('progress').locator('progress')).to_have_count(1, timeout=JOB_WAIT_MS)
-
-    page.reload()
-    sync_api.expect(page.get_by_test_id('cancel')).to_be_visible()  # following the same job again
+    with step_hold(HELD_SIZE, HELD_AT) as hold:  # the job waits at its first step while the page reloads
+        page.get_by_test_id('generate').click()
+        assert hold.wait_until_held() == HELD_AT
+        sync_api.expect(page.get_by_test_id('progress').locator('progress')).to_have_count(1, timeout=JOB_WAIT_MS)
+        page.reload()
+        sync_api.expect(page.get_by_test_id('cancel')).to_be_visible()  # following the same job again
     sync_api.expect(images(page)).to_have_count(1, timeout=JOB_WAIT_MS)
     wait_until_done(page)
-    assert images(page).evaluate('img => img.naturalWidth') == 128
+    assert images(page).evaluate('img => img.naturalWidth') == HELD_SIZE[0]
     visit.screenshot('reloaded')
     assert visit.console_errors == []
 
