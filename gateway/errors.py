@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from s2i.contracts.errors import ERRORS, CodedError, ErrorCode
+from s2i.contracts.errors import ERRORS, CodedError, ErrorCode, known_code
 from s2i.contracts.params import MAX_QUOTED_CHARS, quote
 
 API_PREFIX, PAGE_PREFIX = '/v1', '/ui'
@@ -108,17 +108,9 @@ def add_error_handlers(app) -> None:
         app.add_exception_handler(error, unparsable_body)
 
 
-def code_of(value: Optional[str]) -> ErrorCode:
-    """A document's ``error_code`` as an ErrorCode; one this gateway does not know (or none) is an internal error."""
-    try:
-        return ErrorCode(value)
-    except ValueError:
-        return ErrorCode.INTERNAL_ERROR
-
-
 def document_error(doc, input_field: Optional[str] = None) -> CodedError:
     """A failed document's error as a route answers it: its code, and the field to blame (the one the
     executor named, else ``input_field`` for an error of the input itself: the audio, the image)."""
-    code = code_of(doc.error_code)
+    code = known_code(doc.error_code)
     param = doc.error_param or (input_field if ERRORS[code].page == 'input' else None)
     return CodedError(doc.error, code, param)

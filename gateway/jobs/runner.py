@@ -24,14 +24,13 @@ from typing import Any, Dict, List, Optional
 
 from docarray import DocList
 
-from gateway.errors import code_of
 from gateway.flow_client import GENERATOR, RANKER, STORE, TRANSCRIBER, FlowClient, FlowFailure
 from gateway.generation import URL_SECONDS
 from gateway.jobs.store import JobEnded, JobStore
 from gateway.jobs.webhooks import Webhooks
 from gateway.settings import default
 from s2i.contracts.documents import GenerationEvent, GenerationRequest, PromptDoc
-from s2i.contracts.errors import ErrorCode
+from s2i.contracts.errors import ErrorCode, known_code
 from s2i.contracts.events import (
     Cancelled, Failed, Image, ImageResult, JobEventBase, JobRecord, Progress, Queued, Started, Succeeded, Transcribed,
     event_json,
@@ -109,7 +108,7 @@ class JobFailed(Exception):
     @classmethod
     def of(cls, doc: PromptDoc) -> 'JobFailed':
         """A failed document's error, by the code its executor gave (none: internal_error)."""
-        return cls(doc.error, code_of(doc.error_code))
+        return cls(doc.error, known_code(doc.error_code))
 
 
 class JobRunner:

@@ -39,14 +39,6 @@ class JobInterrupted(KeyboardInterrupt):
         self.job_id, self.cancel_error = job_id, cancel_error
 
 
-def known_code(code: Optional[str]) -> ErrorCode:
-    """``code`` as an ErrorCode; a code this client does not know (a newer service's) is an internal error."""
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return ErrorCode.INTERNAL_ERROR
-
-
 def code_or_status(code: Optional[str], http_status: int) -> ErrorCode:
     """An HTTP answer's code; from an answer without one (or with one this client does not know), its status's."""
     try:

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Union
 
-from s2i.client.errors import JobInterrupted, JobRefused, ServiceError, http_refusal, known_code
+from s2i.client.errors import JobInterrupted, JobRefused, ServiceError, http_refusal
 from s2i.client.flow import DEFAULT_HTTP_HOST, bearer, is_http, token_or_environment
-from s2i.contracts.errors import ErrorCode
+from s2i.contracts.errors import ErrorCode, known_code
 
 TERMINAL_EVENTS = ('succeeded', 'failed', 'cancelled')  # a job's last event: exactly one of them
 HTTP_TIMEOUT_S = 60  # per HTTP request to the jobs API (an upload included)

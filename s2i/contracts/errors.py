@@ -109,9 +109,14 @@ class CodedError(Exception):
         return ERRORS[self.code]
 
 
-def kind_of(code: Optional[str]) -> ErrorKind:
-    """The table's entry for ``code``; an unknown or empty code (an older service) is an internal error."""
+def known_code(code: Optional[str]) -> ErrorCode:
+    """``code`` as an ErrorCode; an unknown or empty one (a newer or older service's) is an internal error."""
     try:
-        return ERRORS[ErrorCode(code)]
+        return ErrorCode(code)
     except ValueError:
-        return ERRORS[ErrorCode.INTERNAL_ERROR]
+        return ErrorCode.INTERNAL_ERROR
+
+
+def kind_of(code: Optional[str]) -> ErrorKind:
+    """The table's entry for ``code`` (see known_code)."""
+    return ERRORS[known_code(code)]
